@@ -1,0 +1,131 @@
+// Communicator: the collectives a tensor-parallel linear op needs, over one group of ranks.
+//
+// Contract shared by every implementation:
+//  * All members call the same collective in the same order with the same shapes and dtypes
+//    (as with MPI and NCCL). Shapes are validated locally against this contract before any
+//    message is sent, so a bad call throws InvalidArgument instead of hanging.
+//  * Dim 0 is tokens (rows), dim 1 is features (the last dim). Chunks are contiguous and in
+//    member order: chunk i belongs to member i.
+//  * Reductions are sums. f32 and int32 are summed natively; bf16 and f16 are converted to f32,
+//    summed in f32 and rounded once on the way back ("f32 staging"; see docs/communication.md).
+//    int8 supports only data movement (gather, all-to-all, broadcast).
+//  * Views may be strided; implementations stage through contiguous buffers when needed.
+//  * Async variants return a Work handle; the buffers must stay alive and untouched until
+//    wait() returns or test() returns true. Destroying an unfinished Work waits for it.
+//  * A Communicator is used by one thread at a time.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tpl/tensor.h"
+
+namespace tpl {
+
+class Work {
+ public:
+  virtual ~Work() = default;
+  // Blocks until the collective has completed and its output is in place.
+  virtual void wait() = 0;
+  // Non-blocking progress check; true once complete (the output is then in place).
+  virtual bool test() = 0;
+};
+using WorkPtr = std::unique_ptr<Work>;
+
+// A Work that is already complete (size-1 groups, empty tensors).
+class CompletedWork final : public Work {
+ public:
+  void wait() override {}
+  bool test() override { return true; }
+};
+
+enum class Collective { kAllReduce, kReduceScatter, kAllGather, kAllToAll, kBroadcast };
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // Backend name ("local", "mpi", "nccl").
+  virtual std::string name() const = 0;
+  // Whether `c` on `dtype` is available.
+  bool supports(Collective c, DType dtype) const;
+
+  // inout <- sum over members of inout.
+  void all_reduce(TensorView inout);
+  // in: [size * R, C]; out: [R, C] = rows [rank*R, (rank+1)*R) of the sum over members.
+  void reduce_scatter(TensorView in, TensorView out);
+  // dim 0: in [R, C] -> out [size*R, C]; dim 1: in [R, C] -> out [R, size*C].
+  void all_gather(TensorView in, TensorView out, int dim);
+  // in and out have the same element count, divisible by size. in, taken row-major, is cut
+  // into `size` equal pieces; piece k goes to member k; out is the concatenation of the pieces
+  // received from members 0..size-1.
+  void all_to_all(TensorView in, TensorView out);
+  // buf on `root` is copied to every member's buf.
+  void broadcast(TensorView buf, int root);
+  void barrier();
+
+  WorkPtr iall_reduce(TensorView inout);
+  WorkPtr ireduce_scatter(TensorView in, TensorView out);
+  WorkPtr iall_gather(TensorView in, TensorView out, int dim);
+  WorkPtr iall_to_all(TensorView in, TensorView out);
+  WorkPtr ibroadcast(TensorView buf, int root);
+
+  // Collective over this communicator: members passing the same color >= 0 form a new group,
+  // ordered by key (ties by current rank). A member passing a negative color gets nullptr.
+  virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
+
+  // Logical AND of `value` over members (used to make errors and test verdicts agree).
+  virtual bool all_true(bool value) = 0;
+
+ protected:
+  // Implementations receive validated arguments. Blocking defaults call the async form.
+  virtual void do_all_reduce(TensorView inout) { do_iall_reduce(inout)->wait(); }
+  virtual void do_reduce_scatter(TensorView in, TensorView out) {
+    do_ireduce_scatter(in, out)->wait();
+  }
+  virtual void do_all_gather(TensorView in, TensorView out, int dim) {
+    do_iall_gather(in, out, dim)->wait();
+  }
+  virtual void do_all_to_all(TensorView in, TensorView out) { do_iall_to_all(in, out)->wait(); }
+  virtual void do_broadcast(TensorView buf, int root) { do_ibroadcast(buf, root)->wait(); }
+  virtual void do_barrier() = 0;
+
+  virtual WorkPtr do_iall_reduce(TensorView inout) = 0;
+  virtual WorkPtr do_ireduce_scatter(TensorView in, TensorView out) = 0;
+  virtual WorkPtr do_iall_gather(TensorView in, TensorView out, int dim) = 0;
+  virtual WorkPtr do_iall_to_all(TensorView in, TensorView out) = 0;
+  virtual WorkPtr do_ibroadcast(TensorView buf, int root) = 0;
+
+  // Capability table; the default is the contract above.
+  virtual bool do_supports(Collective c, DType dtype) const;
+
+ private:
+  void check_reduce(const char* op, const TensorView& t) const;
+  void check_reduce_scatter(const TensorView& in, const TensorView& out) const;
+  void check_all_gather(const TensorView& in, const TensorView& out, int dim) const;
+  void check_all_to_all(const TensorView& in, const TensorView& out) const;
+  void check_broadcast(const TensorView& buf, int root) const;
+};
+
+// Size-1 group: every collective is a copy or a no-op. Needs no MPI.
+class LocalCommunicator final : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  std::string name() const override { return "local"; }
+  std::unique_ptr<Communicator> split(int color, int key) override;
+  bool all_true(bool value) override { return value; }
+
+ protected:
+  void do_barrier() override {}
+  WorkPtr do_iall_reduce(TensorView inout) override;
+  WorkPtr do_ireduce_scatter(TensorView in, TensorView out) override;
+  WorkPtr do_iall_gather(TensorView in, TensorView out, int dim) override;
+  WorkPtr do_iall_to_all(TensorView in, TensorView out) override;
+  WorkPtr do_ibroadcast(TensorView buf, int root) override;
+};
+
+}  // namespace tpl

@@ -1,0 +1,87 @@
+// Linear layers (seed-spec §10): Column, MergedColumn (gate/up), QKV, Row and Replicated.
+//
+// A layer asks the Selector for its op exactly once (the seed built QKV/merged ops twice, §16
+// item 21), takes the op's (tp_rank, tp_size) and narrows the full, unsharded weight with them,
+// so a custom group changes the sharding (FlashComm2 with P = 1 keeps the full o_proj).
+//
+// Sharding rules (uneven sizes are allowed; see docs/architecture.md):
+//   Column        output rows shard_range(out, tp_size, tp_rank)
+//   MergedColumn  each logical output (gate, up) split separately, then concatenated
+//   QKV           query heads split by shard_range over heads; KV heads split the same way when
+//                 kv_heads >= tp_size, else replicated (tp_size must be a multiple of kv_heads,
+//                 rank r holds KV head r / (tp_size / kv_heads)); each rank's query heads must
+//                 map onto its KV heads (GQA), else InvalidArgument names the constraint
+//   Row           input columns shard_range(in, tp_size, tp_rank); bias full
+//   Replicated    full weight
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "tpl/backends.h"
+#include "tpl/linear_op.h"
+
+namespace tpl {
+
+enum class LayerKind { kColumn, kMergedColumn, kQkv, kRow, kReplicated };
+
+struct QkvShape {
+  std::int64_t num_heads = 0;
+  std::int64_t num_kv_heads = 0;
+  std::int64_t head_dim = 0;
+};
+
+struct LayerSpec {
+  std::string prefix;  // dotted module name, e.g. "model.layers.3.self_attn.o_proj"
+  LayerKind kind = LayerKind::kColumn;
+  std::int64_t in_features = 0;
+  std::int64_t out_features = 0;          // ignored for MergedColumn and QKV (derived)
+  std::vector<std::int64_t> output_sizes;  // MergedColumn: logical outputs, e.g. {I, I}
+  QkvShape qkv;                            // QKV only
+  bool bias = false;
+  LinearFlags flags;
+  DType dtype = DType::kF32;  // weights, activations and outputs
+  bool disable_tp = false;
+};
+
+struct LinearOutput {
+  Tensor output;
+  Placement placement;
+  // The bias the op did not add (return_bias with skip_bias_add); empty otherwise. Every op
+  // handles return_bias this same way (seed §16 item 2).
+  std::optional<TensorView> bias;
+};
+
+class LinearLayer {
+ public:
+  // full_weight: [out, in] unsharded; full_bias: [1, out] or empty. Both are copied (narrowed).
+  LinearLayer(const LayerSpec& spec, const Selector& selector, const OpEnv& env,
+              GemmBackend backend, TensorView full_weight, TensorView full_bias);
+
+  LinearOutput forward(TensorView x, const ForwardContext& ctx);
+
+  const LayerSpec& spec() const { return spec_; }
+  const OpChoice& choice() const { return choice_; }
+  const LinearOp& op() const { return *op_; }
+  int tp_rank() const { return op_->tp_rank(); }
+  int tp_size() const { return op_->tp_size(); }
+  TensorView local_weight() const { return weight_; }
+  TensorView local_bias() const { return bias_; }
+  std::int64_t full_out_features() const;
+
+  // Rows of the full weight this rank holds, in local order (column-like layers).
+  static std::vector<ShardRange> output_rows(const LayerSpec& spec, int tp_rank, int tp_size);
+
+ private:
+  LayerSpec spec_;
+  OpChoice choice_;
+  std::unique_ptr<LinearOp> op_;
+  Tensor weight_;
+  Tensor bias_;
+  std::unique_ptr<Gemm> gemm_;
+  LocalGemm local_;
+};
+
+}  // namespace tpl

@@ -1,0 +1,89 @@
+// Linear ops (seed-spec §6). An op fixes a layer's communication group, hence its weight
+// sharding (tp_rank, tp_size), and its forward: the collectives around the local GEMM. Every op
+// states its entry and exit placement; docs/ops.md has the steps and bytes per rank.
+//
+// Adding an op = one class deriving from LinearOp (one file in src/ops/) + one row in the
+// selection rule table (src/policy/selection.cc) + one case in make_linear_op().
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "tpl/error.h"
+#include "tpl/forward_context.h"
+#include "tpl/gemm.h"
+#include "tpl/placement.h"
+#include "tpl/process_groups.h"
+#include "tpl/selection.h"
+
+namespace tpl {
+
+// vLLM's per-layer flags (§1.3).
+struct LinearFlags {
+  bool skip_bias_add = false;     // do not add the bias; return it instead (with return_bias)
+  bool return_bias = false;       // forward also returns the bias that was not added
+  bool gather_output = false;     // column: all-gather the feature shards
+  bool input_is_parallel = true;  // row: input is already this rank's feature shard
+  bool reduce_results = true;     // row: reduce the partial sums
+};
+
+// What an op runs locally: this rank's weight shard, planned once.
+struct LocalGemm {
+  Gemm* gemm = nullptr;  // [in_local] -> [out_local]; has_bias() if the layer has a bias
+  DType out_dtype = DType::kF32;
+  std::int64_t in_features = 0;   // in_local
+  std::int64_t out_features = 0;  // out_local
+  std::int64_t full_out_features = 0;  // out over the whole group (for feature gathers)
+  TensorView bias;  // [1, out_local] the layer's local bias, empty if none
+  // y = x·Wᵀ, plus the bias when `with_bias` and the layer has one.
+  Tensor run(TensorView x, bool with_bias) const;
+  void run_into(TensorView x, TensorView y, bool with_bias) const;
+  bool has_bias() const { return !bias.empty(); }
+};
+
+// Called by Flashcomm2OshardQKV before its GEMM to start the weight broadcast of a later
+// layer's o_proj (§7b). The default does nothing (layer sharding is a later issue).
+class OShardTrigger {
+ public:
+  virtual ~OShardTrigger() = default;
+  virtual void reach_layer(const LayerName& qkv_layer) = 0;
+};
+
+// Everything an op may depend on, passed explicitly.
+struct OpEnv {
+  const Config& config;
+  const Features& features;
+  const ProcessGroups& groups;
+  OShardTrigger* oshard = nullptr;
+};
+
+class LinearOp {
+ public:
+  virtual ~LinearOp() = default;
+  virtual OpKind kind() const = 0;
+  // Weight-sharding coordinates (the seed's tp_rank/tp_size).
+  virtual int tp_rank() const = 0;
+  virtual int tp_size() const = 0;
+  // Placement of this rank's input and output for a batch, over the op's group.
+  virtual Placement input_placement(const ForwardContext& ctx) const = 0;
+  virtual Placement output_placement(const ForwardContext& ctx) const = 0;
+  // The op's steps, in order. Returns this rank's output in output_placement(ctx).
+  virtual Tensor forward(TensorView x, const ForwardContext& ctx, const LocalGemm& g) = 0;
+  // Whether forward() adds the layer bias itself (false only when skip_bias_add).
+  const LinearFlags& flags() const { return flags_; }
+  const LayerName& name() const { return name_; }
+
+ protected:
+  LinearOp(LayerName name, LinearFlags flags) : name_(std::move(name)), flags_(flags) {}
+  Where where(int rank) const { return Where{std::string(op_kind_name(kind())) + " " + name_.prefix, rank}; }
+  LayerName name_;
+  LinearFlags flags_;
+};
+
+// Builds the op `choice` names, for the layer `prefix`, in the groups of `env`.
+std::unique_ptr<LinearOp> make_linear_op(const OpChoice& choice, const LayerName& name,
+                                         const LinearFlags& flags, const OpEnv& env);
+
+}  // namespace tpl

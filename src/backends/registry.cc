@@ -1,0 +1,62 @@
+// The only file that knows which backends were compiled in (#if on the generated config).
+#include "comm/mpi_communicator.h"
+#include "gemm/onednn_gemm.h"
+#include "tpl/backends.h"
+#include "tpl/build_config.h"
+#include "tpl/error.h"
+
+namespace tpl {
+
+const char* gemm_backend_name(GemmBackend b) {
+  switch (b) {
+    case GemmBackend::kReference:
+      return "reference";
+    case GemmBackend::kOneDnn:
+      return "onednn";
+    case GemmBackend::kCublasLt:
+      return "cublaslt";
+  }
+  return "?";
+}
+
+GemmBackend parse_gemm_backend(const std::string& s) {
+  for (GemmBackend b : {GemmBackend::kReference, GemmBackend::kOneDnn, GemmBackend::kCublasLt})
+    if (s == gemm_backend_name(b)) return b;
+  TPL_THROW(InvalidArgument, Where{"parse_gemm_backend"}, "unknown GEMM backend '", s,
+            "' (expected reference, onednn or cublaslt)");
+}
+
+std::vector<GemmBackend> available_gemm_backends() {
+  std::vector<GemmBackend> v{GemmBackend::kReference, GemmBackend::kOneDnn};
+#if TPL_WITH_CUDA
+  v.push_back(GemmBackend::kCublasLt);
+#endif
+  return v;
+}
+
+GemmBackend default_cpu_gemm_backend() { return GemmBackend::kOneDnn; }
+
+std::unique_ptr<Gemm> make_gemm(GemmBackend backend, const GemmDesc& desc, TensorView weight,
+                                TensorView bias) {
+  switch (backend) {
+    case GemmBackend::kReference:
+      return make_reference_gemm(desc, weight, bias);
+    case GemmBackend::kOneDnn:
+      return make_onednn_gemm(desc, weight, bias);
+    case GemmBackend::kCublasLt:
+      break;
+  }
+  TPL_THROW(Unsupported, Where{"make_gemm"}, "GEMM backend ", gemm_backend_name(backend),
+            " is not usable for host tensors in this build (built: ",
+            TPL_WITH_CUDA ? "cuda" : "no cuda", ")");
+}
+
+std::vector<std::string> built_backends() {
+  std::vector<std::string> v{"local", "mpi", "reference", "onednn"};
+#if TPL_WITH_CUDA
+  v.push_back("cuda");
+#endif
+  return v;
+}
+
+}  // namespace tpl

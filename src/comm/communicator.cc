@@ -1,0 +1,116 @@
+// Argument validation shared by every Communicator implementation (NVI): a malformed call
+// fails here, identically on every backend, before anything is sent.
+#include "tpl/communicator.h"
+
+#include "tpl/error.h"
+
+namespace tpl {
+
+namespace {
+bool is_float16(DType t) { return t == DType::kBF16 || t == DType::kF16; }
+}  // namespace
+
+bool Communicator::do_supports(Collective c, DType dtype) const {
+  switch (c) {
+    case Collective::kAllReduce:
+    case Collective::kReduceScatter:
+      return dtype == DType::kF32 || dtype == DType::kI32 || is_float16(dtype);
+    case Collective::kAllGather:
+    case Collective::kAllToAll:
+    case Collective::kBroadcast:
+      return true;
+  }
+  return false;
+}
+
+bool Communicator::supports(Collective c, DType dtype) const { return do_supports(c, dtype); }
+
+void Communicator::check_reduce(const char* op, const TensorView& t) const {
+  const Where w{std::string(name()) + " " + op, rank()};
+  TPL_CHECK(t.device() == Device::kHost || name() == "nccl", w, "tensor on the wrong device");
+  TPL_CHECK(supports(Collective::kAllReduce, t.dtype()), w, "sum of ", dtype_name(t.dtype()),
+            " is not supported (int8 tensors can only be moved, not reduced)");
+}
+
+void Communicator::check_reduce_scatter(const TensorView& in, const TensorView& out) const {
+  check_reduce("reduce_scatter", in);
+  const Where w{std::string(name()) + " reduce_scatter", rank()};
+  TPL_CHECK_EQ(in.dtype(), out.dtype(), w);
+  TPL_CHECK_EQ(in.cols(), out.cols(), w, "in ", in.describe(), " out ", out.describe());
+  TPL_CHECK_EQ(in.rows(), out.rows() * size(), w,
+               "reduce_scatter needs equal chunks: in rows = group size x out rows; in ",
+               in.describe(), " out ", out.describe(), " group size ", size());
+}
+
+void Communicator::check_all_gather(const TensorView& in, const TensorView& out, int dim) const {
+  const Where w{std::string(name()) + " all_gather", rank()};
+  TPL_CHECK(dim == 0 || dim == 1 || dim == -1, w, "dim must be 0 or 1 (last), got ", dim);
+  TPL_CHECK_EQ(in.dtype(), out.dtype(), w);
+  if (dim == 0) {
+    TPL_CHECK(out.rows() == in.rows() * size() && out.cols() == in.cols(), w, "in ",
+              in.describe(), " out ", out.describe(), " group size ", size());
+  } else {
+    TPL_CHECK(out.cols() == in.cols() * size() && out.rows() == in.rows(), w, "in ",
+              in.describe(), " out ", out.describe(), " group size ", size());
+  }
+}
+
+void Communicator::check_all_to_all(const TensorView& in, const TensorView& out) const {
+  const Where w{std::string(name()) + " all_to_all", rank()};
+  TPL_CHECK_EQ(in.dtype(), out.dtype(), w);
+  TPL_CHECK_EQ(in.numel(), out.numel(), w, "in ", in.describe(), " out ", out.describe());
+  TPL_CHECK_EQ(in.numel() % size(), 0, w, "element count ", in.numel(),
+               " is not divisible by the group size ", size());
+  TPL_CHECK(in.contiguous() && out.contiguous(), w, "all_to_all needs contiguous views");
+}
+
+void Communicator::check_broadcast(const TensorView& buf, int root) const {
+  const Where w{std::string(name()) + " broadcast", rank()};
+  TPL_CHECK(root >= 0 && root < size(), w, "root ", root, " outside group of size ", size());
+  (void)buf;
+}
+
+void Communicator::all_reduce(TensorView inout) {
+  check_reduce("all_reduce", inout);
+  do_all_reduce(inout);
+}
+void Communicator::reduce_scatter(TensorView in, TensorView out) {
+  check_reduce_scatter(in, out);
+  do_reduce_scatter(in, out);
+}
+void Communicator::all_gather(TensorView in, TensorView out, int dim) {
+  check_all_gather(in, out, dim);
+  do_all_gather(in, out, dim == -1 ? 1 : dim);
+}
+void Communicator::all_to_all(TensorView in, TensorView out) {
+  check_all_to_all(in, out);
+  do_all_to_all(in, out);
+}
+void Communicator::broadcast(TensorView buf, int root) {
+  check_broadcast(buf, root);
+  do_broadcast(buf, root);
+}
+void Communicator::barrier() { do_barrier(); }
+
+WorkPtr Communicator::iall_reduce(TensorView inout) {
+  check_reduce("all_reduce", inout);
+  return do_iall_reduce(inout);
+}
+WorkPtr Communicator::ireduce_scatter(TensorView in, TensorView out) {
+  check_reduce_scatter(in, out);
+  return do_ireduce_scatter(in, out);
+}
+WorkPtr Communicator::iall_gather(TensorView in, TensorView out, int dim) {
+  check_all_gather(in, out, dim);
+  return do_iall_gather(in, out, dim == -1 ? 1 : dim);
+}
+WorkPtr Communicator::iall_to_all(TensorView in, TensorView out) {
+  check_all_to_all(in, out);
+  return do_iall_to_all(in, out);
+}
+WorkPtr Communicator::ibroadcast(TensorView buf, int root) {
+  check_broadcast(buf, root);
+  return do_ibroadcast(buf, root);
+}
+
+}  // namespace tpl

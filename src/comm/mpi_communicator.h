@@ -1,0 +1,61 @@
+// Communicator over an MPI communicator (OpenMPI). Collectives are MPI's own; bf16/f16 sums
+// are staged through f32 buffers (one rounding, see docs/communication.md).
+#pragma once
+
+#include <mpi.h>
+
+#include <memory>
+
+#include "tpl/communicator.h"
+
+namespace tpl {
+
+class MpiCommunicator final : public Communicator {
+ public:
+  // Takes ownership of `comm` (freed with MPI_Comm_free unless it is MPI_COMM_WORLD/SELF).
+  explicit MpiCommunicator(MPI_Comm comm);
+  ~MpiCommunicator() override;
+  MpiCommunicator(const MpiCommunicator&) = delete;
+  MpiCommunicator& operator=(const MpiCommunicator&) = delete;
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string name() const override { return "mpi"; }
+  std::unique_ptr<Communicator> split(int color, int key) override;
+  bool all_true(bool value) override;
+  MPI_Comm handle() const { return comm_; }
+
+ protected:
+  void do_all_reduce(TensorView inout) override;
+  void do_reduce_scatter(TensorView in, TensorView out) override;
+  void do_all_gather(TensorView in, TensorView out, int dim) override;
+  void do_all_to_all(TensorView in, TensorView out) override;
+  void do_broadcast(TensorView buf, int root) override;
+  void do_barrier() override;
+
+  WorkPtr do_iall_reduce(TensorView inout) override;
+  WorkPtr do_ireduce_scatter(TensorView in, TensorView out) override;
+  WorkPtr do_iall_gather(TensorView in, TensorView out, int dim) override;
+  WorkPtr do_iall_to_all(TensorView in, TensorView out) override;
+  WorkPtr do_ibroadcast(TensorView buf, int root) override;
+
+ private:
+  MPI_Comm comm_;
+  int rank_ = 0;
+  int size_ = 1;
+};
+
+}  // namespace tpl
+
+// Checks an MPI return code; names the call, the error string and the rank.
+#define TPL_MPI_CHECK(call, rank)                                                         \
+  do {                                                                                    \
+    int tpl_rc_ = (call);                                                                 \
+    if (tpl_rc_ != MPI_SUCCESS) {                                                         \
+      char tpl_msg_[MPI_MAX_ERROR_STRING];                                                \
+      int tpl_len_ = 0;                                                                   \
+      MPI_Error_string(tpl_rc_, tpl_msg_, &tpl_len_);                                     \
+      TPL_THROW(::tpl::CommError, (::tpl::Where{"mpi", (rank)}), #call " failed: ",       \
+                std::string(tpl_msg_, tpl_len_));                                         \
+    }                                                                                     \
+  } while (0)

@@ -1,0 +1,204 @@
+#include "tpl/config.h"
+
+#include <algorithm>
+#include <fstream>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <set>
+
+#include "tpl/error.h"
+
+namespace tpl {
+
+namespace {
+const Where kWhere{"config"};
+
+bool contains_expert_key(const nlohmann::json& j) {
+  if (j.is_object()) {
+    for (auto it = j.begin(); it != j.end(); ++it) {
+      if (it.key().find("expert") != std::string::npos) return true;
+      if (contains_expert_key(it.value())) return true;
+    }
+  } else if (j.is_array()) {
+    for (const auto& v : j)
+      if (contains_expert_key(v)) return true;
+  }
+  return false;
+}
+
+std::optional<std::int64_t> opt_int(const nlohmann::json& j, const char* key) {
+  if (!j.contains(key) || j[key].is_null()) return std::nullopt;
+  if (!j[key].is_number_integer())
+    TPL_THROW(ConfigError, kWhere, "HF config field '", key, "' must be an integer");
+  return j[key].get<std::int64_t>();
+}
+
+nlohmann::json parse_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) TPL_THROW(IoError, kWhere, "cannot open '", path, "'");
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    TPL_THROW(ConfigError, kWhere, "'", path, "' is not valid JSON: ", e.what());
+  }
+}
+}  // namespace
+
+ModelInfo ModelInfo::from_json(const nlohmann::json& hf) {
+  // Multimodal configs nest the language model's fields (vLLM's hf_text_config).
+  const nlohmann::json& j = hf.contains("text_config") ? hf["text_config"] : hf;
+  if (!j.is_object()) TPL_THROW(ConfigError, kWhere, "HF config must be a JSON object");
+  ModelInfo m;
+  m.model_type = j.value("model_type", "");
+  m.n_routed_experts = opt_int(j, "n_routed_experts");
+  m.first_k_dense_replace = opt_int(j, "first_k_dense_replace");
+  m.moe_layer_freq = opt_int(j, "moe_layer_freq").value_or(1);
+  if (m.moe_layer_freq < 1) TPL_THROW(ConfigError, kWhere, "moe_layer_freq must be >= 1");
+  m.has_index_topk = j.contains("index_topk");
+  m.is_moe = contains_expert_key(j);
+  m.num_hidden_layers = opt_int(j, "num_hidden_layers").value_or(0);
+  return m;
+}
+
+ModelInfo ModelInfo::from_file(const std::string& path) { return from_json(parse_file(path)); }
+
+bool ModelInfo::is_moe_layer(const std::string& prefix) const {
+  static const std::regex kLayer(R"(layers\.(\d+)\.)");
+  std::smatch m;
+  if (!std::regex_search(prefix, m, kLayer)) return false;
+  if (!n_routed_experts) return false;
+  const std::int64_t l = std::stoll(m[1].str());
+  const std::int64_t first =
+      first_k_dense_replace.value_or(std::numeric_limits<std::int64_t>::max());
+  return l >= first && l % moe_layer_freq == 0;
+}
+
+Config Config::from_json(const nlohmann::json& j) {
+  static const std::set<std::string> kKeys{
+      "pp", "dp", "tp", "flashcomm1", "flashcomm1_threshold", "flashcomm2_p", "mlp_tp",
+      "oproj_tp", "matmul_allreduce", "layer_sharding", "shared_expert_dp", "expert_parallel",
+      "eager", "deployment"};
+  if (!j.is_object()) TPL_THROW(ConfigError, kWhere, "config must be a JSON object");
+  for (auto it = j.begin(); it != j.end(); ++it)
+    if (!kKeys.count(it.key()))
+      TPL_THROW(ConfigError, kWhere, "unknown config key '", it.key(), "'");
+  Config c;
+  try {
+    c.layout.pp = j.value("pp", 1);
+    c.layout.dp = j.value("dp", 1);
+    c.layout.tp = j.value("tp", 1);
+    c.flashcomm1 = j.value("flashcomm1", false);
+    c.flashcomm1_threshold = j.value("flashcomm1_threshold", std::int64_t{1000});
+    c.flashcomm2_p = j.value("flashcomm2_p", 0);
+    c.mlp_tp = j.value("mlp_tp", 0);
+    c.oproj_tp = j.value("oproj_tp", 0);
+    c.matmul_allreduce = j.value("matmul_allreduce", false);
+    c.layer_sharding = j.value("layer_sharding", std::vector<std::string>{});
+    c.shared_expert_dp = j.value("shared_expert_dp", false);
+    c.expert_parallel = j.value("expert_parallel", false);
+    c.eager = j.value("eager", false);
+    const std::string dep = j.value("deployment", std::string("mixed"));
+    if (dep == "mixed") c.deployment = Deployment::kMixed;
+    else if (dep == "prefill") c.deployment = Deployment::kPrefill;
+    else if (dep == "decode") c.deployment = Deployment::kDecode;
+    else TPL_THROW(ConfigError, kWhere, "deployment must be mixed, prefill or decode, got '", dep, "'");
+  } catch (const nlohmann::json::exception& e) {
+    TPL_THROW(ConfigError, kWhere, "bad value type: ", e.what());
+  }
+  c.validate();
+  return c;
+}
+
+Config Config::from_file(const std::string& path) { return from_json(parse_file(path)); }
+
+nlohmann::json Config::to_json() const {
+  const char* dep = deployment == Deployment::kMixed     ? "mixed"
+                    : deployment == Deployment::kPrefill ? "prefill"
+                                                         : "decode";
+  return {{"pp", layout.pp},
+          {"dp", layout.dp},
+          {"tp", layout.tp},
+          {"flashcomm1", flashcomm1},
+          {"flashcomm1_threshold", flashcomm1_threshold},
+          {"flashcomm2_p", flashcomm2_p},
+          {"mlp_tp", mlp_tp},
+          {"oproj_tp", oproj_tp},
+          {"matmul_allreduce", matmul_allreduce},
+          {"layer_sharding", layer_sharding},
+          {"shared_expert_dp", shared_expert_dp},
+          {"expert_parallel", expert_parallel},
+          {"eager", eager},
+          {"deployment", dep}};
+}
+
+void Config::validate() const {
+  layout.validate(layout.world_size());
+  if (flashcomm1_threshold < 0) TPL_THROW(ConfigError, kWhere, "flashcomm1_threshold must be >= 0");
+  if (mlp_tp < 0 || oproj_tp < 0 || flashcomm2_p < 0)
+    TPL_THROW(ConfigError, kWhere, "group sizes must be >= 0 (0 disables)");
+  if (mlp_tp > 0 && layout.dp % mlp_tp != 0)
+    TPL_THROW(ConfigError, kWhere, "MLP TP size ", mlp_tp, " must divide the DP size ", layout.dp);
+  if (oproj_tp > 0) {
+    if (layout.dp % oproj_tp != 0)
+      TPL_THROW(ConfigError, kWhere, "O-proj TP size ", oproj_tp, " must divide the DP size ",
+                layout.dp);
+    if (eager)
+      TPL_THROW(ConfigError, kWhere, "O-proj TP requires graph mode (eager must be false)");
+    if (deployment != Deployment::kDecode)
+      TPL_THROW(ConfigError, kWhere, "O-proj TP is only supported on a PD-disaggregated decode node");
+  }
+  const bool sp = flashcomm1 || (shared_expert_dp && expert_parallel && layout.tp > 1);
+  if (sp && layout.tp < 2) TPL_THROW(ConfigError, kWhere, "FlashComm1 needs TP > 1");
+  if (flashcomm2_p > 0) {
+    if (!layer_sharding.empty() &&
+        !(layer_sharding.size() == 1 && layer_sharding[0] == "o_proj"))
+      TPL_THROW(ConfigError, kWhere,
+                "with FlashComm2, layer_sharding must be exactly [\"o_proj\"]");
+    if (oproj_tp > 0)
+      TPL_THROW(ConfigError, kWhere, "O-proj TP and FlashComm2 are mutually exclusive");
+    if (layout.tp <= flashcomm2_p || layout.tp % flashcomm2_p != 0)
+      TPL_THROW(ConfigError, kWhere, "FlashComm2 P = ", flashcomm2_p, " with TP = ", layout.tp,
+                ": P must divide T and be smaller than it");
+    if (deployment == Deployment::kDecode)
+      TPL_THROW(ConfigError, kWhere, "FlashComm2 is not supported on a PD decode node");
+  }
+}
+
+Features Features::derive(const Config& c, const ModelInfo& m) {
+  Features f;
+  const bool se_dp_effective = c.shared_expert_dp && c.expert_parallel && c.layout.tp > 1;
+  // §3.3: effective shared-expert DP forces FC1 on. Unlike the seed's cached global, this is
+  // evaluated once from the config, so the order of calls cannot change the answer.
+  f.enable_sp = c.flashcomm1 || se_dp_effective;
+  f.shared_expert_dp = se_dp_effective || f.enable_sp;
+  f.flashcomm2 = c.flashcomm2_p > 0;
+  f.o_shard = std::find(c.layer_sharding.begin(), c.layer_sharding.end(), "o_proj") !=
+              c.layer_sharding.end();
+  f.flashcomm2_oshard = f.flashcomm2 && f.o_shard;
+  f.mlp_tp = c.mlp_tp > 0;
+  f.oproj_tp = c.oproj_tp > 0;
+  f.matmul_allreduce = c.matmul_allreduce;
+  f.dsa_cp = m.has_index_topk && f.enable_sp;
+  f.dsa_cp_with_layer_shard = f.dsa_cp && c.deployment == Deployment::kPrefill;
+  return f;
+}
+
+GroupSizes group_sizes(const Config& c, const Features& f) {
+  GroupSizes s;
+  s.mlp_tp = c.mlp_tp;
+  s.oproj_tp = c.oproj_tp;
+  s.flashcomm2_p = c.flashcomm2_p;
+  if (!c.layer_sharding.empty()) {
+    if (f.flashcomm2)
+      s.shard_weight = c.flashcomm2_p == 1 ? ShardWeightScheme::kWholeStage
+                                           : ShardWeightScheme::kSameOtpRank;
+    else if (f.dsa_cp_with_layer_shard)
+      s.shard_weight = ShardWeightScheme::kWholeStage;
+    else
+      s.shard_weight = ShardWeightScheme::kSameTpIndex;
+  }
+  return s;
+}
+
+}  // namespace tpl

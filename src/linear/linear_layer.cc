@@ -1,0 +1,174 @@
+#include "tpl/linear.h"
+
+#include <numeric>
+
+#include "tpl/error.h"
+
+namespace tpl {
+
+namespace {
+
+Direction direction_of(LayerKind k) {
+  switch (k) {
+    case LayerKind::kColumn:
+    case LayerKind::kMergedColumn:
+    case LayerKind::kQkv:
+      return Direction::kColumn;
+    case LayerKind::kRow:
+      return Direction::kRow;
+    case LayerKind::kReplicated:
+      return Direction::kReplicated;
+  }
+  return Direction::kColumn;
+}
+
+std::vector<ShardRange> qkv_rows(const QkvShape& s, int rank, int size, const Where& w) {
+  TPL_CHECK(s.num_heads > 0 && s.num_kv_heads > 0 && s.head_dim > 0, w, "QKV shape must be positive");
+  TPL_CHECK_EQ(s.num_heads % s.num_kv_heads, 0, w, "num_heads must be a multiple of num_kv_heads");
+  const std::int64_t hd = s.head_dim;
+  const ShardRange q = shard_range_units(s.num_heads, hd, size, rank);
+  ShardRange kv_heads;  // in heads
+  if (s.num_kv_heads >= size) {
+    kv_heads = shard_range(s.num_kv_heads, size, rank);
+  } else {
+    TPL_CHECK_EQ(size % s.num_kv_heads, 0, w, "with fewer KV heads (", s.num_kv_heads,
+                 ") than ranks (", size, "), the TP size must be a multiple of the KV heads");
+    kv_heads = {rank / (size / s.num_kv_heads), 1};
+  }
+  // GQA: every local query head must use a local KV head.
+  const std::int64_t group = s.num_heads / s.num_kv_heads;
+  for (std::int64_t h = q.offset / hd; h < (q.offset + q.size) / hd; ++h) {
+    const std::int64_t kv = h / group;
+    TPL_CHECK(kv >= kv_heads.offset && kv < kv_heads.offset + kv_heads.size, w,
+              "QKV with ", s.num_heads, " heads and ", s.num_kv_heads, " KV heads cannot be split ",
+              "over ", size, " ranks: rank ", rank, "'s query head ", h, " needs KV head ", kv,
+              " which it does not hold; choose a TP size that keeps query groups whole");
+  }
+  const std::int64_t q_total = s.num_heads * hd, kv_total = s.num_kv_heads * hd;
+  return {q,
+          {q_total + kv_heads.offset * hd, kv_heads.size * hd},
+          {q_total + kv_total + kv_heads.offset * hd, kv_heads.size * hd}};
+}
+
+}  // namespace
+
+std::vector<ShardRange> LinearLayer::output_rows(const LayerSpec& spec, int rank, int size) {
+  const Where w{"linear " + spec.prefix, -1};
+  switch (spec.kind) {
+    case LayerKind::kColumn:
+      return {shard_range(spec.out_features, size, rank)};
+    case LayerKind::kMergedColumn: {
+      std::vector<ShardRange> v;
+      std::int64_t base = 0;
+      for (std::int64_t s : spec.output_sizes) {
+        ShardRange r = shard_range(s, size, rank);
+        v.push_back({base + r.offset, r.size});
+        base += s;
+      }
+      return v;
+    }
+    case LayerKind::kQkv:
+      return qkv_rows(spec.qkv, rank, size, w);
+    case LayerKind::kRow:
+    case LayerKind::kReplicated:
+      return {{0, spec.out_features}};
+  }
+  return {};
+}
+
+std::int64_t LinearLayer::full_out_features() const {
+  switch (spec_.kind) {
+    case LayerKind::kMergedColumn:
+      return std::accumulate(spec_.output_sizes.begin(), spec_.output_sizes.end(), std::int64_t{0});
+    case LayerKind::kQkv:
+      return (spec_.qkv.num_heads + 2 * spec_.qkv.num_kv_heads) * spec_.qkv.head_dim;
+    default:
+      return spec_.out_features;
+  }
+}
+
+LinearLayer::LinearLayer(const LayerSpec& spec, const Selector& selector, const OpEnv& env,
+                         GemmBackend backend, TensorView full_weight, TensorView full_bias)
+    : spec_(spec) {
+  const Where w{"linear " + spec.prefix, env.groups.world_rank()};
+  if (spec_.kind == LayerKind::kMergedColumn) {
+    TPL_CHECK(!spec_.output_sizes.empty(), w, "MergedColumn needs output_sizes");
+    spec_.out_features = full_out_features();
+  } else if (spec_.kind == LayerKind::kQkv) {
+    spec_.out_features = full_out_features();
+  }
+  TPL_CHECK(spec_.in_features > 0 && spec_.out_features > 0, w, "layer sizes must be positive");
+  TPL_CHECK(full_weight.rows() == spec_.out_features && full_weight.cols() == spec_.in_features, w,
+            "full weight ", full_weight.describe(), " does not match [out=", spec_.out_features,
+            ", in=", spec_.in_features, "]");
+  TPL_CHECK_EQ(full_weight.dtype(), spec_.dtype, w, "weight dtype");
+  TPL_CHECK_EQ(spec_.bias, !full_bias.empty(), w, "bias given iff spec.bias");
+  if (spec_.bias)
+    TPL_CHECK(full_bias.rows() == 1 && full_bias.cols() == spec_.out_features, w, "bias ",
+              full_bias.describe(), " must be [1, ", spec_.out_features, "]");
+  if (spec_.kind == LayerKind::kRow && !spec_.flags.reduce_results && spec_.bias &&
+      !spec_.flags.skip_bias_add)
+    TPL_THROW(InvalidArgument, w,
+              "when reduce_results is false, a bias must be skipped (skip_bias_add) so the "
+              "caller can add it after its own reduction");
+
+  // One selection, one op (seed §16 item 21).
+  const LayerName name = parse_layer_name(spec_.prefix);
+  choice_ = selector.choose(spec_.prefix, direction_of(spec_.kind), spec_.disable_tp);
+  op_ = make_linear_op(choice_, name, spec_.flags, env);
+  const int rank = op_->tp_rank(), size = op_->tp_size();
+
+  // Narrow the weight and bias by the op's coordinates.
+  const DType bias_dtype = DType::kF32;
+  if (spec_.kind == LayerKind::kRow) {
+    const ShardRange cols = shard_range(spec_.in_features, size, rank);
+    weight_ = Tensor::copy_of(full_weight.col_slice(cols.offset, cols.size));
+    if (spec_.bias) {
+      bias_ = Tensor(bias_dtype, 1, spec_.out_features);
+      convert_into(full_bias, bias_);
+    }
+  } else {
+    const auto rows = spec_.kind == LayerKind::kReplicated || size == 1
+                          ? std::vector<ShardRange>{{0, spec_.out_features}}
+                          : output_rows(spec_, rank, size);
+    std::int64_t local_out = 0;
+    for (const auto& r : rows) local_out += r.size;
+    weight_ = Tensor(spec_.dtype, local_out, spec_.in_features);
+    if (spec_.bias) bias_ = Tensor(bias_dtype, 1, local_out);
+    std::int64_t at = 0;
+    for (const auto& r : rows) {
+      copy_into(full_weight.row_slice(r.offset, r.size), weight_.view().row_slice(at, r.size));
+      if (spec_.bias)
+        convert_into(full_bias.col_slice(r.offset, r.size), bias_.view().col_slice(at, r.size));
+      at += r.size;
+    }
+    if (spec_.flags.gather_output && size > 1 && spec_.kind != LayerKind::kColumn) {
+      for (std::int64_t s : spec_.kind == LayerKind::kQkv
+                                ? std::vector<std::int64_t>{spec_.out_features}
+                                : spec_.output_sizes)
+        TPL_CHECK_EQ(s % size, 0, w, "gather_output on a merged/QKV layer needs every logical ",
+                     "output divisible by the TP size");
+    }
+  }
+  GemmDesc desc;
+  desc.k = weight_.cols();
+  desc.n = weight_.rows();
+  desc.act = desc.weight = desc.out = spec_.dtype;
+  gemm_ = make_gemm(backend, desc, weight_, spec_.bias ? bias_.view() : TensorView());
+  local_.gemm = gemm_.get();
+  local_.out_dtype = spec_.dtype;
+  local_.in_features = desc.k;
+  local_.out_features = desc.n;
+  local_.full_out_features = size == 1 ? desc.n : full_out_features();
+  if (spec_.bias) local_.bias = bias_.view();
+}
+
+LinearOutput LinearLayer::forward(TensorView x, const ForwardContext& ctx) {
+  LinearOutput out;
+  out.output = op_->forward(x, ctx, local_);
+  out.placement = op_->output_placement(ctx);
+  if (spec_.flags.return_bias && spec_.flags.skip_bias_add && spec_.bias) out.bias = bias_.view();
+  return out;
+}
+
+}  // namespace tpl

@@ -1,0 +1,101 @@
+// Flashcomm2OProjRowParallelOp (§6.5, §7). Groups: ODP (size G, a block of TP ranks), FC2-OTP
+// (size P, stride G; none when P = 1) and TP. TP rank t = j*G + i.
+// Entry: all N tokens, this rank's head slice [N, F] (Shard(features) over TP).
+//   1. pad to N' (a multiple of T) with zero rows; cut into T chunks of b = N'/T rows;
+//   2. reorder: ODP member i receives chunks table[i] = (i, i+G, ..., i+(P-1)G);
+//   3. all-to-all in ODP -> [P*b, G*F]: those chunks' tokens with o_proj input slice j;
+//   4. GEMM with weight slice j (the full weight when P = 1); bias on OTP rank 0 (every rank
+//      when P = 1, since nothing is summed);
+//   5. P > 1: reduce-scatter in OTP -> [b, H]; TP rank t now holds chunk t (Shard(tokens));
+//   6. FC1 off for the batch: all-gather over TP and drop the padding -> [N, H] Replicated.
+// The exchange moves any dtype, so the W8A8 path can send int8 (half of bf16's bytes).
+#include "ops/gemm_collectives.h"
+#include "ops/op_util.h"
+#include "ops/ops.h"
+#include "tpl/error.h"
+
+namespace tpl::ops {
+namespace {
+
+class Flashcomm2OProjRowOp final : public LinearOp {
+ public:
+  Flashcomm2OProjRowOp(const LayerName& n, const LinearFlags& f, const OpEnv& env)
+      : LinearOp(n, f),
+        tp_(env.groups.tp()),
+        odp_(env.groups.flashcomm2_odp()),
+        otp_(env.groups.flashcomm2_otp()),
+        p_(env.groups.flashcomm2_p()),
+        table_(flashcomm2_batch_table(tp_.size(), p_)),
+        world_rank_(env.groups.world_rank()) {}
+  OpKind kind() const override { return OpKind::kFlashcomm2OProjRow; }
+  int tp_rank() const override { return otp_ ? otp_->rank() : 0; }
+  int tp_size() const override { return otp_ ? otp_->size() : 1; }
+  Placement input_placement(const ForwardContext&) const override {
+    return Placement::shard_features();
+  }
+  Placement output_placement(const ForwardContext& ctx) const override {
+    return ctx.flash_comm_v1_enabled ? Placement::shard_tokens() : Placement::replicated();
+  }
+
+  // Steps 1-3 on a tensor of any dtype: [N', F] -> [N'/G, G*F].
+  Tensor exchange(TensorView xp) const {
+    const int t = tp_.size(), g = odp_.size();
+    const std::int64_t b = xp.rows() / t, f = xp.cols();
+    Tensor send(xp.dtype(), xp.rows(), f);
+    for (int i = 0; i < g; ++i)
+      for (int q = 0; q < p_; ++q)
+        copy_into(xp.row_slice(table_[i][q] * b, b), send.view().row_slice((i * p_ + q) * b, b));
+    Tensor recv(xp.dtype(), xp.rows(), f);  // [G, P*b, F]: source member, row, feature
+    odp_.all_to_all(send, recv);
+    const std::int64_t rows = static_cast<std::int64_t>(p_) * b;
+    Tensor out(xp.dtype(), rows, static_cast<std::int64_t>(g) * f);
+    for (int s = 0; s < g; ++s)
+      copy_into(recv.view().row_slice(s * rows, rows), out.view().col_slice(s * f, f));
+    return out;
+  }
+
+  Tensor forward(TensorView x, const ForwardContext& ctx, const LocalGemm& g) override {
+    const Where w = where(world_rank_);
+    const int t = tp_.size();
+    TensorView xin = input_parallel(x, flags_, tp_size(), tp_rank());
+    // The context's pad makes every replica's N' equal; without FC1 a local pad to a multiple of
+    // T is enough because this op unpads its own output (fixes seed §16 item 16).
+    std::int64_t pad = ctx.pad_size;
+    if ((xin.rows() + pad) % t != 0) {
+      TPL_CHECK(!ctx.flash_comm_v1_enabled, w, "FC1 is on but rows ", xin.rows(), " + pad_size ",
+                pad, " is not a multiple of TP size ", t);
+      pad = pad_to_multiple(xin.rows(), t);
+    }
+    TPL_CHECK_EQ(xin.cols() * odp_.size(), g.in_features, w,
+                 "FlashComm2 needs equal head slices: every rank's input width times G must be "
+                 "the weight slice width");
+    Tensor xp = pad_rows(xin, pad);
+    Tensor gathered = exchange(xp);
+    Tensor y;
+    if (otp_) {
+      y = gemm_reduce_scatter(g, gathered, *otp_, row_bias(flags_, tp_rank()), false);
+    } else {
+      y = g.run(gathered, row_bias(flags_, 0));
+    }
+    if (ctx.flash_comm_v1_enabled) return y;
+    Tensor all = gather_tokens(tp_, y);
+    if (pad == 0) return all;
+    return Tensor::copy_of(all.view().row_slice(0, xin.rows()));
+  }
+
+ private:
+  Communicator& tp_;
+  Communicator& odp_;
+  Communicator* otp_;
+  int p_;
+  std::vector<std::vector<int>> table_;
+  int world_rank_;
+};
+
+}  // namespace
+
+OpPtr make_flashcomm2_oproj_row(const LayerName& n, const LinearFlags& f, const OpEnv& env) {
+  return std::make_unique<Flashcomm2OProjRowOp>(n, f, env);
+}
+
+}  // namespace tpl::ops

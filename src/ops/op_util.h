@@ -1,0 +1,34 @@
+// Helpers shared by the ops: padding, input splitting, bias rules, gathers of uneven shards.
+#pragma once
+
+#include <vector>
+
+#include "tpl/communicator.h"
+#include "tpl/linear_op.h"
+
+namespace tpl::ops {
+
+// Column ops add the bias unless skip_bias_add.
+inline bool column_bias(const LinearFlags& f) { return !f.skip_bias_add; }
+// Row ops add it on the reducing group's rank 0 only, so a sum counts it once.
+inline bool row_bias(const LinearFlags& f, int group_rank) {
+  return !f.skip_bias_add && group_rank == 0;
+}
+
+// [rows + pad, cols]: x followed by `pad` zero rows.
+Tensor pad_rows(TensorView x, std::int64_t pad);
+// Row ops' get_input_parallel: x itself when input_is_parallel, else this rank's block of
+// features (uneven split rule of shard_range).
+TensorView input_parallel(TensorView x, const LinearFlags& f, int size, int rank);
+// all-gather along tokens: [R, C] -> [size*R, C].
+Tensor gather_tokens(Communicator& comm, TensorView x);
+// all-gather along features of shards that follow shard_range(total_cols, size, .): members
+// may hold different widths; the result is [R, total_cols] in member order.
+Tensor gather_features(Communicator& comm, TensorView x, std::int64_t total_cols);
+// Tokens held by each member of a module group (MLP-TP, O-proj-TP) that spans DP replicas:
+// entry k = tokens of DP replica (block*m + k). Equal to ctx.num_tokens when the context has no
+// per-replica counts.
+std::vector<std::int64_t> module_group_tokens(const ForwardContext& ctx, const ParallelLayout& l,
+                                              int world_rank, int m);
+
+}  // namespace tpl::ops

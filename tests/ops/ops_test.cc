@@ -1,0 +1,500 @@
+// Every op against the single-device reference y = x·Wᵀ + b (seed-spec §15 items 1-5).
+//
+// The binary runs on W = 1..4 ranks (CTest entries ops_np1..ops_np4). For each op, every layout
+// and group size valid at W is tried with tokens {1, 7, 8, 1000, 1001, 1537}, bias
+// {none, added, skipped}, and data that is
+//   * small integers in f32 and bf16: every product and sum is exact, so outputs must be
+//     bit-identical to the reference;
+//   * random normal bf16: partial sums are rounded to bf16 before the f32-staged reduction, so
+//     the bound is |err| <= 0.03 + 0.02·|expected| (outputs have unit scale).
+// Each rank builds its own input slice from the global problem according to the op's entry
+// placement and compares its output with the slice of the reference its exit placement names.
+// Verdicts are collective (expect_agreed): a failure names the rank, index and values.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <functional>
+#include <sstream>
+
+#include "harness.h"
+#include "tpl/backends.h"
+#include "tpl/linear.h"
+
+namespace tpl {
+namespace {
+
+using testing::compare;
+using testing::expect_agreed;
+using testing::world;
+
+enum class Data { kIntF32, kIntBF16, kNormalBF16 };
+enum class BiasMode { kNone, kAdded, kSkipped };
+
+const char* data_name(Data d) {
+  return d == Data::kIntF32 ? "int-f32" : d == Data::kIntBF16 ? "int-bf16" : "normal-bf16";
+}
+const char* bias_name(BiasMode b) {
+  return b == BiasMode::kNone ? "no-bias" : b == BiasMode::kAdded ? "bias" : "skip-bias";
+}
+DType dtype_of(Data d) { return d == Data::kIntF32 ? DType::kF32 : DType::kBF16; }
+
+Tensor make_data(Data d, std::int64_t rows, std::int64_t cols, std::uint64_t seed, float scale) {
+  if (d == Data::kNormalBF16) return testing::random_normal(rows, cols, scale, seed, DType::kBF16);
+  return testing::random_ints(rows, cols, 2, seed, dtype_of(d));
+}
+
+// Reference on the exact values of the inputs (bf16 inputs are exact in f32), output in f32.
+Tensor reference(TensorView x, TensorView w, TensorView b) {
+  GemmDesc desc{w.cols(), w.rows(), x.dtype(), w.dtype(), DType::kF32};
+  auto g = make_reference_gemm(desc, w, b);
+  Tensor y(DType::kF32, x.rows(), w.rows());
+  g->run(x, y, !b.empty());
+  return y;
+}
+
+// One scenario: a config, a layer, a token count per DP replica, data and bias choices.
+struct Case {
+  std::string label;
+  Config config;
+  ModelInfo model;
+  LayerSpec spec;
+  OpKind expect_kind;
+  std::int64_t tokens = 1;  // replica d has tokens + d*token_skew tokens
+  std::int64_t token_skew = 0;
+  Data data = Data::kIntF32;
+  BiasMode bias = BiasMode::kNone;
+};
+
+std::string describe(const Case& c) {
+  std::ostringstream os;
+  os << c.label << " W=" << c.config.layout.world_size() << " dp=" << c.config.layout.dp
+     << " tp=" << c.config.layout.tp << " tokens=" << c.tokens << "+" << c.token_skew << "*d "
+     << data_name(c.data) << " " << bias_name(c.bias);
+  return os.str();
+}
+
+// Runs one case on every rank of the world; returns this rank's failure message ("" if ok).
+std::string run_case(Case c) {
+  Communicator& w = world();
+  const ParallelLayout& l = c.config.layout;
+  const RankCoord me = coord_of(l, w.rank());
+  const Features f = Features::derive(c.config, c.model);
+  ProcessGroups groups(w, l, group_sizes(c.config, f));
+  Selector selector(c.config, c.model);
+  OpEnv env{c.config, f, groups, nullptr};
+
+  LayerSpec spec = c.spec;
+  spec.dtype = dtype_of(c.data);
+  spec.bias = c.bias != BiasMode::kNone;
+  spec.flags.skip_bias_add = c.bias == BiasMode::kSkipped;
+  spec.flags.return_bias = true;
+  std::int64_t out = spec.out_features;
+  if (spec.kind == LayerKind::kMergedColumn) {
+    out = 0;
+    for (auto s : spec.output_sizes) out += s;
+  } else if (spec.kind == LayerKind::kQkv) {
+    out = (spec.qkv.num_heads + 2 * spec.qkv.num_kv_heads) * spec.qkv.head_dim;
+  }
+  const float wscale = 1.0f / std::sqrt(static_cast<float>(spec.in_features));
+  Tensor weight = make_data(c.data, out, spec.in_features, 1000, wscale);
+  Tensor bias = spec.bias ? make_data(c.data, 1, out, 2000, 1.0f) : Tensor();
+  LinearLayer layer(spec, selector, env, GemmBackend::kOneDnn, weight,
+                    spec.bias ? bias.view() : TensorView());
+  if (layer.choice().kind != c.expect_kind)
+    return describe(c) + ": selected " + op_kind_name(layer.choice().kind) + ", expected " +
+           op_kind_name(c.expect_kind) + "\n" + layer.choice().explanation;
+
+  std::vector<std::int64_t> across(l.dp);
+  for (int d = 0; d < l.dp; ++d) across[d] = c.tokens + d * c.token_skew;
+  const std::int64_t n = across[me.d];
+  ForwardContext ctx = ForwardContext::make(c.config, f, c.model, n,
+                                            l.dp > 1 ? across : std::vector<std::int64_t>{});
+  // Global problem: replica d's activations and reference output (bias added unless skipped).
+  auto x_of = [&](int d) { return make_data(c.data, across[d], spec.in_features, 3000 + d, 1.0f); };
+  TensorView ref_bias = spec.bias && !spec.flags.skip_bias_add ? bias.view() : TensorView();
+  auto ref_of = [&](TensorView x) { return reference(x, weight, ref_bias); };
+
+  Tensor x = x_of(me.d);
+  const int T = l.tp, t = me.t;
+  const OpKind kind = layer.choice().kind;
+  Tensor input;          // this rank's input
+  TensorView in_view;
+  Tensor expected;       // what this rank must hold
+  std::int64_t valid_rows = -1;  // compare only the first valid_rows rows (-1: all)
+  const Placement in_pl = layer.op().input_placement(ctx);
+  const Placement out_pl = layer.op().output_placement(ctx);
+
+  switch (kind) {
+    case OpKind::kMlpColumn:
+    case OpKind::kMlpRow: {
+      const int m = c.config.mlp_tp, k = me.d % m, block = me.d / m;
+      std::int64_t bmax = 0;
+      for (int j = 0; j < m; ++j) bmax = std::max(bmax, across[block * m + j]);
+      if (kind == OpKind::kMlpColumn) {
+        in_view = x;
+        // Expected: all group tokens (padded per member to bmax), my feature rows.
+        Tensor all(DType::kF32, m * bmax, out);
+        for (int j = 0; j < m; ++j) {
+          Tensor xr = x_of(block * m + j);
+          Tensor yr = ref_of(xr);
+          copy_into(yr, all.view().row_slice(j * bmax, yr.rows()));
+        }
+        const auto rows = LinearLayer::output_rows(spec, k, m);
+        std::int64_t local = 0;
+        for (auto r : rows) local += r.size;
+        expected = Tensor(DType::kF32, m * bmax, local);
+        std::int64_t at = 0;
+        for (auto r : rows) {
+          copy_into(all.view().col_slice(r.offset, r.size), expected.view().col_slice(at, r.size));
+          at += r.size;
+        }
+        // Padding rows hold GEMM(0) = bias; only real tokens are compared.
+        std::string msg;
+        Tensor y = layer.forward(in_view, ctx).output;
+        for (int j = 0; j < m && msg.empty(); ++j) {
+          const std::int64_t rows_j = across[block * m + j];
+          msg = compare(y.view().row_slice(j * bmax, rows_j),
+                        expected.view().row_slice(j * bmax, rows_j),
+                        c.data == Data::kNormalBF16 ? 0.03 : 0, c.data == Data::kNormalBF16 ? 0.02 : 0,
+                        describe(c) + " member " + std::to_string(j) + " tokens");
+        }
+        return msg;
+      }
+      // MLPRow: input = all group tokens (padded), my feature block.
+      Tensor all_x(spec.dtype, m * bmax, spec.in_features);
+      for (int j = 0; j < m; ++j) {
+        Tensor xr = x_of(block * m + j);
+        copy_into(xr, all_x.view().row_slice(j * bmax, xr.rows()));
+      }
+      const ShardRange cols = shard_range(spec.in_features, m, k);
+      input = Tensor::copy_of(all_x.view().col_slice(cols.offset, cols.size));
+      in_view = input;
+      expected = ref_of(x);
+      break;
+    }
+    case OpKind::kOProjRow:
+    case OpKind::kShardedCpRow:
+    case OpKind::kShardedCpColumn:
+    case OpKind::kReplicated:
+      in_view = x;
+      expected = ref_of(x);
+      break;
+    case OpKind::kStandardColumn:
+    case OpKind::kSequenceColumn:
+    case OpKind::kFlashcomm2OshardQkv: {
+      if (in_pl.kind == PlacementKind::kShard) {  // FC1 sequence shard of the padded batch
+        Tensor padded(spec.dtype, n + ctx.pad_size, spec.in_features);
+        copy_into(x, padded.view().row_slice(0, n));
+        const std::int64_t b = padded.rows() / T;
+        input = Tensor::copy_of(padded.view().row_slice(t * b, b));
+        in_view = input;
+      } else {
+        in_view = x;
+      }
+      Tensor full = ref_of(x);
+      if (out_pl.kind == PlacementKind::kShard) {
+        const auto rows = LinearLayer::output_rows(spec, layer.tp_rank(), layer.tp_size());
+        std::int64_t local = 0;
+        for (auto r : rows) local += r.size;
+        expected = Tensor(DType::kF32, n, local);
+        std::int64_t at = 0;
+        for (auto r : rows) {
+          copy_into(full.view().col_slice(r.offset, r.size), expected.view().col_slice(at, r.size));
+          at += r.size;
+        }
+      } else {
+        expected = std::move(full);
+      }
+      break;
+    }
+    case OpKind::kStandardRow:
+    case OpKind::kMatmulAllreduceRow:
+    case OpKind::kSequenceRow:
+    case OpKind::kFlashcomm2OProjRow: {
+      // Entry: Shard(features) over TP (the attention layout), or the full input when
+      // input_is_parallel is false.
+      // FlashComm2's input is the TP attention layout; other row ops shard by their own group.
+      const int parts = kind == OpKind::kFlashcomm2OProjRow ? T : layer.tp_size();
+      const int part = kind == OpKind::kFlashcomm2OProjRow ? t : layer.tp_rank();
+      if (spec.flags.input_is_parallel && parts > 1) {
+        const ShardRange cols = shard_range(spec.in_features, parts, part);
+        input = Tensor::copy_of(x.view().col_slice(cols.offset, cols.size));
+        in_view = input;
+      } else {
+        in_view = x;
+      }
+      Tensor full = ref_of(x);
+      if (out_pl.kind == PlacementKind::kShard) {  // FC1 sequence shard of the padded batch
+        const std::int64_t b = (n + ctx.pad_size) / T;
+        Tensor padded(DType::kF32, n + ctx.pad_size, out);
+        copy_into(full, padded.view().row_slice(0, n));
+        expected = Tensor::copy_of(padded.view().row_slice(t * b, b));
+        valid_rows = std::clamp<std::int64_t>(n - t * b, 0, b);
+      } else {
+        expected = std::move(full);
+      }
+      break;
+    }
+  }
+
+  LinearOutput result = layer.forward(in_view, ctx);
+  Tensor y = std::move(result.output);
+  if (!(result.placement == out_pl)) return describe(c) + ": placement mismatch";
+  if (spec.flags.skip_bias_add && spec.bias && !result.bias)
+    return describe(c) + ": return_bias with skip_bias_add did not return the bias";
+  if (out_pl.kind == PlacementKind::kPartial) {
+    // Partial: the sum over the group is the value.
+    groups.tp().all_reduce(y);
+  }
+  const double atol = c.data == Data::kNormalBF16 ? 0.03 : 0.0;
+  const double rtol = c.data == Data::kNormalBF16 ? 0.02 : 0.0;
+  if (valid_rows >= 0) {
+    if (y.rows() != expected.rows())
+      return describe(c) + ": output rows " + std::to_string(y.rows()) + " expected " +
+             std::to_string(expected.rows());
+    return compare(y.view().row_slice(0, valid_rows), expected.view().row_slice(0, valid_rows),
+                   atol, rtol, describe(c) + " in " + in_pl.to_string() + " out " + out_pl.to_string());
+  }
+  return compare(y, expected, atol, rtol,
+                 describe(c) + " in " + in_pl.to_string() + " out " + out_pl.to_string());
+}
+
+const std::vector<std::int64_t> kTokens{1, 7, 8, 1000, 1001, 1537};
+
+// Runs the case over tokens x bias x data and reports collectively.
+void sweep(Case base, std::vector<std::int64_t> tokens = kTokens) {
+  for (std::int64_t n : tokens)
+    for (BiasMode b : {BiasMode::kNone, BiasMode::kAdded, BiasMode::kSkipped})
+      for (Data d : {Data::kIntF32, Data::kIntBF16}) {
+        Case c = base;
+        c.tokens = n;
+        c.bias = b;
+        c.data = d;
+        std::string msg;
+        try {
+          msg = run_case(c);
+        } catch (const std::exception& e) {
+          msg = describe(c) + ": threw " + e.what();
+        }
+        expect_agreed(world(), msg);
+      }
+  Case c = base;  // random data, bf16, tolerance
+  c.tokens = 257;
+  c.bias = BiasMode::kAdded;
+  c.data = Data::kNormalBF16;
+  std::string msg;
+  try {
+    msg = run_case(c);
+  } catch (const std::exception& e) {
+    msg = describe(c) + ": threw " + e.what();
+  }
+  expect_agreed(world(), msg);
+}
+
+Config tp_config(int tp) {
+  Config c;
+  c.layout = {1, 1, tp};
+  return c;
+}
+
+LayerSpec column(const std::string& prefix, std::int64_t in, std::int64_t out) {
+  LayerSpec s;
+  s.prefix = prefix;
+  s.kind = LayerKind::kColumn;
+  s.in_features = in;
+  s.out_features = out;
+  return s;
+}
+LayerSpec row(const std::string& prefix, std::int64_t in, std::int64_t out) {
+  LayerSpec s = column(prefix, in, out);
+  s.kind = LayerKind::kRow;
+  return s;
+}
+
+const char* kQkv = "model.layers.0.self_attn.qkv_proj";
+const char* kO = "model.layers.0.self_attn.o_proj";
+const char* kGateUp = "model.layers.0.mlp.gate_up_proj";
+const char* kDown = "model.layers.0.mlp.down_proj";
+
+int W() { return world().size(); }
+
+TEST(Ops, StandardColumnAndRow) {
+  Case c{"standard column", tp_config(W()), {}, column(kQkv, 16, 13), OpKind::kStandardColumn};
+  sweep(c);
+  c.spec.flags.gather_output = true;
+  c.label = "standard column gather_output";
+  sweep(c, {1, 7, 1001});
+  Case r{"standard row", tp_config(W()), {}, row(kO, 13, 16), OpKind::kStandardRow};
+  sweep(r);
+  r.label = "standard row !input_is_parallel";
+  r.spec.flags.input_is_parallel = false;
+  sweep(r, {1, 7, 1001});
+}
+
+TEST(Ops, StandardRowPartialWhenNotReducing) {
+  Case r{"standard row !reduce_results", tp_config(W()), {}, row(kO, 13, 16), OpKind::kStandardRow};
+  r.spec.flags.reduce_results = false;
+  for (std::int64_t n : {1, 7, 1001})
+    for (BiasMode b : {BiasMode::kNone, BiasMode::kSkipped}) {
+      Case c = r;
+      c.tokens = n;
+      c.bias = b;
+      std::string msg;
+      try {
+        msg = run_case(c);
+      } catch (const std::exception& e) {
+        msg = describe(c) + ": threw " + e.what();
+      }
+      expect_agreed(world(), msg);
+    }
+}
+
+TEST(Ops, Replicated) {
+  Case c{"replicated", tp_config(W()), {}, column("model.layers.0.mlp.gate", 16, 5),
+         OpKind::kReplicated};
+  c.spec.kind = LayerKind::kReplicated;
+  sweep(c, {1, 7, 1001});
+}
+
+TEST(Ops, MergedColumnAndQkvShards) {
+  Case c{"merged gate_up", tp_config(W()), {}, column(kGateUp, 16, 0), OpKind::kStandardColumn};
+  c.spec.kind = LayerKind::kMergedColumn;
+  c.spec.output_sizes = {11, 11};
+  sweep(c, {1, 7, 1001});
+  if (W() == 3) return;  // 4 heads / 2 KV heads do not split over 3 ranks (checked below)
+  Case q{"qkv gqa", tp_config(W()), {}, column(kQkv, 16, 0), OpKind::kStandardColumn};
+  q.spec.kind = LayerKind::kQkv;
+  q.spec.qkv = {4, 2, 3};
+  sweep(q, {1, 7, 1001});
+}
+
+TEST(Ops, SequenceParallelFlashComm1) {
+  if (W() < 2) GTEST_SKIP() << "FlashComm1 needs TP > 1";
+  for (std::int64_t threshold : {std::int64_t{1000}, std::int64_t{0}})
+    for (bool moe : {false, true}) {  // MoE: FC1 always on and no fused reduce-scatter
+      Config cfg = tp_config(W());
+      cfg.flashcomm1 = true;
+      cfg.flashcomm1_threshold = threshold;
+      ModelInfo model;
+      model.is_moe = moe;
+      const std::string tag = std::string(moe ? " moe" : " dense") + " thr=" + std::to_string(threshold);
+      sweep({"fc1 column" + tag, cfg, model, column(kQkv, 16, 13), OpKind::kSequenceColumn});
+      sweep({"fc1 row" + tag, cfg, model, row(kO, 13, 16), OpKind::kSequenceRow});
+    }
+}
+
+TEST(Ops, SequenceParallelAcrossDpReplicas) {
+  if (W() != 4) GTEST_SKIP() << "needs DP=2 x TP=2";
+  Config cfg;
+  cfg.layout = {1, 2, 2};
+  cfg.flashcomm1 = true;
+  cfg.flashcomm1_threshold = 0;
+  Case c{"fc1 row dp2", cfg, {}, row(kO, 13, 16), OpKind::kSequenceRow};
+  c.token_skew = 3;  // replicas hold different token counts; pad equalises them
+  sweep(c, {1, 7, 1001});
+  Case col{"fc1 column dp2", cfg, {}, column(kQkv, 16, 13), OpKind::kSequenceColumn};
+  col.token_skew = 3;
+  sweep(col, {1, 7, 1001});
+}
+
+TEST(Ops, MatmulAllreduce) {
+  Config cfg = tp_config(W());
+  cfg.matmul_allreduce = true;
+  sweep({"matmul-allreduce", cfg, {}, row(kDown, 13, 16), OpKind::kMatmulAllreduceRow});
+}
+
+TEST(Ops, FlashComm2) {
+  if (W() < 2) GTEST_SKIP() << "FlashComm2 needs TP > 1";
+  for (int p = 1; p < W(); ++p) {
+    if (W() % p) continue;
+    for (bool fc1 : {false, true}) {
+      Config cfg = tp_config(W());
+      cfg.flashcomm2_p = p;
+      cfg.flashcomm1 = fc1;
+      cfg.flashcomm1_threshold = 0;
+      const std::string tag = " P=" + std::to_string(p) + (fc1 ? " fc1" : "");
+      sweep({"fc2 o_proj" + tag, cfg, {}, row(kO, 24, 16), OpKind::kFlashcomm2OProjRow});
+      cfg.layer_sharding = {"o_proj"};
+      sweep({"fc2 oshard qkv" + tag, cfg, {}, column(kQkv, 16, 13), OpKind::kFlashcomm2OshardQkv},
+            {1, 7, 1001});
+    }
+  }
+}
+
+TEST(Ops, MlpTensorParallel) {
+  for (int tp : {1, 2}) {
+    if (W() % tp) continue;
+    const int dp = W() / tp;
+    for (int m = 1; m <= dp; ++m) {
+      if (dp % m) continue;
+      for (std::int64_t skew : {0, 2}) {
+        Config cfg;
+        cfg.layout = {1, dp, tp};
+        cfg.mlp_tp = m;
+        const std::string tag = " m=" + std::to_string(m) + " skew=" + std::to_string(skew);
+        Case col{"mlp column" + tag, cfg, {}, column(kGateUp, 16, 0), OpKind::kMlpColumn};
+        col.spec.kind = LayerKind::kMergedColumn;
+        col.spec.output_sizes = {11, 11};
+        col.token_skew = skew;
+        sweep(col, {1, 7, 1001});
+        Case r{"mlp row" + tag, cfg, {}, row(kDown, 13, 16), OpKind::kMlpRow};
+        r.token_skew = skew;
+        sweep(r, {1, 7, 1001});
+      }
+    }
+  }
+}
+
+TEST(Ops, OProjTensorParallel) {
+  for (int m = 1; m <= W(); ++m) {
+    if (W() % m) continue;
+    for (std::int64_t skew : {0, 3}) {
+      Config cfg;
+      cfg.layout = {1, W(), 1};
+      cfg.oproj_tp = m;
+      cfg.deployment = Deployment::kDecode;
+      Case r{"oproj tp m=" + std::to_string(m), cfg, {}, row(kO, 24, 16), OpKind::kOProjRow};
+      r.token_skew = skew;
+      sweep(r, {1, 7, 1001});
+    }
+  }
+}
+
+TEST(Ops, ShardedContextParallel) {
+  if (W() < 2) GTEST_SKIP() << "DSA-CP rides on FlashComm1, which needs TP > 1";
+  Config cfg = tp_config(W());
+  cfg.flashcomm1 = true;
+  cfg.deployment = Deployment::kPrefill;
+  cfg.layer_sharding = {"q_b_proj", "o_proj"};
+  ModelInfo dsa;
+  dsa.has_index_topk = true;
+  sweep({"dsa-cp row", cfg, dsa, row(kO, 13, 16), OpKind::kShardedCpRow}, {1, 7, 1001});
+  sweep({"dsa-cp column", cfg, dsa, column("model.layers.0.self_attn.q_b_proj", 16, 13),
+         OpKind::kShardedCpColumn},
+        {1, 7, 1001});
+}
+
+TEST(Ops, SharedExpertsRunUnshardedUnderSharedExpertDp) {
+  if (W() < 2) GTEST_SKIP();
+  Config cfg = tp_config(W());
+  cfg.flashcomm1 = true;
+  Case c{"shared expert down", cfg, {}, row("model.layers.5.mlp.shared_experts.down_proj", 13, 16),
+         OpKind::kStandardRow};
+  sweep(c, {1, 7, 1001});
+}
+
+TEST(Ops, RowWithoutReductionRejectsAnAddedBias) {
+  Config cfg = tp_config(W());
+  const Features f = Features::derive(cfg, {});
+  ProcessGroups groups(world(), cfg.layout, group_sizes(cfg, f));
+  Selector sel(cfg, {});
+  OpEnv env{cfg, f, groups, nullptr};
+  LayerSpec s = row(kO, 8, 4);
+  s.bias = true;
+  s.flags.reduce_results = false;
+  Tensor w(DType::kF32, 4, 8), b(DType::kF32, 1, 4);
+  EXPECT_THROW(LinearLayer(s, sel, env, GemmBackend::kOneDnn, w, b), InvalidArgument);
+}
+
+}  // namespace
+}  // namespace tpl
