@@ -47,6 +47,7 @@ struct Config {
   bool expert_parallel = false;
   bool eager = false;            // graph mode off
   Deployment deployment = Deployment::kMixed;
+  int fused_chunks = 0;          // chunks of fused GEMM+collective paths; 0 = automatic rule
 
   // Parses the JSON form (docs/config.md), then validate()s. Unknown keys are errors.
   static Config from_json(const nlohmann::json& j);

@@ -82,6 +82,7 @@ class LinearLayer {
   Tensor bias_;
   std::unique_ptr<Gemm> gemm_;
   LocalGemm local_;
+  WeightPrefetchHook* prefetch_ = nullptr;
 };
 
 }  // namespace tpl

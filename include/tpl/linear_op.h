@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 
+#include "tpl/comm_worker.h"
 #include "tpl/error.h"
 #include "tpl/forward_context.h"
 #include "tpl/gemm.h"
@@ -51,12 +52,26 @@ class OShardTrigger {
   virtual void reach_layer(const LayerName& qkv_layer) = 0;
 };
 
+// Weight-prefetch hook (seed §9): called after every row op with its output, e.g. to warm the
+// cache with the next MLP weight while vector work runs. It must not change any value; the
+// default (no hook) does nothing.
+class WeightPrefetchHook {
+ public:
+  virtual ~WeightPrefetchHook() = default;
+  virtual void after_row_op(const LayerName& layer, const ForwardContext& ctx,
+                            TensorView output) = 0;
+};
+
 // Everything an op may depend on, passed explicitly.
 struct OpEnv {
   const Config& config;
   const Features& features;
   const ProcessGroups& groups;
   OShardTrigger* oshard = nullptr;
+  // Runs the collectives of fused GEMM+collective paths; nullptr = no overlap (GEMM, then the
+  // collective). Owned by the caller; one per process is enough.
+  CommWorker* overlap = nullptr;
+  WeightPrefetchHook* prefetch = nullptr;  // optional, see WeightPrefetchHook
 };
 
 class LinearOp {
@@ -76,10 +91,15 @@ class LinearOp {
   const LayerName& name() const { return name_; }
 
  protected:
-  LinearOp(LayerName name, LinearFlags flags) : name_(std::move(name)), flags_(flags) {}
-  Where where(int rank) const { return Where{std::string(op_kind_name(kind())) + " " + name_.prefix, rank}; }
+  LinearOp(LayerName name, LinearFlags flags, int world_rank)
+      : name_(std::move(name)), flags_(flags), world_rank_(world_rank) {}
+  // Error location: op, layer and world rank.
+  Where where() const {
+    return Where{std::string(op_kind_name(kind())) + " " + name_.prefix, world_rank_};
+  }
   LayerName name_;
   LinearFlags flags_;
+  int world_rank_;
 };
 
 // Builds the op `choice` names, for the layer `prefix`, in the groups of `env`.

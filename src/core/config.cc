@@ -51,7 +51,10 @@ ModelInfo ModelInfo::from_json(const nlohmann::json& hf) {
   if (!j.is_object()) TPL_THROW(ConfigError, kWhere, "HF config must be a JSON object");
   ModelInfo m;
   m.model_type = j.value("model_type", "");
-  m.n_routed_experts = opt_int(j, "n_routed_experts");
+  // §12.2: an absent n_routed_experts reads as 0 (which counts as "set"); only an explicit null
+  // means "no routed experts".
+  if (!j.contains("n_routed_experts")) m.n_routed_experts = 0;
+  else m.n_routed_experts = opt_int(j, "n_routed_experts");
   m.first_k_dense_replace = opt_int(j, "first_k_dense_replace");
   m.moe_layer_freq = opt_int(j, "moe_layer_freq").value_or(1);
   if (m.moe_layer_freq < 1) TPL_THROW(ConfigError, kWhere, "moe_layer_freq must be >= 1");
@@ -68,36 +71,53 @@ bool ModelInfo::is_moe_layer(const std::string& prefix) const {
   std::smatch m;
   if (!std::regex_search(prefix, m, kLayer)) return false;
   if (!n_routed_experts) return false;
+  if (m[1].length() > 9) return false;  // not a real layer index
   const std::int64_t l = std::stoll(m[1].str());
   const std::int64_t first =
       first_k_dense_replace.value_or(std::numeric_limits<std::int64_t>::max());
   return l >= first && l % moe_layer_freq == 0;
 }
 
+namespace {
+int get_int(const nlohmann::json& j, const char* key, int def) {
+  if (!j.contains(key)) return def;
+  if (!j[key].is_number_integer())
+    TPL_THROW(ConfigError, kWhere, "config key '", key, "' must be an integer, got ", j[key].dump());
+  return j[key].get<int>();
+}
+bool get_bool(const nlohmann::json& j, const char* key, bool def) {
+  if (!j.contains(key)) return def;
+  if (!j[key].is_boolean())
+    TPL_THROW(ConfigError, kWhere, "config key '", key, "' must be true or false, got ", j[key].dump());
+  return j[key].get<bool>();
+}
+}  // namespace
+
 Config Config::from_json(const nlohmann::json& j) {
   static const std::set<std::string> kKeys{
       "pp", "dp", "tp", "flashcomm1", "flashcomm1_threshold", "flashcomm2_p", "mlp_tp",
       "oproj_tp", "matmul_allreduce", "layer_sharding", "shared_expert_dp", "expert_parallel",
-      "eager", "deployment"};
+      "eager", "deployment", "fused_chunks"};
   if (!j.is_object()) TPL_THROW(ConfigError, kWhere, "config must be a JSON object");
   for (auto it = j.begin(); it != j.end(); ++it)
     if (!kKeys.count(it.key()))
       TPL_THROW(ConfigError, kWhere, "unknown config key '", it.key(), "'");
   Config c;
   try {
-    c.layout.pp = j.value("pp", 1);
-    c.layout.dp = j.value("dp", 1);
-    c.layout.tp = j.value("tp", 1);
-    c.flashcomm1 = j.value("flashcomm1", false);
+    c.layout.pp = get_int(j, "pp", 1);
+    c.layout.dp = get_int(j, "dp", 1);
+    c.layout.tp = get_int(j, "tp", 1);
+    c.flashcomm1 = get_bool(j, "flashcomm1", false);
     c.flashcomm1_threshold = j.value("flashcomm1_threshold", std::int64_t{1000});
-    c.flashcomm2_p = j.value("flashcomm2_p", 0);
-    c.mlp_tp = j.value("mlp_tp", 0);
-    c.oproj_tp = j.value("oproj_tp", 0);
-    c.matmul_allreduce = j.value("matmul_allreduce", false);
+    c.flashcomm2_p = get_int(j, "flashcomm2_p", 0);
+    c.mlp_tp = get_int(j, "mlp_tp", 0);
+    c.oproj_tp = get_int(j, "oproj_tp", 0);
+    c.matmul_allreduce = get_bool(j, "matmul_allreduce", false);
     c.layer_sharding = j.value("layer_sharding", std::vector<std::string>{});
-    c.shared_expert_dp = j.value("shared_expert_dp", false);
-    c.expert_parallel = j.value("expert_parallel", false);
-    c.eager = j.value("eager", false);
+    c.shared_expert_dp = get_bool(j, "shared_expert_dp", false);
+    c.expert_parallel = get_bool(j, "expert_parallel", false);
+    c.eager = get_bool(j, "eager", false);
+    c.fused_chunks = get_int(j, "fused_chunks", 0);
     const std::string dep = j.value("deployment", std::string("mixed"));
     if (dep == "mixed") c.deployment = Deployment::kMixed;
     else if (dep == "prefill") c.deployment = Deployment::kPrefill;
@@ -129,12 +149,14 @@ nlohmann::json Config::to_json() const {
           {"shared_expert_dp", shared_expert_dp},
           {"expert_parallel", expert_parallel},
           {"eager", eager},
-          {"deployment", dep}};
+          {"deployment", dep},
+          {"fused_chunks", fused_chunks}};
 }
 
 void Config::validate() const {
   layout.validate(layout.world_size());
   if (flashcomm1_threshold < 0) TPL_THROW(ConfigError, kWhere, "flashcomm1_threshold must be >= 0");
+  if (fused_chunks < 0) TPL_THROW(ConfigError, kWhere, "fused_chunks must be >= 0 (0 = automatic)");
   if (mlp_tp < 0 || oproj_tp < 0 || flashcomm2_p < 0)
     TPL_THROW(ConfigError, kWhere, "group sizes must be >= 0 (0 disables)");
   if (mlp_tp > 0 && layout.dp % mlp_tp != 0)
@@ -147,6 +169,10 @@ void Config::validate() const {
       TPL_THROW(ConfigError, kWhere, "O-proj TP requires graph mode (eager must be false)");
     if (deployment != Deployment::kDecode)
       TPL_THROW(ConfigError, kWhere, "O-proj TP is only supported on a PD-disaggregated decode node");
+    // Its all-to-all cuts the features of every attention head; with TP > 1 a rank holds only
+    // its heads (seed §16 item 9).
+    if (layout.tp != 1)
+      TPL_THROW(ConfigError, kWhere, "O-proj TP needs TP = 1 (its input must carry every attention head), got TP = ", layout.tp);
   }
   const bool sp = flashcomm1 || (shared_expert_dp && expert_parallel && layout.tp > 1);
   if (sp && layout.tp < 2) TPL_THROW(ConfigError, kWhere, "FlashComm1 needs TP > 1");

@@ -117,6 +117,17 @@ LinearLayer::LinearLayer(const LayerSpec& spec, const Selector& selector, const 
   choice_ = selector.choose(spec_.prefix, direction_of(spec_.kind), spec_.disable_tp);
   op_ = make_linear_op(choice_, name, spec_.flags, env);
   const int rank = op_->tp_rank(), size = op_->tp_size();
+  prefetch_ = env.prefetch;
+  // Equal-split constraints, checked here so every rank fails the same way before any
+  // collective runs.
+  if (choice_.kind == OpKind::kFlashcomm2OProjRow)
+    TPL_CHECK_EQ(spec_.in_features % env.config.layout.tp, 0, w,
+                 "FlashComm2 exchanges equal head slices: the o_proj input features must be "
+                 "divisible by the TP size");
+  if (choice_.kind == OpKind::kOProjRow)
+    TPL_CHECK_EQ(spec_.in_features % size, 0, w,
+                 "O-proj TP cuts the features into equal slices: the input features must be "
+                 "divisible by the O-proj TP size");
 
   // Narrow the weight and bias by the op's coordinates.
   const DType bias_dtype = DType::kF32;
@@ -167,6 +178,8 @@ LinearOutput LinearLayer::forward(TensorView x, const ForwardContext& ctx) {
   LinearOutput out;
   out.output = op_->forward(x, ctx, local_);
   out.placement = op_->output_placement(ctx);
+  if (prefetch_ && direction_of(spec_.kind) == Direction::kRow)
+    prefetch_->after_row_op(op_->name(), ctx, out.output);
   if (spec_.flags.return_bias && spec_.flags.skip_bias_add && spec_.bias) out.bias = bias_.view();
   return out;
 }

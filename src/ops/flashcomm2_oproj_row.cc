@@ -20,7 +20,7 @@ namespace {
 class Flashcomm2OProjRowOp final : public LinearOp {
  public:
   Flashcomm2OProjRowOp(const LayerName& n, const LinearFlags& f, const OpEnv& env)
-      : LinearOp(n, f),
+      : LinearOp(n, f, env.groups.world_rank()),
         tp_(env.groups.tp()),
         odp_(env.groups.flashcomm2_odp()),
         otp_(env.groups.flashcomm2_otp()),
@@ -55,7 +55,7 @@ class Flashcomm2OProjRowOp final : public LinearOp {
   }
 
   Tensor forward(TensorView x, const ForwardContext& ctx, const LocalGemm& g) override {
-    const Where w = where(world_rank_);
+    const Where w = where();
     const int t = tp_.size();
     TensorView xin = input_parallel(x, flags_, tp_size(), tp_rank());
     // The context's pad makes every replica's N' equal; without FC1 a local pad to a multiple of

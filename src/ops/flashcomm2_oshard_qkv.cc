@@ -14,7 +14,7 @@ namespace {
 class Flashcomm2OshardQkvOp final : public LinearOp {
  public:
   Flashcomm2OshardQkvOp(const LayerName& n, const LinearFlags& f, const OpEnv& env)
-      : LinearOp(n, f), tp_(env.groups.tp()), sp_(env.features.enable_sp), trigger_(env.oshard) {}
+      : LinearOp(n, f, env.groups.world_rank()), tp_(env.groups.tp()), sp_(env.features.enable_sp), trigger_(env.oshard) {}
   OpKind kind() const override { return OpKind::kFlashcomm2OshardQkv; }
   int tp_rank() const override { return tp_.rank(); }
   int tp_size() const override { return tp_.size(); }
@@ -29,7 +29,7 @@ class Flashcomm2OshardQkvOp final : public LinearOp {
     Tensor full;
     TensorView in = x;
     if (sp_ && ctx.flash_comm_v1_enabled) {
-      full = gather_and_unpad(tp_, x, ctx, where(tp_.rank()));
+      full = gather_and_unpad(tp_, x, ctx, where());
       in = full.view();
     }
     if (trigger_) trigger_->reach_layer(name_);

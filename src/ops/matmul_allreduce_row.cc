@@ -1,6 +1,7 @@
-// MatmulAllreduceRowParallelOp (§6.6): Shard(features) -> Replicated by GEMM + all-reduce over
-// TP through the gemm_all_reduce seam (the overlapped version replaces its body). Partial when
-// !reduce_results; plain GEMM at T = 1. Bias on TP rank 0.
+// MatmulAllreduceRowParallelOp (§6.6): Shard(features) -> Replicated by a fused GEMM +
+// all-reduce over TP: with a CommWorker in OpEnv the GEMM runs in row chunks and each chunk's
+// all-reduce overlaps the next chunk's GEMM (gemm_collectives.h). Partial when !reduce_results;
+// plain GEMM at T = 1. Bias on TP rank 0.
 #include "ops/gemm_collectives.h"
 #include "ops/op_util.h"
 #include "ops/ops.h"
@@ -11,7 +12,10 @@ namespace {
 class MatmulAllreduceRowOp final : public LinearOp {
  public:
   MatmulAllreduceRowOp(const LayerName& n, const LinearFlags& f, const OpEnv& env)
-      : LinearOp(n, f), comm_(env.groups.tp()) {}
+      : LinearOp(n, f, env.groups.world_rank()),
+        comm_(env.groups.tp()),
+        overlap_(env.overlap),
+        chunks_(env.config.fused_chunks) {}
   OpKind kind() const override { return OpKind::kMatmulAllreduceRow; }
   int tp_rank() const override { return comm_.rank(); }
   int tp_size() const override { return comm_.size(); }
@@ -25,13 +29,16 @@ class MatmulAllreduceRowOp final : public LinearOp {
   Tensor forward(TensorView x, const ForwardContext&, const LocalGemm& g) override {
     TensorView xp = input_parallel(x, flags_, tp_size(), tp_rank());
     const bool bias = row_bias(flags_, tp_rank());
-    if (reduces()) return gemm_all_reduce(g, xp, comm_, bias);
+    if (reduces())
+      return gemm_all_reduce(g, xp, comm_, bias, overlap_, fused_chunk_count(xp.rows(), chunks_));
     return g.run(xp, bias);
   }
 
  private:
   bool reduces() const { return flags_.reduce_results && tp_size() > 1; }
   Communicator& comm_;
+  CommWorker* overlap_;
+  int chunks_;
 };
 
 }  // namespace

@@ -15,7 +15,7 @@ namespace {
 class MlpColumnOp final : public LinearOp {
  public:
   MlpColumnOp(const LayerName& n, const LinearFlags& f, const OpEnv& env)
-      : LinearOp(n, f), comm_(env.groups.mlp_tp()), env_(env) {}
+      : LinearOp(n, f, env.groups.world_rank()), comm_(env.groups.mlp_tp()), env_(env) {}
   OpKind kind() const override { return OpKind::kMlpColumn; }
   int tp_rank() const override { return comm_.rank(); }
   int tp_size() const override { return comm_.size(); }
@@ -28,7 +28,7 @@ class MlpColumnOp final : public LinearOp {
   Tensor forward(TensorView x, const ForwardContext& ctx, const LocalGemm& g) override {
     const auto counts = module_group_tokens(ctx, env_.config.layout, env_.groups.world_rank(),
                                             comm_.size());
-    TPL_CHECK_EQ(x.rows(), counts[comm_.rank()], where(env_.groups.world_rank()),
+    TPL_CHECK_EQ(x.rows(), counts[comm_.rank()], where(),
                  "input rows must equal this replica's token count");
     const std::int64_t bmax = *std::max_element(counts.begin(), counts.end());
     Tensor padded = pad_rows(x, bmax - x.rows());

@@ -15,7 +15,7 @@ namespace {
 class MlpRowOp final : public LinearOp {
  public:
   MlpRowOp(const LayerName& n, const LinearFlags& f, const OpEnv& env)
-      : LinearOp(n, f), comm_(env.groups.mlp_tp()), env_(env) {}
+      : LinearOp(n, f, env.groups.world_rank()), comm_(env.groups.mlp_tp()), env_(env) {}
   OpKind kind() const override { return OpKind::kMlpRow; }
   int tp_rank() const override { return comm_.rank(); }
   int tp_size() const override { return comm_.size(); }
@@ -29,7 +29,7 @@ class MlpRowOp final : public LinearOp {
     const auto counts = module_group_tokens(ctx, env_.config.layout, env_.groups.world_rank(),
                                             comm_.size());
     const std::int64_t bmax = *std::max_element(counts.begin(), counts.end());
-    TPL_CHECK_EQ(x.rows(), bmax * comm_.size(), where(env_.groups.world_rank()),
+    TPL_CHECK_EQ(x.rows(), bmax * comm_.size(), where(),
                  "input must hold every group member's (padded) tokens");
     TensorView xp = input_parallel(x, flags_, tp_size(), tp_rank());
     Tensor y = gemm_reduce_scatter(g, xp, comm_, row_bias(flags_, tp_rank()), false);

@@ -19,7 +19,7 @@ namespace {
 class OProjRowOp final : public LinearOp {
  public:
   OProjRowOp(const LayerName& n, const LinearFlags& f, const OpEnv& env)
-      : LinearOp(n, f), comm_(env.groups.oproj_tp()), env_(env) {}
+      : LinearOp(n, f, env.groups.world_rank()), comm_(env.groups.oproj_tp()), env_(env) {}
   OpKind kind() const override { return OpKind::kOProjRow; }
   int tp_rank() const override { return comm_.rank(); }
   int tp_size() const override { return comm_.size(); }
@@ -31,7 +31,7 @@ class OProjRowOp final : public LinearOp {
   }
   Tensor forward(TensorView x, const ForwardContext& ctx, const LocalGemm& g) override {
     const int m = comm_.size();
-    const Where w = where(env_.groups.world_rank());
+    const Where w = where();
     const auto counts = module_group_tokens(ctx, env_.config.layout, env_.groups.world_rank(), m);
     TPL_CHECK_EQ(x.rows(), counts[comm_.rank()], w, "input rows must equal this replica's tokens");
     TPL_CHECK_EQ(x.cols() % m, 0, w, "O-proj TP needs the input features (", x.cols(),

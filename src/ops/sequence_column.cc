@@ -23,7 +23,7 @@ namespace {
 class SequenceColumnOp final : public LinearOp {
  public:
   SequenceColumnOp(const LayerName& n, const LinearFlags& f, const OpEnv& env)
-      : LinearOp(n, f), tp_(env.groups.tp()) {}
+      : LinearOp(n, f, env.groups.world_rank()), tp_(env.groups.tp()) {}
   OpKind kind() const override { return OpKind::kSequenceColumn; }
   int tp_rank() const override { return tp_.rank(); }
   int tp_size() const override { return tp_.size(); }
@@ -37,7 +37,7 @@ class SequenceColumnOp final : public LinearOp {
   Tensor forward(TensorView x, const ForwardContext& ctx, const LocalGemm& g) override {
     Tensor y;
     if (ctx.flash_comm_v1_enabled) {
-      Tensor full = gather_and_unpad(tp_, x, ctx, where(tp_.rank()));
+      Tensor full = gather_and_unpad(tp_, x, ctx, where());
       y = g.run(full, column_bias(flags_));
     } else {
       y = g.run(x, column_bias(flags_));

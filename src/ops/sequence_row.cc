@@ -4,7 +4,8 @@
 //  * FC1 on: pad to N' with zero rows, then GEMM + reduce-scatter over tokens -> Shard(tokens)
 //    [N'/T, H]; rank r holds rows r*N'/T... The padding rows sit at the end and the next
 //    SequenceColumn's gather drops them.
-//    - mmrs_fusion: the fused path (gemm_reduce_scatter seam) adds the bias after the
+//    - mmrs_fusion: the fused path (chunked GEMM whose reduce-scatters overlap the next chunk
+//      when OpEnv has a CommWorker, gemm_collectives.h) adds the bias after the
 //      reduce-scatter on every rank: each token row then lives on exactly one rank, so every
 //      token gets the bias once. The seed added it on rank 0 only, so tokens on other ranks
 //      missed it (§16 item 3).
@@ -21,9 +22,11 @@ namespace {
 class SequenceRowOp final : public LinearOp {
  public:
   SequenceRowOp(const LayerName& n, const LinearFlags& f, const OpEnv& env)
-      : LinearOp(n, f),
+      : LinearOp(n, f, env.groups.world_rank()),
         tp_(env.groups.tp()),
-        skip_pad_(env.features.dsa_cp && n.role == LayerRole::kOProj) {}
+        skip_pad_(env.features.dsa_cp && n.role == LayerRole::kOProj),
+        overlap_(env.overlap),
+        chunks_(env.config.fused_chunks) {}
   OpKind kind() const override { return OpKind::kSequenceRow; }
   int tp_rank() const override { return tp_.rank(); }
   int tp_size() const override { return tp_.size(); }
@@ -45,10 +48,12 @@ class SequenceRowOp final : public LinearOp {
       padded = pad_rows(xp, ctx.pad_size);
       in = padded.view();
     }
-    TPL_CHECK_EQ(in.rows() % tp_size(), 0, where(tp_.rank()),
+    TPL_CHECK_EQ(in.rows() % tp_size(), 0, where(),
                  "rows after padding must be a multiple of the TP size (pad_size ", ctx.pad_size,
                  ")");
-    if (ctx.mmrs_fusion) return gemm_reduce_scatter(g, in, tp_, column_bias(flags_), true);
+    if (ctx.mmrs_fusion)
+      return gemm_reduce_scatter(g, in, tp_, column_bias(flags_), true, overlap_,
+                                 fused_chunk_count(in.rows(), chunks_));
     return gemm_reduce_scatter(g, in, tp_, row_bias(flags_, tp_rank()), false);
   }
 
@@ -56,6 +61,8 @@ class SequenceRowOp final : public LinearOp {
   bool reduces() const { return flags_.reduce_results && tp_size() > 1; }
   Communicator& tp_;
   bool skip_pad_;
+  CommWorker* overlap_;
+  int chunks_;
 };
 
 }  // namespace

@@ -12,7 +12,8 @@ namespace {
 
 class ShardedCpOp final : public LinearOp {
  public:
-  ShardedCpOp(const LayerName& n, const LinearFlags& f, OpKind kind) : LinearOp(n, f), kind_(kind) {}
+  ShardedCpOp(const LayerName& n, const LinearFlags& f, OpKind kind, int world_rank)
+      : LinearOp(n, f, world_rank), kind_(kind) {}
   OpKind kind() const override { return kind_; }
   int tp_rank() const override { return 0; }
   int tp_size() const override { return 1; }
@@ -32,17 +33,19 @@ class ShardedCpOp final : public LinearOp {
 
 }  // namespace
 
-OpPtr make_sharded_cp_row(const LayerName& n, const LinearFlags& f, const OpEnv&) {
+OpPtr make_sharded_cp_row(const LayerName& n, const LinearFlags& f, const OpEnv& env) {
   LinearFlags fixed = f;
   fixed.reduce_results = false;
   fixed.input_is_parallel = true;
-  return std::make_unique<ShardedCpOp>(n, fixed, OpKind::kShardedCpRow);
+  return std::make_unique<ShardedCpOp>(n, fixed, OpKind::kShardedCpRow,
+                                       env.groups.world_rank());
 }
 
-OpPtr make_sharded_cp_column(const LayerName& n, const LinearFlags& f, const OpEnv&) {
+OpPtr make_sharded_cp_column(const LayerName& n, const LinearFlags& f, const OpEnv& env) {
   LinearFlags fixed = f;
   fixed.gather_output = false;
-  return std::make_unique<ShardedCpOp>(n, fixed, OpKind::kShardedCpColumn);
+  return std::make_unique<ShardedCpOp>(n, fixed, OpKind::kShardedCpColumn,
+                                       env.groups.world_rank());
 }
 
 }  // namespace tpl::ops

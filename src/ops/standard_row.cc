@@ -10,7 +10,7 @@ namespace {
 class StandardRowOp final : public LinearOp {
  public:
   StandardRowOp(const LayerName& n, const LinearFlags& f, const OpEnv& env, bool unsharded)
-      : LinearOp(n, f), comm_(unsharded ? nullptr : &env.groups.tp()) {}
+      : LinearOp(n, f, env.groups.world_rank()), comm_(unsharded ? nullptr : &env.groups.tp()) {}
   OpKind kind() const override { return OpKind::kStandardRow; }
   int tp_rank() const override { return comm_ ? comm_->rank() : 0; }
   int tp_size() const override { return comm_ ? comm_->size() : 1; }

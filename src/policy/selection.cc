@@ -57,7 +57,8 @@ LayerName parse_layer_name(const std::string& prefix) {
   n.shared_expert = prefix.find("shared_expert") != std::string::npos;
   static const std::regex kLayer(R"(layers\.(\d+)\.)");
   std::smatch m;
-  if (std::regex_search(prefix, m, kLayer)) n.layer_index = std::stoi(m[1].str());
+  if (std::regex_search(prefix, m, kLayer) && m[1].length() <= 9)
+    n.layer_index = std::stoi(m[1].str());
   return n;
 }
 

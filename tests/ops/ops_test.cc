@@ -81,7 +81,7 @@ std::string run_case(Case c) {
   const Features f = Features::derive(c.config, c.model);
   ProcessGroups groups(w, l, group_sizes(c.config, f));
   Selector selector(c.config, c.model);
-  OpEnv env{c.config, f, groups, nullptr};
+  OpEnv env{c.config, f, groups, nullptr, nullptr};
 
   LayerSpec spec = c.spec;
   spec.dtype = dtype_of(c.data);
@@ -494,6 +494,75 @@ TEST(Ops, RowWithoutReductionRejectsAnAddedBias) {
   s.flags.reduce_results = false;
   Tensor w(DType::kF32, 4, 8), b(DType::kF32, 1, 4);
   EXPECT_THROW(LinearLayer(s, sel, env, GemmBackend::kOneDnn, w, b), InvalidArgument);
+}
+
+// The prefetch hook runs once after every row op, never after a column op, and cannot change
+// the numbers (it only sees a const view of the output).
+TEST(Ops, WeightPrefetchHookRunsAfterRowOps) {
+  struct Counter : WeightPrefetchHook {
+    std::vector<std::string> seen;
+    void after_row_op(const LayerName& l, const ForwardContext&, TensorView) override {
+      seen.push_back(l.prefix);
+    }
+  } hook;
+  Config cfg = tp_config(W());
+  const Features f = Features::derive(cfg, {});
+  ProcessGroups groups(world(), cfg.layout, group_sizes(cfg, f));
+  Selector sel(cfg, {});
+  OpEnv env{cfg, f, groups, nullptr, nullptr, &hook};
+  LayerSpec up = column(kGateUp, 8, 8), down = row(kDown, 8, 8);
+  Tensor w1 = testing::random_ints(8, 8, 2, 1), w2 = testing::random_ints(8, 8, 2, 2);
+  LinearLayer l1(up, sel, env, GemmBackend::kOneDnn, w1, {});
+  LinearLayer l2(down, sel, env, GemmBackend::kOneDnn, w2, {});
+  const ForwardContext ctx = ForwardContext::make(cfg, f, {}, 5);
+  Tensor x = testing::random_ints(5, 8, 2, 3);
+  Tensor h = l1.forward(x, ctx).output;
+  l2.forward(h, ctx);
+  ASSERT_EQ(hook.seen.size(), 1u);
+  EXPECT_EQ(hook.seen[0], kDown);
+}
+
+// Fused (chunked, overlapped on a CommWorker) paths against the unfused path on the same data.
+// Chunks are row blocks, so every element's reduction sums the same operands. With 2 ranks the
+// results must be bit-identical for random data; with 3-4 ranks MPI may pick a different
+// summation order for a different message size, so random data gets a 1-ulp-scale bound and
+// small-integer data (exact sums) must still be bit-identical.
+TEST(Ops, FusedPathsMatchUnfused) {
+  if (W() < 2) GTEST_SKIP() << "fusion needs a group";
+  CommWorker worker;
+  for (bool fc1 : {false, true})
+    for (Data data : {Data::kIntF32, Data::kNormalBF16, Data::kIntBF16})
+      for (int chunks : {2, 3, 4})
+        for (std::int64_t n : {7, 1001, 1537}) {
+          Config cfg = tp_config(W());
+          cfg.flashcomm1 = fc1;
+          cfg.flashcomm1_threshold = 0;
+          cfg.matmul_allreduce = !fc1;
+          cfg.fused_chunks = chunks;
+          const Features f = Features::derive(cfg, {});
+          ProcessGroups groups(world(), cfg.layout, group_sizes(cfg, f));
+          Selector sel(cfg, {});
+          LayerSpec s = row(kO, 40, 24);
+          s.dtype = dtype_of(data);
+          s.bias = true;
+          Tensor w = make_data(data, 24, 40, 11, 0.15f);
+          Tensor b = make_data(data, 1, 24, 12, 1.f);
+          OpEnv plain{cfg, f, groups, nullptr, nullptr};
+          OpEnv fused{cfg, f, groups, nullptr, &worker};
+          LinearLayer l_plain(s, sel, plain, GemmBackend::kOneDnn, w, b);
+          LinearLayer l_fused(s, sel, fused, GemmBackend::kOneDnn, w, b);
+          const ForwardContext ctx = ForwardContext::make(cfg, f, {}, n);
+          Tensor x = make_data(data, n, 40, 13, 1.f);
+          const ShardRange cols = shard_range(40, W(), world().rank());
+          Tensor xs = Tensor::copy_of(x.view().col_slice(cols.offset, cols.size));
+          Tensor a = l_plain.forward(xs, ctx).output;
+          Tensor c = l_fused.forward(xs, ctx).output;
+          const bool exact = W() == 2 || data != Data::kNormalBF16;
+          std::string label = std::string(op_kind_name(l_fused.choice().kind)) + " fused vs unfused " +
+                              data_name(data) + " chunks=" + std::to_string(chunks) +
+                              " tokens=" + std::to_string(n);
+          expect_agreed(world(), compare(c, a, exact ? 0 : 0.02, exact ? 0 : 0.01, label));
+        }
 }
 
 }  // namespace

@@ -1,0 +1,42 @@
+// CommWorker: one background thread that runs a group's collectives in submission order, so a
+// fused op can compute GEMM chunk k+1 while chunk k's collective runs.
+//
+// Why a thread: OpenMPI's nonblocking collectives only advance inside MPI calls (platform-notes
+// §2.6), and a oneDNN GEMM makes none, so MPI_I* alone would not overlap with a GEMM. The worker
+// calls the blocking collectives itself; the caller's thread does no MPI while work is pending.
+// The caller owns the worker (no globals) and passes it to the ops through OpEnv.
+#pragma once
+
+#include <condition_variable>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <mutex>
+#include <thread>
+
+namespace tpl {
+
+class CommWorker {
+ public:
+  CommWorker();
+  ~CommWorker();  // drains the queue, joins the thread
+  CommWorker(const CommWorker&) = delete;
+  CommWorker& operator=(const CommWorker&) = delete;
+
+  // Queues `task`; tasks run one at a time, in order.
+  void submit(std::function<void()> task);
+  // Blocks until every submitted task has run; rethrows the first exception a task threw.
+  void drain();
+
+ private:
+  void loop();
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> queue_;
+  std::size_t pending_ = 0;
+  std::exception_ptr error_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+}  // namespace tpl

@@ -1,0 +1,311 @@
+// oneDNN 2.6 matmul behind tpl::Gemm (see docs/gemm.md). The only file that includes oneDNN.
+//
+// Design:
+//  * The caller's weight W [n, k] row-major is described to oneDNN as the logical {k, n} matrix
+//    with format_tag::ba (no copy), and reordered once, at creation, into the blocked layout a
+//    matmul planned with weights format_tag::any picks for a representative M (256). Only that
+//    reordered copy is kept.
+//  * Primitives are cached per (M, with_bias, x row stride, y row stride). A new M is planned
+//    with the weights desc fixed to the held layout, so the weight is never reordered again.
+//  * Strided x/y are passed as strided memory descs ({M, k} with strides {stride, 1}). oneDNN
+//    2.6's brgemm matmul only takes dense rows, and with strides it falls back to a slow
+//    reference kernel (measured 8000x slower), so when the strided plan is a "ref" one, the
+//    operand is staged through a dense scratch buffer instead (an M*k / M*n copy).
+//  * If no fast implementation takes the held weight layout for some shape, the shape is
+//    re-planned with weights `any` and the held copy is reordered, once, into that second
+//    layout, which is cached next to the first (not observed with oneDNN 2.6.3 here).
+//  * Every oneDNN call is wrapped: dnnl::error becomes tpl::BackendError naming the call, the
+//    shapes and the dtypes.
+#include "gemm/onednn_gemm.h"
+
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <tuple>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "tpl/error.h"
+
+namespace tpl {
+namespace {
+
+using dnnl::memory;
+using tag = memory::format_tag;
+
+const Where kWhere{"onednn_gemm"};
+constexpr std::int64_t kPlanM = 256;   // representative M for choosing the weight layout
+constexpr std::size_t kMaxPlans = 64;  // cached primitives per Gemm (oldest evicted first)
+
+const char* status_name(dnnl_status_t s) {
+  switch (s) {
+    case dnnl_success:
+      return "success";
+    case dnnl_out_of_memory:
+      return "out_of_memory";
+    case dnnl_invalid_arguments:
+      return "invalid_arguments";
+    case dnnl_unimplemented:
+      return "unimplemented";
+    case dnnl_iterator_ends:
+      return "iterator_ends";
+    case dnnl_runtime_error:
+      return "runtime_error";
+    case dnnl_not_required:
+      return "not_required";
+  }
+  return "unknown";
+}
+
+memory::data_type to_dnnl(DType t) {
+  switch (t) {
+    case DType::kF32:
+      return memory::data_type::f32;
+    case DType::kBF16:
+      return memory::data_type::bf16;
+    default:
+      TPL_THROW(Unsupported, kWhere, "dtype ", dtype_name(t), " has no oneDNN path here");
+  }
+}
+
+bool overlaps(const TensorView& a, const TensorView& b) {
+  if (a.empty() || b.empty()) return false;
+  const auto* a0 = static_cast<const char*>(a.data());
+  const auto* a1 = static_cast<const char*>(a.at(a.rows() - 1, a.cols()));
+  const auto* b0 = static_cast<const char*>(b.data());
+  const auto* b1 = static_cast<const char*>(b.at(b.rows() - 1, b.cols()));
+  return a0 < b1 && b0 < a1;
+}
+
+class OneDnnGemm final : public Gemm {
+ public:
+  OneDnnGemm(const GemmDesc& desc, TensorView weight, TensorView bias) : desc_(desc) {
+    TPL_CHECK(desc.k > 0 && desc.n > 0, kWhere, "k and n must be positive, got k=", desc.k,
+              " n=", desc.n);
+    const bool f32 =
+        desc.act == DType::kF32 && desc.weight == DType::kF32 && desc.out == DType::kF32;
+    const bool bf16 = desc.act == DType::kBF16 && desc.weight == DType::kBF16 &&
+                      (desc.out == DType::kBF16 || desc.out == DType::kF32);
+    TPL_CHECK_T(f32 || bf16, Unsupported, kWhere, "dtypes act=", dtype_name(desc.act),
+                " weight=", dtype_name(desc.weight), " out=", dtype_name(desc.out),
+                " (supported: f32 x f32 -> f32, bf16 x bf16 -> bf16 or f32)");
+    TPL_CHECK(weight.device() == Device::kHost, kWhere, "weight must be a host tensor");
+    TPL_CHECK(weight.rows() == desc.n && weight.cols() == desc.k && weight.dtype() == desc.weight,
+              kWhere, "weight must be ", dtype_name(desc.weight), "[n=", desc.n, ", k=", desc.k,
+              "], got ", weight.describe());
+    if (!bias.empty()) {
+      TPL_CHECK(bias.device() == Device::kHost, kWhere, "bias must be a host tensor");
+      TPL_CHECK(bias.rows() == 1 && bias.cols() == desc.n &&
+                    (bias.dtype() == DType::kF32 || bias.dtype() == DType::kBF16 ||
+                     bias.dtype() == DType::kF16),
+                kWhere, "bias must be a float [1, n=", desc.n, "], got ", bias.describe());
+    }
+    act_dt_ = to_dnnl(desc.act);
+    wei_dt_ = to_dnnl(desc.weight);
+    out_dt_ = to_dnnl(desc.out);
+
+    guarded("engine/stream creation", -1, [&] {
+      engine_ = dnnl::engine(dnnl::engine::kind::cpu, 0);
+      stream_ = dnnl::stream(engine_);
+    });
+
+    // Bias is kept as f32 {1, n}: oneDNN accepts it for every supported dst dtype, and it
+    // avoids an extra rounding of a bf16 bias.
+    if (!bias.empty()) {
+      guarded("bias memory", -1, [&] {
+        bias_md_ = memory::desc({1, desc.n}, memory::data_type::f32, tag::ab);
+        bias_mem_ = memory(bias_md_, engine_);
+        auto* dst = static_cast<float*>(bias_mem_.get_data_handle());
+        for (std::int64_t j = 0; j < desc.n; ++j) dst[j] = get_f32(bias, 0, j);
+      });
+      has_bias_ = true;
+    }
+
+    // Plan at a representative M with weights `any`, then reorder the caller's weight once.
+    guarded("weight reorder", kPlanM, [&] {
+      const auto pd = make_pd(kPlanM, desc.k, desc.n, any_weights_md(), has_bias_);
+      const memory::desc user_md({desc.k, desc.n}, wei_dt_, {1, weight.stride()});
+      memory user(user_md, engine_, weight.data());
+      memory held(pd.weights_desc(), engine_);
+      dnnl::reorder(user, held).execute(stream_, user, held);
+      stream_.wait();
+      weights_.emplace_back(pd.weights_desc(), held);
+    });
+  }
+
+  const GemmDesc& desc() const override { return desc_; }
+  std::string name() const override { return "onednn"; }
+  bool has_bias() const override { return has_bias_; }
+
+  void run(TensorView x, TensorView y, bool with_bias) override {
+    const std::int64_t k = desc_.k, n = desc_.n;
+    TPL_CHECK(x.device() == Device::kHost && y.device() == Device::kHost, kWhere,
+              "x and y must be host tensors");
+    TPL_CHECK(x.cols() == k && x.dtype() == desc_.act, kWhere, "x must be ", dtype_name(desc_.act),
+              "[M, k=", k, "], got ", x.describe());
+    TPL_CHECK(y.rows() == x.rows() && y.cols() == n && y.dtype() == desc_.out, kWhere, "y must be ",
+              dtype_name(desc_.out), "[M=", x.rows(), ", n=", n, "], got ", y.describe());
+    TPL_CHECK(!with_bias || has_bias_, kWhere, "run(with_bias=true) but no bias was planned");
+    TPL_CHECK(!overlaps(x, y), kWhere, "x and y must not overlap");
+    const std::int64_t m = x.rows();
+    if (m == 0) return;
+
+    // A single row is dense whatever its stride; normalising it avoids needless staging.
+    const std::int64_t xs = m == 1 ? k : x.stride(), ys = m == 1 ? n : y.stride();
+    Plan& plan = get_plan(Key{m, with_bias, xs, ys});
+    const TensorView x_dense = plan.stage_x ? scratch(scratch_x_, desc_.act, m, k) : x;
+    const TensorView y_dense = plan.stage_y ? scratch(scratch_y_, desc_.out, m, n) : y;
+    if (plan.stage_x) copy_into(x, x_dense);
+    guarded("matmul execute", m, [&] {
+      plan.src.set_data_handle(x_dense.data());
+      plan.dst.set_data_handle(y_dense.data());
+      std::unordered_map<int, memory> args{
+          {DNNL_ARG_SRC, plan.src}, {DNNL_ARG_WEIGHTS, plan.weights}, {DNNL_ARG_DST, plan.dst}};
+      if (with_bias) args.emplace(DNNL_ARG_BIAS, bias_mem_);
+      plan.prim.execute(stream_, args);
+      stream_.wait();
+    });
+    if (plan.stage_y) copy_into(y_dense, y);
+  }
+
+ private:
+  struct Key {
+    std::int64_t m;
+    bool bias;
+    std::int64_t x_stride, y_stride;
+    auto tie() const { return std::tie(m, bias, x_stride, y_stride); }
+    bool operator<(const Key& o) const { return tie() < o.tie(); }
+  };
+  struct Plan {
+    dnnl::matmul prim;
+    memory src, dst, weights;
+    bool stage_x = false, stage_y = false;  // run through dense scratch rows
+  };
+
+  // Runs f, turning a dnnl::error into a BackendError that names the call, shapes and dtypes.
+  template <typename F>
+  void guarded(const char* call, std::int64_t m, F&& f) {
+    try {
+      f();
+    } catch (const dnnl::error& e) {
+      TPL_THROW(BackendError, kWhere, "oneDNN ", call, " failed (", status_name(e.status), ": ",
+                e.what(), ") for ", context(m));
+    }
+  }
+
+  std::string context(std::int64_t m) const {
+    std::ostringstream os;
+    os << "x " << dtype_name(desc_.act) << "[" << (m < 0 ? std::string("M") : std::to_string(m))
+       << ", " << desc_.k << "] * W " << dtype_name(desc_.weight) << "[" << desc_.n << ", "
+       << desc_.k << "]^T -> y " << dtype_name(desc_.out) << (has_bias_ ? " (bias f32)" : "");
+    return os.str();
+  }
+
+  memory::desc any_weights_md() const {
+    return memory::desc({desc_.k, desc_.n}, wei_dt_, tag::any);
+  }
+
+  dnnl::matmul::primitive_desc make_pd(std::int64_t m, std::int64_t x_stride, std::int64_t y_stride,
+                                       const memory::desc& wei_md, bool bias) const {
+    const memory::desc src_md({m, desc_.k}, act_dt_, {x_stride, 1});
+    const memory::desc dst_md({m, desc_.n}, out_dt_, {y_stride, 1});
+    const auto d = bias ? dnnl::matmul::desc(src_md, wei_md, bias_md_, dst_md)
+                        : dnnl::matmul::desc(src_md, wei_md, dst_md);
+    return dnnl::matmul::primitive_desc(d, engine_);
+  }
+
+  // The held weight in layout `md`, reordering the primary copy into it the first time.
+  memory weights_in(const memory::desc& md) {
+    for (const auto& [held_md, mem] : weights_)
+      if (held_md == md) return mem;
+    memory mem(md, engine_);
+    dnnl::reorder(weights_.front().second, mem).execute(stream_, weights_.front().second, mem);
+    stream_.wait();
+    weights_.emplace_back(md, mem);
+    return mem;
+  }
+
+  // Dense [rows, cols] window of a scratch tensor, grown (never shrunk) on demand.
+  static TensorView scratch(Tensor& t, DType dtype, std::int64_t rows, std::int64_t cols) {
+    if (t.rows() < rows) t = Tensor(dtype, rows, cols);
+    return t.view().row_slice(0, rows);
+  }
+
+  // The primitive descriptor, or nothing when no implementation (not even ref) takes the descs.
+  std::optional<dnnl::matmul::primitive_desc> try_pd(std::int64_t m, std::int64_t x_stride,
+                                                     std::int64_t y_stride,
+                                                     const memory::desc& wei_md, bool bias) const {
+    try {
+      return make_pd(m, x_stride, y_stride, wei_md, bias);
+    } catch (const dnnl::error& e) {
+      if (e.status != dnnl_unimplemented) throw;
+      return std::nullopt;
+    }
+  }
+
+  static bool is_fast(const std::optional<dnnl::matmul::primitive_desc>& pd) {
+    return pd && std::string(pd->impl_info_str()).rfind("ref", 0) != 0;
+  }
+
+  Plan& get_plan(const Key& key) {
+    if (auto it = plans_.find(key); it != plans_.end()) return it->second;
+    const std::int64_t k = desc_.k, n = desc_.n;
+    const memory::desc& held = weights_.front().first;
+    Plan plan;
+    guarded("matmul primitive creation", key.m, [&] {
+      // 1. The caller's strides with the held weight layout.
+      auto pd = try_pd(key.m, key.x_stride, key.y_stride, held, key.bias);
+      // 2. Dense (staged) activations with the held layout.
+      if (!is_fast(pd) && (key.x_stride != k || key.y_stride != n)) {
+        pd = try_pd(key.m, k, n, held, key.bias);
+        plan.stage_x = key.x_stride != k;
+        plan.stage_y = key.y_stride != n;
+      }
+      // 3. Let oneDNN pick the weight layout too; the held copy is reordered into it once.
+      if (!is_fast(pd)) {
+        auto any_pd = try_pd(key.m, k, n, any_weights_md(), key.bias);
+        if (is_fast(any_pd) || !pd) pd = any_pd;
+      }
+      if (!pd) {
+        TPL_THROW(BackendError, kWhere, "oneDNN has no matmul implementation for ", context(key.m));
+      }
+      plan.weights = weights_in(pd->weights_desc());
+      plan.prim = dnnl::matmul(*pd);
+      plan.src = memory(pd->src_desc(), engine_, DNNL_MEMORY_NONE);
+      plan.dst = memory(pd->dst_desc(), engine_, DNNL_MEMORY_NONE);
+    });
+    if (plans_.size() >= kMaxPlans) {
+      plans_.erase(order_.front());
+      order_.pop_front();
+    }
+    order_.push_back(key);
+    return plans_.emplace(key, std::move(plan)).first->second;
+  }
+
+  GemmDesc desc_;
+  memory::data_type act_dt_{}, wei_dt_{}, out_dt_{};
+  dnnl::engine engine_;
+  dnnl::stream stream_;
+  bool has_bias_ = false;
+  memory::desc bias_md_;
+  memory bias_mem_;
+  // Reordered weight copies: front() is the layout chosen at creation; more only on fallback.
+  std::vector<std::pair<memory::desc, memory>> weights_;
+  std::map<Key, Plan> plans_;
+  std::deque<Key> order_;  // insertion order, for eviction
+  Tensor scratch_x_, scratch_y_;
+};
+
+}  // namespace
+
+std::unique_ptr<Gemm> make_onednn_gemm(const GemmDesc& desc, TensorView weight, TensorView bias) {
+  return std::make_unique<OneDnnGemm>(desc, weight, bias);
+}
+
+}  // namespace tpl

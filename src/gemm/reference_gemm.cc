@@ -1,0 +1,155 @@
+// Reference GEMM: the test oracle. y[m, j] = sum_i x[m, i] * W[j, i] (+ bias[j]), summed in
+// double over the exact float values of the inputs and rounded once into y's dtype. It is
+// deliberately plain; the only concession to speed is converting W to double once at creation.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "tpl/error.h"
+#include "tpl/gemm.h"
+
+namespace tpl {
+namespace {
+
+const Where kWhere{"reference_gemm"};
+
+bool is_float(DType t) {
+  return t == DType::kF32 || t == DType::kBF16 || t == DType::kF16;
+}
+
+// Copies row r of a host view into `out` as doubles (exact: every f32/bf16/f16 is a double).
+void row_to_double(const TensorView& v, std::int64_t r, double* out) {
+  const std::int64_t cols = v.cols();
+  switch (v.dtype()) {
+    case DType::kF32: {
+      const auto* p = static_cast<const float*>(v.at(r, 0));
+      for (std::int64_t c = 0; c < cols; ++c) out[c] = p[c];
+      return;
+    }
+    case DType::kBF16: {
+      const auto* p = static_cast<const std::uint16_t*>(v.at(r, 0));
+      for (std::int64_t c = 0; c < cols; ++c) out[c] = bf16_bits_to_f32(p[c]);
+      return;
+    }
+    default:
+      for (std::int64_t c = 0; c < cols; ++c) out[c] = get_f32(v, r, c);
+      return;
+  }
+}
+
+// f32 nearest to v with round-to-odd: truncate toward zero, then set the last bit if inexact.
+// Rounding that (24 bits) to bf16 (8 bits) equals rounding v to bf16 directly, so the bf16
+// result is rounded once, not twice.
+float to_f32_round_odd(double v) {
+  float f = static_cast<float>(v);
+  if (!std::isfinite(v) || static_cast<double>(f) == v) return f;
+  if (std::fabs(static_cast<double>(f)) > std::fabs(v)) f = std::nextafter(f, 0.f);
+  std::uint32_t u;
+  std::memcpy(&u, &f, 4);
+  u |= 1u;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+void store_rounded(const TensorView& y, std::int64_t r, std::int64_t c, double v) {
+  void* p = y.at(r, c);
+  switch (y.dtype()) {
+    case DType::kF32:
+      *static_cast<float*>(p) = static_cast<float>(v);
+      return;
+    case DType::kBF16:
+      *static_cast<std::uint16_t*>(p) = f32_to_bf16_bits(to_f32_round_odd(v));
+      return;
+    case DType::kF16: {
+      const _Float16 h = static_cast<_Float16>(v);  // GCC converts double -> half directly
+      std::memcpy(p, &h, 2);
+      return;
+    }
+    default:
+      TPL_THROW(Unsupported, kWhere, "output dtype ", dtype_name(y.dtype()));
+  }
+}
+
+bool overlaps(const TensorView& a, const TensorView& b) {
+  if (a.empty() || b.empty()) return false;
+  const auto* a0 = static_cast<const char*>(a.data());
+  const auto* a1 = static_cast<const char*>(a.at(a.rows() - 1, a.cols()));
+  const auto* b0 = static_cast<const char*>(b.data());
+  const auto* b1 = static_cast<const char*>(b.at(b.rows() - 1, b.cols()));
+  return a0 < b1 && b0 < a1;
+}
+
+class ReferenceGemm final : public Gemm {
+ public:
+  ReferenceGemm(const GemmDesc& desc, TensorView weight, TensorView bias) : desc_(desc) {
+    TPL_CHECK(desc.k > 0 && desc.n > 0, kWhere, "k and n must be positive, got k=", desc.k,
+              " n=", desc.n);
+    for (DType t : {desc.act, desc.weight, desc.out})
+      TPL_CHECK_T(is_float(t), Unsupported, kWhere, "dtype ", dtype_name(t),
+                  " (reference GEMM reads and writes f32, bf16 and f16 only)");
+    TPL_CHECK(weight.device() == Device::kHost, kWhere, "weight must be a host tensor");
+    TPL_CHECK(weight.rows() == desc.n && weight.cols() == desc.k && weight.dtype() == desc.weight,
+              kWhere, "weight must be ", dtype_name(desc.weight), "[n=", desc.n, ", k=", desc.k,
+              "], got ", weight.describe());
+    // Stored transposed, [k, n], so that run() sweeps contiguous rows of W^T.
+    wt_.resize(static_cast<std::size_t>(desc.k * desc.n));
+    std::vector<double> row(static_cast<std::size_t>(desc.k));
+    for (std::int64_t j = 0; j < desc.n; ++j) {
+      row_to_double(weight, j, row.data());
+      for (std::int64_t i = 0; i < desc.k; ++i) wt_[i * desc.n + j] = row[i];
+    }
+    if (!bias.empty()) {
+      TPL_CHECK(bias.device() == Device::kHost, kWhere, "bias must be a host tensor");
+      TPL_CHECK(bias.rows() == 1 && bias.cols() == desc.n && is_float(bias.dtype()), kWhere,
+                "bias must be a float [1, n=", desc.n, "], got ", bias.describe());
+      bias_.resize(static_cast<std::size_t>(desc.n));
+      row_to_double(bias, 0, bias_.data());
+    }
+  }
+
+  const GemmDesc& desc() const override { return desc_; }
+  std::string name() const override { return "reference"; }
+  bool has_bias() const override { return !bias_.empty(); }
+
+  void run(TensorView x, TensorView y, bool with_bias) override {
+    const std::int64_t k = desc_.k, n = desc_.n;
+    TPL_CHECK(x.device() == Device::kHost && y.device() == Device::kHost, kWhere,
+              "x and y must be host tensors");
+    TPL_CHECK(x.cols() == k && x.dtype() == desc_.act, kWhere, "x must be ", dtype_name(desc_.act),
+              "[M, k=", k, "], got ", x.describe());
+    TPL_CHECK(y.rows() == x.rows() && y.cols() == n && y.dtype() == desc_.out, kWhere, "y must be ",
+              dtype_name(desc_.out), "[M=", x.rows(), ", n=", n, "], got ", y.describe());
+    TPL_CHECK(!with_bias || has_bias(), kWhere, "run(with_bias=true) but no bias was planned");
+    TPL_CHECK(!overlaps(x, y), kWhere, "x and y must not overlap");
+    std::vector<double> xr(static_cast<std::size_t>(k)), acc(static_cast<std::size_t>(n));
+    for (std::int64_t m = 0; m < x.rows(); ++m) {
+      row_to_double(x, m, xr.data());
+      // acc[j] = sum over i in order 0..k-1 of x[m, i] * W[j, i]; the n sums are independent,
+      // which keeps the loop free of a serial dependency chain.
+      std::fill(acc.begin(), acc.end(), 0.0);
+      for (std::int64_t i = 0; i < k; ++i) {
+        const double xi = xr[i];
+        const double* wi = &wt_[i * n];
+        for (std::int64_t j = 0; j < n; ++j) acc[j] += xi * wi[j];
+      }
+      for (std::int64_t j = 0; j < n; ++j)
+        store_rounded(y, m, j, with_bias ? acc[j] + bias_[j] : acc[j]);
+    }
+  }
+
+ private:
+  GemmDesc desc_;
+  std::vector<double> wt_;    // W transposed: [k, n], row-major
+  std::vector<double> bias_;  // [n], empty when there is no bias
+};
+
+}  // namespace
+
+std::unique_ptr<Gemm> make_reference_gemm(const GemmDesc& desc, TensorView weight,
+                                          TensorView bias) {
+  return std::make_unique<ReferenceGemm>(desc, weight, bias);
+}
+
+}  // namespace tpl
