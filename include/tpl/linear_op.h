@@ -30,18 +30,42 @@ struct LinearFlags {
   bool reduce_results = true;     // row: reduce the partial sums
 };
 
-// What an op runs locally: this rank's weight shard, planned once.
+// W8A8 parameters of this rank's shard (see quant.h).
+struct W8A8Local {
+  float input_scale = 1.f;
+  std::int32_t input_offset = 0;
+  TensorView deq_scale;   // f32 [1, out_local]
+  TensorView quant_bias;  // int32 [1, out_local]
+};
+
+// What an op runs locally: this rank's weight shard, planned once, and the layer's bias terms.
+//
+// `bias_here` says whether this rank adds the layer's bias terms: column ops always, row ops
+// only on the reducing group's rank 0 (so a sum counts them once). The float bias is still left
+// out when skip_bias_add; W8A8's quant_bias is never skipped, because it also carries the
+// activation zero-point correction.
 struct LocalGemm {
-  Gemm* gemm = nullptr;  // [in_local] -> [out_local]; has_bias() if the layer has a bias
+  Gemm* gemm = nullptr;  // float: x·Wᵀ (+ planned bias); W8A8: int8 x int8 -> int32
   DType out_dtype = DType::kF32;
-  std::int64_t in_features = 0;   // in_local
-  std::int64_t out_features = 0;  // out_local
+  std::int64_t in_features = 0;        // in_local
+  std::int64_t out_features = 0;       // out_local
   std::int64_t full_out_features = 0;  // out over the whole group (for feature gathers)
-  TensorView bias;  // [1, out_local] the layer's local bias, empty if none
-  // y = x·Wᵀ, plus the bias when `with_bias` and the layer has one.
-  Tensor run(TensorView x, bool with_bias) const;
-  void run_into(TensorView x, TensorView y, bool with_bias) const;
-  bool has_bias() const { return !bias.empty(); }
+  TensorView bias;                     // f32 [1, out_local] float bias, empty if none
+  bool skip_bias_add = false;
+  const W8A8Local* quant = nullptr;    // non-null for W8A8 layers
+
+  bool quantized() const { return quant != nullptr; }
+  // W8A8: the int8 activations the GEMM consumes (any float x; int8 x is returned as a copy).
+  Tensor quantize(TensorView x) const;
+  // y = x·Wᵀ plus the bias terms when bias_here. W8A8 quantizes a float x first; an int8 x is
+  // taken as already quantized.
+  Tensor run(TensorView x, bool bias_here) const;
+  void run_into(TensorView x, TensorView y, bool bias_here) const;
+  // Adds the bias terms to rows that were reduced already (the fused reduce-scatter path, where
+  // every reduced row lives on exactly one rank): the float bias unless skipped, and for W8A8
+  // quant_bias·deq_scale.
+  void add_bias_terms(TensorView y) const;
+  bool has_bias() const { return !bias.empty() || quantized(); }
 };
 
 // Called by Flashcomm2OshardQKV before its GEMM to start the weight broadcast of a later

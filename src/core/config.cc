@@ -161,6 +161,8 @@ void Config::validate() const {
     TPL_THROW(ConfigError, kWhere, "group sizes must be >= 0 (0 disables)");
   if (mlp_tp > 0 && layout.dp % mlp_tp != 0)
     TPL_THROW(ConfigError, kWhere, "MLP TP size ", mlp_tp, " must divide the DP size ", layout.dp);
+  if (flashcomm2_p > 0 && oproj_tp > 0)
+    TPL_THROW(ConfigError, kWhere, "O-proj TP and FlashComm2 are mutually exclusive");
   if (oproj_tp > 0) {
     if (layout.dp % oproj_tp != 0)
       TPL_THROW(ConfigError, kWhere, "O-proj TP size ", oproj_tp, " must divide the DP size ",
@@ -181,8 +183,6 @@ void Config::validate() const {
         !(layer_sharding.size() == 1 && layer_sharding[0] == "o_proj"))
       TPL_THROW(ConfigError, kWhere,
                 "with FlashComm2, layer_sharding must be exactly [\"o_proj\"]");
-    if (oproj_tp > 0)
-      TPL_THROW(ConfigError, kWhere, "O-proj TP and FlashComm2 are mutually exclusive");
     if (layout.tp <= flashcomm2_p || layout.tp % flashcomm2_p != 0)
       TPL_THROW(ConfigError, kWhere, "FlashComm2 P = ", flashcomm2_p, " with TP = ", layout.tp,
                 ": P must divide T and be smaller than it");

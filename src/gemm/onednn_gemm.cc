@@ -115,8 +115,8 @@ class OneDnnGemm final : public Gemm {
       stream_ = dnnl::stream(engine_);
     });
 
-    // Bias is kept as f32 {1, n}: oneDNN accepts it for every supported dst dtype, and it
-    // avoids an extra rounding of a bf16 bias.
+    // Bias is kept as f32 {1, n} (exact for any 16-bit float input): oneDNN accepts it for
+    // every supported dst dtype, and a bf16 output is then rounded once, after the add.
     if (!bias.empty()) {
       guarded("bias memory", -1, [&] {
         bias_md_ = memory::desc({1, desc.n}, memory::data_type::f32, tag::ab);

@@ -172,6 +172,7 @@ LinearLayer::LinearLayer(const LayerSpec& spec, const Selector& selector, const 
   local_.out_features = desc.n;
   local_.full_out_features = size == 1 ? desc.n : full_out_features();
   if (spec_.bias) local_.bias = bias_.view();
+  local_.skip_bias_add = spec_.flags.skip_bias_add;
 }
 
 LinearOutput LinearLayer::forward(TensorView x, const ForwardContext& ctx) {

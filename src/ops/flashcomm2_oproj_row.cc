@@ -73,9 +73,9 @@ class Flashcomm2OProjRowOp final : public LinearOp {
     Tensor gathered = exchange(xp);
     Tensor y;
     if (otp_) {
-      y = gemm_reduce_scatter(g, gathered, *otp_, row_bias(flags_, tp_rank()), false);
+      y = gemm_reduce_scatter(g, gathered, *otp_, row_bias(tp_rank()), false);
     } else {
-      y = g.run(gathered, row_bias(flags_, 0));
+      y = g.run(gathered, row_bias(0));
     }
     if (ctx.flash_comm_v1_enabled) return y;
     Tensor all = gather_tokens(tp_, y);

@@ -33,7 +33,7 @@ class Flashcomm2OshardQkvOp final : public LinearOp {
       in = full.view();
     }
     if (trigger_) trigger_->reach_layer(name_);
-    Tensor y = g.run(in, column_bias(flags_));
+    Tensor y = g.run(in, kColumnBias);
     if (flags_.gather_output && tp_size() > 1) return gather_features(tp_, y, g.full_out_features);
     return y;
   }

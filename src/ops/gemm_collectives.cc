@@ -54,7 +54,7 @@ Tensor gemm_reduce_scatter(const LocalGemm& g, TensorView x, Communicator& comm,
     }
     worker->drain();
   }
-  if (bias_after_reduce && with_bias && g.has_bias()) add_row_bias(out, g.bias);
+  if (bias_after_reduce && with_bias) g.add_bias_terms(out);
   return out;
 }
 

@@ -33,7 +33,7 @@ class MlpColumnOp final : public LinearOp {
     const std::int64_t bmax = *std::max_element(counts.begin(), counts.end());
     Tensor padded = pad_rows(x, bmax - x.rows());
     Tensor all = gather_tokens(comm_, padded);  // [m*bmax, H], member 0's rows first
-    return g.run(all, column_bias(flags_));
+    return g.run(all, kColumnBias);
   }
 
  private:

@@ -32,7 +32,7 @@ class MlpRowOp final : public LinearOp {
     TPL_CHECK_EQ(x.rows(), bmax * comm_.size(), where(),
                  "input must hold every group member's (padded) tokens");
     TensorView xp = input_parallel(x, flags_, tp_size(), tp_rank());
-    Tensor y = gemm_reduce_scatter(g, xp, comm_, row_bias(flags_, tp_rank()), false);
+    Tensor y = gemm_reduce_scatter(g, xp, comm_, row_bias(tp_rank()), false);
     const std::int64_t mine = counts[comm_.rank()];
     if (mine == bmax) return y;
     return Tensor::copy_of(y.view().row_slice(0, mine));

@@ -6,16 +6,6 @@
 
 namespace tpl {
 
-Tensor LocalGemm::run(TensorView x, bool with_bias) const {
-  Tensor y(out_dtype, x.rows(), out_features);
-  run_into(x, y, with_bias);
-  return y;
-}
-
-void LocalGemm::run_into(TensorView x, TensorView y, bool with_bias) const {
-  gemm->run(x, y, with_bias && gemm->has_bias());
-}
-
 namespace ops {
 
 Tensor pad_rows(TensorView x, std::int64_t pad) {

@@ -8,12 +8,11 @@
 
 namespace tpl::ops {
 
-// Column ops add the bias unless skip_bias_add.
-inline bool column_bias(const LinearFlags& f) { return !f.skip_bias_add; }
-// Row ops add it on the reducing group's rank 0 only, so a sum counts it once.
-inline bool row_bias(const LinearFlags& f, int group_rank) {
-  return !f.skip_bias_add && group_rank == 0;
-}
+// Whether this rank adds the bias terms (LocalGemm applies skip_bias_add itself).
+// Column ops: every rank, since nothing is summed.
+constexpr bool kColumnBias = true;
+// Row ops: the reducing group's rank 0 only, so a sum counts the bias once.
+inline bool row_bias(int group_rank) { return group_rank == 0; }
 
 // [rows + pad, cols]: x followed by `pad` zero rows.
 Tensor pad_rows(TensorView x, std::int64_t pad);

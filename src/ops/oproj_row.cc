@@ -45,7 +45,7 @@ class OProjRowOp final : public LinearOp {
       copy_into(x.col_slice(k * c, c), send.view().row_slice(k * b, x.rows()));
     Tensor recv(x.dtype(), m * b, c);  // rows s*b.. = member s's tokens, my slice
     comm_.all_to_all(send, recv);
-    Tensor y = gemm_reduce_scatter(g, recv, comm_, row_bias(flags_, tp_rank()), false);
+    Tensor y = gemm_reduce_scatter(g, recv, comm_, row_bias(tp_rank()), false);
     if (x.rows() == b) return y;
     return Tensor::copy_of(y.view().row_slice(0, x.rows()));
   }

@@ -21,7 +21,7 @@ class ReplicatedOp final : public LinearOp {
     return Placement::replicated();
   }
   Tensor forward(TensorView x, const ForwardContext&, const LocalGemm& g) override {
-    return g.run(x, column_bias(flags_));
+    return g.run(x, kColumnBias);
   }
 
  private:

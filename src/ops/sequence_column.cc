@@ -38,9 +38,9 @@ class SequenceColumnOp final : public LinearOp {
     Tensor y;
     if (ctx.flash_comm_v1_enabled) {
       Tensor full = gather_and_unpad(tp_, x, ctx, where());
-      y = g.run(full, column_bias(flags_));
+      y = g.run(full, kColumnBias);
     } else {
-      y = g.run(x, column_bias(flags_));
+      y = g.run(x, kColumnBias);
     }
     if (flags_.gather_output && tp_size() > 1) return gather_features(tp_, y, g.full_out_features);
     return y;

@@ -40,8 +40,8 @@ class SequenceRowOp final : public LinearOp {
   }
   Tensor forward(TensorView x, const ForwardContext& ctx, const LocalGemm& g) override {
     TensorView xp = input_parallel(x, flags_, tp_size(), tp_rank());
-    if (!reduces()) return g.run(xp, row_bias(flags_, tp_rank()));
-    if (!ctx.flash_comm_v1_enabled) return gemm_all_reduce(g, xp, tp_, row_bias(flags_, tp_rank()));
+    if (!reduces()) return g.run(xp, row_bias(tp_rank()));
+    if (!ctx.flash_comm_v1_enabled) return gemm_all_reduce(g, xp, tp_, row_bias(tp_rank()));
     Tensor padded;
     TensorView in = xp;
     if (ctx.pad_size > 0 && !skip_pad_) {
@@ -52,9 +52,9 @@ class SequenceRowOp final : public LinearOp {
                  "rows after padding must be a multiple of the TP size (pad_size ", ctx.pad_size,
                  ")");
     if (ctx.mmrs_fusion)
-      return gemm_reduce_scatter(g, in, tp_, column_bias(flags_), true, overlap_,
+      return gemm_reduce_scatter(g, in, tp_, kColumnBias, true, overlap_,
                                  fused_chunk_count(in.rows(), chunks_));
-    return gemm_reduce_scatter(g, in, tp_, row_bias(flags_, tp_rank()), false);
+    return gemm_reduce_scatter(g, in, tp_, row_bias(tp_rank()), false);
   }
 
  private:

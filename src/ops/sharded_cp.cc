@@ -24,7 +24,7 @@ class ShardedCpOp final : public LinearOp {
     return Placement::shard_tokens();
   }
   Tensor forward(TensorView x, const ForwardContext&, const LocalGemm& g) override {
-    return g.run(x, column_bias(flags_));
+    return g.run(x, kColumnBias);
   }
 
  private:

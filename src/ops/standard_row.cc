@@ -23,7 +23,7 @@ class StandardRowOp final : public LinearOp {
   }
   Tensor forward(TensorView x, const ForwardContext&, const LocalGemm& g) override {
     TensorView xp = input_parallel(x, flags_, tp_size(), tp_rank());
-    const bool bias = row_bias(flags_, tp_rank());
+    const bool bias = row_bias(tp_rank());
     if (reduces()) return gemm_all_reduce(g, xp, *comm_, bias);
     return g.run(xp, bias);
   }
