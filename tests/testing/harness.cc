@@ -53,7 +53,6 @@ std::vector<std::string> all_gather_strings(Communicator& comm, const std::strin
 }
 
 void expect_agreed(Communicator& comm, const std::string& local_failure) {
-  if (!local_failure.empty() && getenv("TPL_TEST_DEBUG")) fprintf(stderr, "%s\n", local_failure.c_str());
   const auto msgs = all_gather_strings(comm, local_failure);
   std::ostringstream os;
   bool failed = false;

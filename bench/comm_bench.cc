@@ -1,0 +1,161 @@
+// Collective bandwidth of the MPI communicator (nccl-tests conventions).
+//
+// Run under mpirun; every rank runs every benchmark in lockstep and only rank 0 reports:
+//   mpirun -np 2 --bind-to core build/bench/tpl_comm_bench
+// S is the full f32 buffer (platform-notes §2.4): all-reduce works on S, reduce-scatter takes
+// S and gives S/n, all-gather gives S, all-to-all sends and receives S, broadcast moves S.
+// Counters: us = time per call, algbw = S / time, busbw = algbw x the nccl-tests factor
+// (2(n-1)/n for all-reduce, (n-1)/n for reduce-scatter, all-gather and all-to-all, 1 for
+// broadcast), so busbw is comparable with the link bandwidth whatever n is.
+#include <benchmark/benchmark.h>
+#include <mpi.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "tpl/backends.h"
+#include "tpl/communicator.h"
+#include "tpl/tensor.h"
+
+namespace {
+
+constexpr std::int64_t kCols = 256;  // S/4 floats laid out as [S / 1 KiB, 256]
+
+// Rank-dependent random values: zeros could let a transport or a sum take shortcuts.
+tpl::Tensor random_tensor(std::int64_t rows, std::int64_t cols, int rank) {
+  tpl::Tensor t(tpl::DType::kF32, rows, cols);
+  std::mt19937 gen(1234u + static_cast<unsigned>(rank));
+  std::uniform_real_distribution<float> dist(-1.f, 1.f);
+  float* p = t.ptr<float>();
+  for (std::int64_t i = 0; i < t.numel(); ++i) p[i] = dist(gen);
+  return t;
+}
+
+struct Op {
+  const char* name;
+  double bus_factor;
+  // Creates the buffers for `rows` x kCols floats (kept alive in `keep`) and returns the
+  // callable that performs one collective on them.
+  std::function<std::function<void()>(tpl::Communicator&, std::int64_t rows,
+                                      std::vector<tpl::Tensor>& keep)>
+      setup;
+};
+
+std::vector<Op> ops(int n) {
+  const double nn = n;
+  return {
+      {"all_reduce", 2 * (nn - 1) / nn,
+       [](tpl::Communicator& c, std::int64_t rows, std::vector<tpl::Tensor>& keep) {
+         keep.push_back(random_tensor(rows, kCols, c.rank()));
+         tpl::TensorView io = keep[0];
+         return std::function<void()>([&c, io] { c.all_reduce(io); });
+       }},
+      {"reduce_scatter", (nn - 1) / nn,
+       [](tpl::Communicator& c, std::int64_t rows, std::vector<tpl::Tensor>& keep) {
+         keep.push_back(random_tensor(rows, kCols, c.rank()));
+         keep.emplace_back(tpl::DType::kF32, rows / c.size(), kCols);
+         tpl::TensorView in = keep[0], out = keep[1];
+         return std::function<void()>([&c, in, out] { c.reduce_scatter(in, out); });
+       }},
+      {"all_gather", (nn - 1) / nn,
+       [](tpl::Communicator& c, std::int64_t rows, std::vector<tpl::Tensor>& keep) {
+         keep.push_back(random_tensor(rows / c.size(), kCols, c.rank()));
+         keep.emplace_back(tpl::DType::kF32, rows, kCols);
+         tpl::TensorView in = keep[0], out = keep[1];
+         return std::function<void()>([&c, in, out] { c.all_gather(in, out, 0); });
+       }},
+      {"all_to_all", (nn - 1) / nn,
+       [](tpl::Communicator& c, std::int64_t rows, std::vector<tpl::Tensor>& keep) {
+         keep.push_back(random_tensor(rows, kCols, c.rank()));
+         keep.emplace_back(tpl::DType::kF32, rows, kCols);
+         tpl::TensorView in = keep[0], out = keep[1];
+         return std::function<void()>([&c, in, out] { c.all_to_all(in, out); });
+       }},
+      {"broadcast", 1.0,
+       [](tpl::Communicator& c, std::int64_t rows, std::vector<tpl::Tensor>& keep) {
+         keep.push_back(random_tensor(rows, kCols, c.rank()));
+         tpl::TensorView buf = keep[0];
+         return std::function<void()>([&c, buf] { c.broadcast(buf, 0); });
+       }},
+  };
+}
+
+void run_collective(benchmark::State& state, tpl::Communicator& comm, const Op& op) {
+  // Whole rows per member, so S is trimmed to a multiple of n KiB (a no-op for n = 2 or 4).
+  const std::int64_t rows = state.range(0) / (kCols * 4) / comm.size() * comm.size();
+  const std::int64_t bytes = rows * kCols * 4;
+  std::vector<tpl::Tensor> keep;
+  const std::function<void()> call = op.setup(comm, rows, keep);
+  for (int i = 0; i < 3; ++i) call();  // warm-up: connections, page faults, caches
+
+  double total = 0;
+  for (auto _ : state) {
+    comm.barrier();  // start together, so the time is the collective's, not the skew's
+    const double t0 = MPI_Wtime();
+    call();
+    double dt = MPI_Wtime() - t0;
+    // The slowest rank defines the collective's time; agreeing on it also keeps Google
+    // Benchmark's bookkeeping identical on every rank.
+    MPI_Allreduce(MPI_IN_PLACE, &dt, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    state.SetIterationTime(dt);
+    total += dt;
+  }
+  const double per_call = total / static_cast<double>(state.iterations());
+  const double algbw = static_cast<double>(bytes) / per_call / 1e9;
+  state.counters["us"] = per_call * 1e6;
+  state.counters["algbw_GBs"] = algbw;
+  state.counters["busbw_GBs"] = algbw * op.bus_factor;
+  state.counters["ranks"] = comm.size();
+}
+
+// Rank > 0 runs the same benchmarks but prints nothing.
+class NullReporter : public benchmark::BenchmarkReporter {
+ public:
+  bool ReportContext(const Context&) override { return true; }
+  void ReportRuns(const std::vector<Run>&) override {}
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  tpl::MpiSession session(&argc, &argv);
+  std::unique_ptr<tpl::Communicator> comm = session.world();
+  if (comm->rank() != 0) {
+    // Only rank 0 writes reports, so the others drop any --benchmark_out* file options.
+    int kept = 1;
+    for (int i = 1; i < argc; ++i)
+      if (std::string(argv[i]).rfind("--benchmark_out", 0) != 0) argv[kept++] = argv[i];
+    argc = kept;
+  }
+  benchmark::Initialize(&argc, argv);
+
+  const std::int64_t sizes[] = {4 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20};
+  for (const Op& op : ops(comm->size())) {
+    for (std::int64_t s : sizes) {
+      // A fixed iteration count (about 256 MiB moved, 10..2000 calls) keeps every rank in
+      // lockstep regardless of how Google Benchmark would size the run from local clocks.
+      const std::int64_t iters = std::clamp<std::int64_t>((256 << 20) / s, 10, 2000);
+      benchmark::RegisterBenchmark(
+          op.name, [&comm, op](benchmark::State& st) { run_collective(st, *comm, op); })
+          ->Arg(s)
+          ->Iterations(iters)
+          ->UseManualTime()
+          ->Unit(benchmark::kMicrosecond);
+    }
+  }
+
+  if (comm->rank() == 0) {
+    benchmark::RunSpecifiedBenchmarks();
+  } else {
+    NullReporter display;
+    benchmark::RunSpecifiedBenchmarks(&display);
+  }
+  benchmark::Shutdown();
+  comm.reset();  // frees the MPI communicator before MPI_Finalize
+  return 0;
+}
