@@ -83,6 +83,11 @@ class LinearLayer {
   std::unique_ptr<Gemm> gemm_;
   LocalGemm local_;
   WeightPrefetchHook* prefetch_ = nullptr;
+  // Layer-sharded weight: fetched from the series before each forward (see layer_shard.h).
+  LayerShardSeries* layer_shard_ = nullptr;
+  int layer_index_ = -1;
+  GemmBackend backend_ = GemmBackend::kReference;
+  GemmDesc desc_;
 };
 
 }  // namespace tpl

@@ -68,6 +68,8 @@ struct LocalGemm {
   bool has_bias() const { return !bias.empty() || quantized(); }
 };
 
+class LayerShardSeries;
+
 // Called by Flashcomm2OshardQKV before its GEMM to start the weight broadcast of a later
 // layer's o_proj (§7b). The default does nothing (layer sharding is a later issue).
 class OShardTrigger {
@@ -96,6 +98,9 @@ struct OpEnv {
   // collective). Owned by the caller; one per process is enough.
   CommWorker* overlap = nullptr;
   WeightPrefetchHook* prefetch = nullptr;  // optional, see WeightPrefetchHook
+  // Layer-sharded o_proj weights (§7b): FlashComm2 o_proj layers register their weight here and
+  // take it from here before each GEMM. Usually the same object as `oshard`.
+  LayerShardSeries* layer_shard = nullptr;
 };
 
 class LinearOp {

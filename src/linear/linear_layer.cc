@@ -3,6 +3,7 @@
 #include <numeric>
 
 #include "tpl/error.h"
+#include "tpl/layer_shard.h"
 
 namespace tpl {
 
@@ -165,7 +166,19 @@ LinearLayer::LinearLayer(const LayerSpec& spec, const Selector& selector, const 
   desc.k = weight_.cols();
   desc.n = weight_.rows();
   desc.act = desc.weight = desc.out = spec_.dtype;
-  gemm_ = make_gemm(backend, desc, weight_, spec_.bias ? bias_.view() : TensorView());
+  backend_ = backend;
+  desc_ = desc;
+  if (env.layer_shard && choice_.kind == OpKind::kFlashcomm2OProjRow) {
+    TPL_CHECK(name.layer_index.has_value(), w, "a layer-sharded o_proj needs a layer index in its name");
+    // The series keeps the weight on its source member only; this layer plans its GEMM over
+    // the window it receives, just before each forward.
+    env.layer_shard->add_layer(*name.layer_index, weight_);
+    layer_shard_ = env.layer_shard;
+    layer_index_ = *name.layer_index;
+    weight_ = Tensor();
+  } else {
+    gemm_ = make_gemm(backend, desc, weight_, spec_.bias ? bias_.view() : TensorView());
+  }
   local_.gemm = gemm_.get();
   local_.out_dtype = spec_.dtype;
   local_.in_features = desc.k;
@@ -177,7 +190,18 @@ LinearLayer::LinearLayer(const LayerSpec& spec, const Selector& selector, const 
 
 LinearOutput LinearLayer::forward(TensorView x, const ForwardContext& ctx) {
   LinearOutput out;
+  if (layer_shard_) {
+    // Re-plan over this layer's window (oneDNN reorders it once) and drop the plan afterwards,
+    // so a rank holds k+1 windows, not a copy of every layer.
+    gemm_ = make_gemm(backend_, desc_, layer_shard_->wait_weight(layer_index_),
+                      spec_.bias ? bias_.view() : TensorView());
+    local_.gemm = gemm_.get();
+  }
   out.output = op_->forward(x, ctx, local_);
+  if (layer_shard_) {
+    gemm_.reset();
+    local_.gemm = nullptr;
+  }
   out.placement = op_->output_placement(ctx);
   if (prefetch_ && direction_of(spec_.kind) == Direction::kRow)
     prefetch_->after_row_op(op_->name(), ctx, out.output);

@@ -1,0 +1,342 @@
+// GEMM backends: the reference oracle on hand-checked cases, and oneDNN against the reference.
+//
+// Accuracy bounds (relative L2 error ||y - ref|| / ||ref||, ref = reference GEMM in double on
+// the same, already-rounded inputs):
+//  * f32 -> f32: <= 1e-6 on N(0, 1) data (f32 accumulation over k <= 512; measured ~3e-7);
+//  * bf16 x bf16 -> f32: <= 1e-5 (products are exact in f32, only the f32 sums round);
+//  * bf16 x bf16 -> bf16: <= 1e-2 (one bf16 rounding of the output, 2^-9 relative, dominates);
+//  * small-integer data: bit-exact for every dtype pair (all partial sums are exact, the
+//    output is rounded once by both).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "gemm/onednn_gemm.h"
+#include "harness.h"
+#include "tpl/error.h"
+#include "tpl/gemm.h"
+
+namespace tpl {
+namespace {
+
+using testing::compare;
+using testing::random_ints;
+using testing::random_normal;
+
+double rel_l2(const TensorView& actual, const TensorView& expected) {
+  double num = 0, den = 0;
+  for (std::int64_t r = 0; r < expected.rows(); ++r) {
+    for (std::int64_t c = 0; c < expected.cols(); ++c) {
+      const double e = get_f32(expected, r, c);
+      const double d = get_f32(actual, r, c) - e;
+      num += d * d;
+      den += e * e;
+    }
+  }
+  return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
+}
+
+// Reference result in f32 (unrounded to the output dtype), computed from the same inputs.
+Tensor reference(const GemmDesc& desc, const TensorView& w, const TensorView& bias,
+                 const TensorView& x, bool with_bias) {
+  GemmDesc d = desc;
+  d.out = DType::kF32;
+  auto ref = make_reference_gemm(d, w, bias);
+  Tensor y(DType::kF32, x.rows(), desc.n);
+  ref->run(x, y, with_bias);
+  return y;
+}
+
+double bound_for(const GemmDesc& d) {
+  if (d.act == DType::kF32) return 1e-6;
+  return d.out == DType::kF32 ? 1e-5 : 1e-2;
+}
+
+template <typename F>
+std::string message_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no exception)";
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reference GEMM on hand-computed values.
+
+TEST(ReferenceGemm, HandComputedWithBias) {
+  const GemmDesc desc{3, 2, DType::kF32, DType::kF32, DType::kF32};
+  Tensor w = Tensor::from_f32({1, 0, -1, 2, 1, 0}, 2, 3);
+  Tensor b = Tensor::from_f32({0.5f, -1.f}, 1, 2);
+  Tensor x = Tensor::from_f32({1, 2, 3, -1, 0, 4}, 2, 3);
+  auto g = make_reference_gemm(desc, w, b);
+  EXPECT_TRUE(g->has_bias());
+  EXPECT_EQ(g->name(), "reference");
+  Tensor y(DType::kF32, 2, 2);
+  g->run(x, y, true);
+  EXPECT_EQ(compare(y, Tensor::from_f32({-1.5f, 3.f, -4.5f, -3.f}, 2, 2), 0, 0, "with bias"), "");
+  g->run(x, y, false);
+  EXPECT_EQ(compare(y, Tensor::from_f32({-2.f, 4.f, -5.f, -2.f}, 2, 2), 0, 0, "no bias"), "");
+}
+
+// 1 + 2^-8 + 2^-30 lies just above the bf16 tie between 1 and 1 + 2^-7. Rounding through f32
+// first would land exactly on the tie (and round to even: 1); rounding once gives 1 + 2^-7.
+TEST(ReferenceGemm, Bf16OutputIsRoundedOnce) {
+  const GemmDesc desc{3, 1, DType::kF32, DType::kF32, DType::kBF16};
+  Tensor w = Tensor::from_f32({1, 1, 1}, 1, 3);
+  Tensor x = Tensor::from_f32({1.f, std::ldexp(1.f, -8), std::ldexp(1.f, -30)}, 1, 3);
+  Tensor y(DType::kBF16, 1, 1);
+  make_reference_gemm(desc, w, TensorView())->run(x, y, false);
+  EXPECT_EQ(y.ptr<std::uint16_t>()[0], 0x3F81) << get_f32(y, 0, 0);
+}
+
+TEST(ReferenceGemm, ReadsMixedFloatDtypes) {
+  const GemmDesc desc{4, 3, DType::kBF16, DType::kF16, DType::kF32};
+  Tensor w = random_ints(3, 4, 4, 1, DType::kF16);
+  Tensor x = random_ints(5, 4, 4, 2, DType::kBF16);
+  Tensor b = random_ints(1, 3, 4, 3, DType::kBF16);
+  Tensor y(DType::kF32, 5, 3);
+  make_reference_gemm(desc, w, b)->run(x, y, true);
+  for (int m = 0; m < 5; ++m) {
+    for (int j = 0; j < 3; ++j) {
+      float e = get_f32(b, 0, j);
+      for (int i = 0; i < 4; ++i) e += get_f32(x, m, i) * get_f32(w, j, i);
+      EXPECT_EQ(get_f32(y, m, j), e) << m << "," << j;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// oneDNN against the reference.
+
+struct Config {
+  DType act, weight, out;
+};
+std::string config_name(const Config& c) {
+  return std::string(dtype_name(c.act)) + "x" + dtype_name(c.weight) + "_to_" + dtype_name(c.out);
+}
+const Config kConfigs[] = {{DType::kF32, DType::kF32, DType::kF32},
+                           {DType::kBF16, DType::kBF16, DType::kBF16},
+                           {DType::kBF16, DType::kBF16, DType::kF32}};
+
+using Param = std::tuple<Config, std::int64_t, std::int64_t>;  // config, k, n
+
+std::string param_name(const ::testing::TestParamInfo<Param>& info) {
+  return config_name(std::get<0>(info.param)) + "_k" + std::to_string(std::get<1>(info.param)) +
+         "_n" + std::to_string(std::get<2>(info.param));
+}
+
+class OneDnnVsReference : public ::testing::TestWithParam<Param> {
+ protected:
+  GemmDesc desc() const {
+    const auto& [c, k, n] = GetParam();
+    return GemmDesc{k, n, c.act, c.weight, c.out};
+  }
+};
+
+TEST_P(OneDnnVsReference, RandomNormalAllM) {
+  const GemmDesc d = desc();
+  Tensor w = random_normal(d.n, d.k, 1.f, 11, d.weight);
+  Tensor b = random_normal(1, d.n, 1.f, 12, DType::kF32);
+  auto g = make_onednn_gemm(d, w, b);
+  EXPECT_EQ(g->name(), "onednn");
+  EXPECT_TRUE(g->has_bias());
+  for (bool with_bias : {false, true}) {
+    for (std::int64_t m : {0, 1, 7, 16, 1001}) {
+      SCOPED_TRACE("M=" + std::to_string(m) + (with_bias ? " with bias" : " without bias"));
+      Tensor x = random_normal(m, d.k, 1.f, 100 + m, d.act);
+      Tensor y(d.out, m, d.n);
+      g->run(x, y, with_bias);
+      if (m == 0) continue;
+      Tensor ref = reference(d, w, b, x, with_bias);
+      const double err = rel_l2(y, ref);
+      EXPECT_LE(err, bound_for(d));
+      EXPECT_TRUE(std::isfinite(err));
+    }
+  }
+}
+
+TEST_P(OneDnnVsReference, SmallIntegersBitExact) {
+  const GemmDesc d = desc();
+  Tensor w = random_ints(d.n, d.k, 3, 21, d.weight);
+  Tensor b = random_ints(1, d.n, 50, 22, DType::kF32);
+  auto g = make_onednn_gemm(d, w, b);
+  GemmDesc rd = d;  // the reference rounds once into the same output dtype
+  auto ref = make_reference_gemm(rd, w, b);
+  for (bool with_bias : {false, true}) {
+    for (std::int64_t m : {1, 7, 16, 1001}) {
+      SCOPED_TRACE("M=" + std::to_string(m) + (with_bias ? " with bias" : " without bias"));
+      Tensor x = random_ints(m, d.k, 3, 200 + m, d.act);
+      Tensor y(d.out, m, d.n), y_ref(d.out, m, d.n);
+      g->run(x, y, with_bias);
+      ref->run(x, y_ref, with_bias);
+      EXPECT_EQ(compare(y, y_ref, 0, 0, "onednn vs reference"), "");
+    }
+  }
+}
+
+// x and y are windows into wider buffers (row stride > cols, offset columns); the columns
+// outside the window must stay untouched.
+TEST_P(OneDnnVsReference, StridedViews) {
+  const GemmDesc d = desc();
+  Tensor w = random_normal(d.n, d.k, 1.f, 31, d.weight);
+  Tensor b = random_normal(1, d.n, 1.f, 32, DType::kF32);
+  auto g = make_onednn_gemm(d, w, b);
+  for (std::int64_t m : {1, 7, 16, 1001}) {
+    SCOPED_TRACE("M=" + std::to_string(m));
+    Tensor xbuf = random_normal(m, d.k + 5, 1.f, 300 + m, d.act);
+    Tensor ybuf(d.out, m, d.n + 3);
+    for (std::int64_t r = 0; r < m; ++r)
+      for (std::int64_t c = 0; c < d.n + 3; ++c) set_f32(ybuf, r, c, 77.f);
+    const TensorView x = xbuf.view().col_slice(2, d.k);
+    const TensorView y = ybuf.view().col_slice(1, d.n);
+    g->run(x, y, true);
+    Tensor ref = reference(d, w, b, x, true);
+    EXPECT_LE(rel_l2(y, ref), bound_for(d));
+    bool pad_intact = true;
+    for (std::int64_t r = 0; r < m; ++r)
+      for (std::int64_t c : {std::int64_t{0}, d.n + 1, d.n + 2})
+        pad_intact = pad_intact && get_f32(ybuf, r, c) == 77.f;
+    EXPECT_TRUE(pad_intact) << "GEMM wrote outside the y window";
+  }
+}
+
+// The Gemm keeps its own reordered weight: the caller's buffer may be overwritten or freed, and
+// alternating M (new primitives, cached ones) never changes the numbers.
+TEST_P(OneDnnVsReference, WeightCopiedOnceAndReusedAcrossM) {
+  const GemmDesc d = desc();
+  auto w = std::make_unique<Tensor>(random_normal(d.n, d.k, 1.f, 41, d.weight));
+  Tensor w_keep = Tensor::copy_of(*w);
+  auto g = make_onednn_gemm(d, *w, TensorView());
+  EXPECT_FALSE(g->has_bias());
+  std::memset(w->data(), 0x7f, w->nbytes());  // garbage (large finite values / NaN)
+  w.reset();
+
+  Tensor x = random_normal(1001, d.k, 1.f, 42, d.act);
+  auto first = [&](std::int64_t m) { return x.view().row_slice(0, m); };
+  Tensor y16(d.out, 16, d.n), y1001(d.out, 1001, d.n), y1(d.out, 1, d.n);
+  g->run(first(16), y16, false);
+  g->run(first(1001), y1001, false);
+  g->run(first(1), y1, false);
+  Tensor y16_again(d.out, 16, d.n), y1001_again(d.out, 1001, d.n);
+  g->run(first(16), y16_again, false);
+  g->run(first(1001), y1001_again, false);
+  EXPECT_EQ(compare(y16_again, y16, 0, 0, "M=16 repeated"), "");
+  EXPECT_EQ(compare(y1001_again, y1001, 0, 0, "M=1001 repeated"), "");
+  Tensor ref = reference(d, w_keep, TensorView(), x, false);
+  EXPECT_LE(rel_l2(y1001, ref), bound_for(d));
+  EXPECT_LE(rel_l2(y16, ref.view().row_slice(0, 16)), bound_for(d));
+  EXPECT_LE(rel_l2(y1, ref.view().row_slice(0, 1)), bound_for(d));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, OneDnnVsReference,
+    ::testing::Combine(::testing::ValuesIn(kConfigs),
+                       ::testing::Values(std::int64_t{13}, std::int64_t{129}, std::int64_t{512}),
+                       ::testing::Values(std::int64_t{13}, std::int64_t{129}, std::int64_t{512})),
+    param_name);
+
+// ---------------------------------------------------------------------------------------------
+// Invalid arguments, for both backends.
+
+using Factory = std::unique_ptr<Gemm> (*)(const GemmDesc&, TensorView, TensorView);
+class GemmErrors : public ::testing::TestWithParam<Factory> {};
+
+TEST_P(GemmErrors, CreationRejectsBadWeightAndBias) {
+  const Factory make = GetParam();
+  const GemmDesc d{13, 129, DType::kF32, DType::kF32, DType::kF32};
+  Tensor w(DType::kF32, 129, 13), w_t(DType::kF32, 13, 129), w_bf(DType::kBF16, 129, 13);
+  Tensor b_bad(DType::kF32, 1, 128);
+  EXPECT_THROW(make(d, w_t, TensorView()), InvalidArgument);
+  EXPECT_NE(message_of([&] {
+              make(d, w_t, TensorView());
+            }).find("weight must be f32[n=129, k=13], got f32[13, 129]"),
+            std::string::npos)
+      << message_of([&] { make(d, w_t, TensorView()); });
+  EXPECT_THROW(make(d, w_bf, TensorView()), InvalidArgument);
+  EXPECT_THROW(make(d, w, b_bad), InvalidArgument);
+  EXPECT_NE(message_of([&] { make(d, w, b_bad); }).find("got f32[1, 128]"), std::string::npos);
+  EXPECT_THROW(make(GemmDesc{0, 129, DType::kF32, DType::kF32, DType::kF32},
+                    Tensor(DType::kF32, 129, 0), TensorView()),
+               InvalidArgument);
+  // Integer dtypes are served by neither backend.
+  Tensor w8(DType::kI8, 129, 13);
+  EXPECT_THROW(make(GemmDesc{13, 129, DType::kI8, DType::kI8, DType::kI32}, w8, TensorView()),
+               Unsupported);
+}
+
+TEST_P(GemmErrors, RunRejectsBadShapes) {
+  const Factory make = GetParam();
+  const GemmDesc d{13, 129, DType::kF32, DType::kF32, DType::kF32};
+  Tensor w = random_normal(129, 13, 1.f, 1);
+  auto g = make(d, w, TensorView());
+  Tensor x(DType::kF32, 7, 13), y(DType::kF32, 7, 129);
+  Tensor x_bad(DType::kF32, 7, 12), x_bf(DType::kBF16, 7, 13), y_rows(DType::kF32, 6, 129),
+      y_bf(DType::kBF16, 7, 129);
+  EXPECT_THROW(g->run(x_bad, y, false), InvalidArgument);
+  const std::string msg = message_of([&] { g->run(x_bad, y, false); });
+  EXPECT_NE(msg.find("x must be f32[M, k=13], got f32[7, 12]"), std::string::npos) << msg;
+  EXPECT_THROW(g->run(x_bf, y, false), InvalidArgument);
+  EXPECT_THROW(g->run(x, y_rows, false), InvalidArgument);
+  EXPECT_NE(message_of([&] {
+              g->run(x, y_rows, false);
+            }).find("y must be f32[M=7, n=129], got f32[6, 129]"),
+            std::string::npos);
+  EXPECT_THROW(g->run(x, y_bf, false), InvalidArgument);
+  // No bias was planned.
+  EXPECT_THROW(g->run(x, y, true), InvalidArgument);
+  EXPECT_NE(message_of([&] { g->run(x, y, true); }).find("no bias was planned"), std::string::npos);
+  // In-place (x and y sharing memory) is not allowed.
+  Tensor buf(DType::kF32, 7, 129);
+  EXPECT_THROW(g->run(buf.view().col_slice(0, 13), buf, false), InvalidArgument);
+  // The object is still usable after rejected calls.
+  EXPECT_NO_THROW(g->run(x, y, false));
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, GemmErrors,
+                         ::testing::Values(&make_reference_gemm, &make_onednn_gemm),
+                         [](const ::testing::TestParamInfo<Factory>& info) {
+                           return std::string(info.index == 0 ? "reference" : "onednn");
+                         });
+
+TEST(OneDnnGemm, RejectsUnsupportedDtypePairs) {
+  Tensor w32(DType::kF32, 4, 8), wbf(DType::kBF16, 4, 8), w16(DType::kF16, 4, 8);
+  const auto unsupported = [](DType a, DType wt, DType o, const TensorView& w) {
+    return message_of([&] { make_onednn_gemm(GemmDesc{8, 4, a, wt, o}, w, TensorView()); });
+  };
+  EXPECT_THROW(
+      make_onednn_gemm(GemmDesc{8, 4, DType::kF16, DType::kF16, DType::kF16}, w16, TensorView()),
+      Unsupported);
+  EXPECT_THROW(
+      make_onednn_gemm(GemmDesc{8, 4, DType::kF32, DType::kBF16, DType::kF32}, wbf, TensorView()),
+      Unsupported);
+  EXPECT_THROW(
+      make_onednn_gemm(GemmDesc{8, 4, DType::kF32, DType::kF32, DType::kBF16}, w32, TensorView()),
+      Unsupported);
+  const std::string msg = unsupported(DType::kF32, DType::kBF16, DType::kF32, wbf);
+  EXPECT_NE(msg.find("supported: f32 x f32 -> f32, bf16 x bf16 -> bf16 or f32"), std::string::npos)
+      << msg;
+}
+
+TEST(OneDnnGemm, ZeroRowsIsANoOp) {
+  const GemmDesc d{13, 129, DType::kBF16, DType::kBF16, DType::kBF16};
+  Tensor w = random_normal(129, 13, 1.f, 5, DType::kBF16);
+  Tensor b = random_normal(1, 129, 1.f, 6, DType::kBF16);
+  auto g = make_onednn_gemm(d, w, b);
+  g->run(TensorView(nullptr, DType::kBF16, 0, 13), TensorView(nullptr, DType::kBF16, 0, 129), true);
+  // ...and the first real call afterwards still works.
+  Tensor x = random_normal(3, 13, 1.f, 7, DType::kBF16);
+  Tensor y(DType::kBF16, 3, 129);
+  g->run(x, y, true);
+  EXPECT_LE(rel_l2(y, reference(d, w, b, x, true)), 1e-2);
+}
+
+}  // namespace
+}  // namespace tpl
