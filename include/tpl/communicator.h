@@ -42,6 +42,15 @@ class CompletedWork final : public Work {
 
 enum class Collective { kAllReduce, kReduceScatter, kAllGather, kAllToAll, kBroadcast };
 
+// Bytes this member put on the wire, by the usual per-rank volumes of ring / pairwise
+// algorithms (docs/communication.md): all-reduce 2(n-1)/n·S, reduce-scatter (n-1)/n·S_in,
+// all-gather (n-1)/n·S_out, all-to-all (n-1)/n·S, broadcast S on the root. 16-bit float sums
+// count their f32 staging.
+struct CommStats {
+  double bytes_sent = 0;
+  std::int64_t calls = 0;
+};
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -80,6 +89,9 @@ class Communicator {
   // Logical AND of `value` over members (used to make errors and test verdicts agree).
   virtual bool all_true(bool value) = 0;
 
+  const CommStats& stats() const { return stats_; }
+  void reset_stats() { stats_ = {}; }
+
  protected:
   // Implementations receive validated arguments. Blocking defaults call the async form.
   virtual void do_all_reduce(TensorView inout) { do_iall_reduce(inout)->wait(); }
@@ -103,6 +115,8 @@ class Communicator {
   virtual bool do_supports(Collective c, DType dtype) const;
 
  private:
+  void count(Collective c, const TensorView& t, int root = -1);
+  CommStats stats_;
   void check_reduce(const char* op, const TensorView& t) const;
   void check_reduce_scatter(const TensorView& in, const TensorView& out) const;
   void check_all_gather(const TensorView& in, const TensorView& out, int dim) const;

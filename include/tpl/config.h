@@ -47,6 +47,7 @@ struct Config {
   bool expert_parallel = false;
   bool eager = false;            // graph mode off
   Deployment deployment = Deployment::kMixed;
+  bool fc1_quantized_allgather = false;  // W8A8: FC1 all-gathers int8 instead of activations
   int fused_chunks = 0;          // chunks of fused GEMM+collective paths; 0 = automatic rule
 
   // Parses the JSON form (docs/config.md), then validate()s. Unknown keys are errors.

@@ -20,7 +20,8 @@ struct GemmDesc {
   DType act = DType::kF32;     // x
   DType weight = DType::kF32;  // W
   DType out = DType::kF32;     // y
-  // f32 x f32 -> f32; bf16 x bf16 -> bf16 or f32 (f32 accumulation).
+  // f32 x f32 -> f32; bf16 x bf16 -> bf16 or f32 (f32 accumulation); int8 x int8 -> int32
+  // (exact integer accumulation, no bias: W8A8 dequantizes in LocalGemm).
 };
 
 class Gemm {

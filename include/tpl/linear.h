@@ -22,6 +22,7 @@
 
 #include "tpl/backends.h"
 #include "tpl/linear_op.h"
+#include "tpl/quant.h"
 
 namespace tpl {
 
@@ -60,6 +61,15 @@ class LinearLayer {
   LinearLayer(const LayerSpec& spec, const Selector& selector, const OpEnv& env,
               GemmBackend backend, TensorView full_weight, TensorView full_bias);
 
+  // W8A8 layer from full (unsharded) W8A8 parameters (make_w8a8_params); spec.bias must be
+  // false (the float bias is folded into quant_bias); outputs are spec.dtype (f32 or bf16).
+  LinearLayer(const LayerSpec& spec, const Selector& selector, const OpEnv& env,
+              GemmBackend backend, const W8A8Params& quant);
+
+  // Not movable: the local GEMM holds pointers into the layer.
+  LinearLayer(const LinearLayer&) = delete;
+  LinearLayer& operator=(const LinearLayer&) = delete;
+
   LinearOutput forward(TensorView x, const ForwardContext& ctx);
 
   const LayerSpec& spec() const { return spec_; }
@@ -80,8 +90,13 @@ class LinearLayer {
   std::unique_ptr<LinearOp> op_;
   Tensor weight_;
   Tensor bias_;
+  void init(const Selector& selector, const OpEnv& env, GemmBackend backend,
+            TensorView full_weight, TensorView full_bias, const W8A8Params* quant);
+
   std::unique_ptr<Gemm> gemm_;
   LocalGemm local_;
+  Tensor deq_scale_, quant_bias_;  // W8A8 only
+  W8A8Local quant_local_;
   WeightPrefetchHook* prefetch_ = nullptr;
   // Layer-sharded weight: fetched from the series before each forward (see layer_shard.h).
   LayerShardSeries* layer_shard_ = nullptr;

@@ -93,6 +93,8 @@ class ProcessGroups {
   Communicator* flashcomm2_otp() const { return fc2_otp_.get(); }
   Communicator& shard_weight() const;
   int flashcomm2_p() const { return sizes_.flashcomm2_p; }
+  // Sum of CommStats::bytes_sent over this rank's communicators.
+  double bytes_sent() const;
 
  private:
   ParallelLayout layout_;

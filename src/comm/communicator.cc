@@ -70,46 +70,78 @@ void Communicator::check_broadcast(const TensorView& buf, int root) const {
   (void)buf;
 }
 
+void Communicator::count(Collective c, const TensorView& t, int root) {
+  const double n = size();
+  ++stats_.calls;
+  if (n <= 1) return;
+  const bool reduce = c == Collective::kAllReduce || c == Collective::kReduceScatter;
+  const double elem = reduce && is_float16(t.dtype()) ? 4.0 : double(dtype_size(t.dtype()));
+  const double bytes = double(t.numel()) * elem;
+  switch (c) {
+    case Collective::kAllReduce:
+      stats_.bytes_sent += 2 * (n - 1) / n * bytes;
+      break;
+    case Collective::kReduceScatter:  // t = input
+    case Collective::kAllGather:      // t = output
+    case Collective::kAllToAll:
+      stats_.bytes_sent += (n - 1) / n * bytes;
+      break;
+    case Collective::kBroadcast:
+      if (root == rank()) stats_.bytes_sent += bytes;
+      break;
+  }
+}
+
 void Communicator::all_reduce(TensorView inout) {
   check_reduce("all_reduce", inout);
+  count(Collective::kAllReduce, inout);
   do_all_reduce(inout);
 }
 void Communicator::reduce_scatter(TensorView in, TensorView out) {
   check_reduce_scatter(in, out);
+  count(Collective::kReduceScatter, in);
   do_reduce_scatter(in, out);
 }
 void Communicator::all_gather(TensorView in, TensorView out, int dim) {
   check_all_gather(in, out, dim);
+  count(Collective::kAllGather, out);
   do_all_gather(in, out, dim == -1 ? 1 : dim);
 }
 void Communicator::all_to_all(TensorView in, TensorView out) {
   check_all_to_all(in, out);
+  count(Collective::kAllToAll, in);
   do_all_to_all(in, out);
 }
 void Communicator::broadcast(TensorView buf, int root) {
   check_broadcast(buf, root);
+  count(Collective::kBroadcast, buf, root);
   do_broadcast(buf, root);
 }
 void Communicator::barrier() { do_barrier(); }
 
 WorkPtr Communicator::iall_reduce(TensorView inout) {
   check_reduce("all_reduce", inout);
+  count(Collective::kAllReduce, inout);
   return do_iall_reduce(inout);
 }
 WorkPtr Communicator::ireduce_scatter(TensorView in, TensorView out) {
   check_reduce_scatter(in, out);
+  count(Collective::kReduceScatter, in);
   return do_ireduce_scatter(in, out);
 }
 WorkPtr Communicator::iall_gather(TensorView in, TensorView out, int dim) {
   check_all_gather(in, out, dim);
+  count(Collective::kAllGather, out);
   return do_iall_gather(in, out, dim == -1 ? 1 : dim);
 }
 WorkPtr Communicator::iall_to_all(TensorView in, TensorView out) {
   check_all_to_all(in, out);
+  count(Collective::kAllToAll, in);
   return do_iall_to_all(in, out);
 }
 WorkPtr Communicator::ibroadcast(TensorView buf, int root) {
   check_broadcast(buf, root);
+  count(Collective::kBroadcast, buf, root);
   return do_ibroadcast(buf, root);
 }
 

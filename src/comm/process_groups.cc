@@ -184,6 +184,14 @@ ProcessGroups::ProcessGroups(Communicator& world, const ParallelLayout& layout,
   if (sizes.shard_weight) shard_weight_ = split_by(world, sw);
 }
 
+double ProcessGroups::bytes_sent() const {
+  double b = 0;
+  for (const Communicator* c : {tp_.get(), mlp_tp_.get(), oproj_tp_.get(), fc2_otp_.get(),
+                                shard_weight_.get(), fc2_odp_owned_.get()})
+    if (c) b += c->stats().bytes_sent;
+  return b;
+}
+
 Communicator& ProcessGroups::mlp_tp() const {
   if (!mlp_tp_) TPL_THROW(ConfigError, kWhere, "MLP-TP group requested but MLP TP is disabled");
   return *mlp_tp_;

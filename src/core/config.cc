@@ -97,7 +97,7 @@ Config Config::from_json(const nlohmann::json& j) {
   static const std::set<std::string> kKeys{
       "pp", "dp", "tp", "flashcomm1", "flashcomm1_threshold", "flashcomm2_p", "mlp_tp",
       "oproj_tp", "matmul_allreduce", "layer_sharding", "shared_expert_dp", "expert_parallel",
-      "eager", "deployment", "fused_chunks"};
+      "eager", "deployment", "fused_chunks", "fc1_quantized_allgather"};
   if (!j.is_object()) TPL_THROW(ConfigError, kWhere, "config must be a JSON object");
   for (auto it = j.begin(); it != j.end(); ++it)
     if (!kKeys.count(it.key()))
@@ -118,6 +118,7 @@ Config Config::from_json(const nlohmann::json& j) {
     c.expert_parallel = get_bool(j, "expert_parallel", false);
     c.eager = get_bool(j, "eager", false);
     c.fused_chunks = get_int(j, "fused_chunks", 0);
+    c.fc1_quantized_allgather = get_bool(j, "fc1_quantized_allgather", false);
     const std::string dep = j.value("deployment", std::string("mixed"));
     if (dep == "mixed") c.deployment = Deployment::kMixed;
     else if (dep == "prefill") c.deployment = Deployment::kPrefill;
@@ -150,7 +151,8 @@ nlohmann::json Config::to_json() const {
           {"expert_parallel", expert_parallel},
           {"eager", eager},
           {"deployment", dep},
-          {"fused_chunks", fused_chunks}};
+          {"fused_chunks", fused_chunks},
+          {"fc1_quantized_allgather", fc1_quantized_allgather}};
 }
 
 void Config::validate() const {

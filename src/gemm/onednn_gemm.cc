@@ -16,6 +16,10 @@
 //    layout, which is cached next to the first (not observed with oneDNN 2.6.3 here).
 //  * Every oneDNN call is wrapped: dnnl::error becomes tpl::BackendError naming the call, the
 //    shapes and the dtypes.
+//  * Int8 (W8A8): s8 x s8 -> s32 with NO primitive attributes and no bias. oneDNN 2.6 drops to
+//    the slow gemm:jit kernel as soon as runtime scales / zero points are attached
+//    (platform-notes 4.3), so the dequantization epilogue ((acc + quant_bias) * deq_scale) is
+//    left to the caller (LocalGemm). Planned this way the brgemm VNNI kernel runs.
 #include "gemm/onednn_gemm.h"
 
 #include <oneapi/dnnl/dnnl.hpp>
@@ -69,6 +73,10 @@ memory::data_type to_dnnl(DType t) {
       return memory::data_type::f32;
     case DType::kBF16:
       return memory::data_type::bf16;
+    case DType::kI8:
+      return memory::data_type::s8;
+    case DType::kI32:
+      return memory::data_type::s32;
     default:
       TPL_THROW(Unsupported, kWhere, "dtype ", dtype_name(t), " has no oneDNN path here");
   }
@@ -92,14 +100,18 @@ class OneDnnGemm final : public Gemm {
         desc.act == DType::kF32 && desc.weight == DType::kF32 && desc.out == DType::kF32;
     const bool bf16 = desc.act == DType::kBF16 && desc.weight == DType::kBF16 &&
                       (desc.out == DType::kBF16 || desc.out == DType::kF32);
-    TPL_CHECK_T(f32 || bf16, Unsupported, kWhere, "dtypes act=", dtype_name(desc.act),
+    const bool int8 =
+        desc.act == DType::kI8 && desc.weight == DType::kI8 && desc.out == DType::kI32;
+    TPL_CHECK_T(f32 || bf16 || int8, Unsupported, kWhere, "dtypes act=", dtype_name(desc.act),
                 " weight=", dtype_name(desc.weight), " out=", dtype_name(desc.out),
-                " (supported: f32 x f32 -> f32, bf16 x bf16 -> bf16 or f32)");
+                " (supported: f32 x f32 -> f32, bf16 x bf16 -> bf16 or f32, int8 x int8 -> int32)");
     TPL_CHECK(weight.device() == Device::kHost, kWhere, "weight must be a host tensor");
     TPL_CHECK(weight.rows() == desc.n && weight.cols() == desc.k && weight.dtype() == desc.weight,
               kWhere, "weight must be ", dtype_name(desc.weight), "[n=", desc.n, ", k=", desc.k,
               "], got ", weight.describe());
     if (!bias.empty()) {
+      TPL_CHECK(!int8, kWhere, "int8 x int8 -> int32 GEMM takes no bias, got ", bias.describe(),
+                " (W8A8's quant_bias is added by the caller's epilogue)");
       TPL_CHECK(bias.device() == Device::kHost, kWhere, "bias must be a host tensor");
       TPL_CHECK(bias.rows() == 1 && bias.cols() == desc.n &&
                     (bias.dtype() == DType::kF32 || bias.dtype() == DType::kBF16 ||

@@ -1,10 +1,15 @@
 // Reference GEMM: the test oracle. y[m, j] = sum_i x[m, i] * W[j, i] (+ bias[j]), summed in
 // double over the exact float values of the inputs and rounded once into y's dtype. It is
 // deliberately plain; the only concession to speed is converting W to double once at creation.
+//
+// Int8 path (W8A8): int8 x int8 -> int32, no bias. Products are summed exactly in int64 and each
+// sum is checked to fit int32 (BackendError otherwise). |x*w| <= 2^14, so k <= 2^17 - 1 can
+// never overflow; larger k is checked per output.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "tpl/error.h"
@@ -17,6 +22,10 @@ const Where kWhere{"reference_gemm"};
 
 bool is_float(DType t) {
   return t == DType::kF32 || t == DType::kBF16 || t == DType::kF16;
+}
+
+bool is_int8_desc(const GemmDesc& d) {
+  return d.act == DType::kI8 && d.weight == DType::kI8 && d.out == DType::kI32;
 }
 
 // Copies row r of a host view into `out` as doubles (exact: every f32/bf16/f16 is a double).
@@ -86,13 +95,26 @@ class ReferenceGemm final : public Gemm {
   ReferenceGemm(const GemmDesc& desc, TensorView weight, TensorView bias) : desc_(desc) {
     TPL_CHECK(desc.k > 0 && desc.n > 0, kWhere, "k and n must be positive, got k=", desc.k,
               " n=", desc.n);
-    for (DType t : {desc.act, desc.weight, desc.out})
-      TPL_CHECK_T(is_float(t), Unsupported, kWhere, "dtype ", dtype_name(t),
-                  " (reference GEMM reads and writes f32, bf16 and f16 only)");
+    int8_ = is_int8_desc(desc);
+    const bool floats = is_float(desc.act) && is_float(desc.weight) && is_float(desc.out);
+    TPL_CHECK_T(int8_ || floats, Unsupported, kWhere, "dtypes act=", dtype_name(desc.act),
+                " weight=", dtype_name(desc.weight), " out=", dtype_name(desc.out),
+                " (supported: any mix of f32/bf16/f16, or int8 x int8 -> int32)");
     TPL_CHECK(weight.device() == Device::kHost, kWhere, "weight must be a host tensor");
     TPL_CHECK(weight.rows() == desc.n && weight.cols() == desc.k && weight.dtype() == desc.weight,
               kWhere, "weight must be ", dtype_name(desc.weight), "[n=", desc.n, ", k=", desc.k,
               "], got ", weight.describe());
+    if (int8_) {
+      TPL_CHECK(bias.empty(), kWhere, "int8 x int8 -> int32 GEMM takes no bias, got ",
+                bias.describe(), " (W8A8's quant_bias is added by the caller's epilogue)");
+      // Stored transposed, [k, n], as int32 so the inner loop needs no widening.
+      wt_i32_.resize(static_cast<std::size_t>(desc.k * desc.n));
+      for (std::int64_t j = 0; j < desc.n; ++j) {
+        const auto* wr = static_cast<const std::int8_t*>(weight.at(j, 0));
+        for (std::int64_t i = 0; i < desc.k; ++i) wt_i32_[i * desc.n + j] = wr[i];
+      }
+      return;
+    }
     // Stored transposed, [k, n], so that run() sweeps contiguous rows of W^T.
     wt_.resize(static_cast<std::size_t>(desc.k * desc.n));
     std::vector<double> row(static_cast<std::size_t>(desc.k));
@@ -123,6 +145,7 @@ class ReferenceGemm final : public Gemm {
               dtype_name(desc_.out), "[M=", x.rows(), ", n=", n, "], got ", y.describe());
     TPL_CHECK(!with_bias || has_bias(), kWhere, "run(with_bias=true) but no bias was planned");
     TPL_CHECK(!overlaps(x, y), kWhere, "x and y must not overlap");
+    if (int8_) return run_int8(x, y);
     std::vector<double> xr(static_cast<std::size_t>(k)), acc(static_cast<std::size_t>(n));
     for (std::int64_t m = 0; m < x.rows(); ++m) {
       row_to_double(x, m, xr.data());
@@ -140,9 +163,34 @@ class ReferenceGemm final : public Gemm {
   }
 
  private:
+  // acc[j] = sum_i x[m, i] * W[j, i] in int64 (exact for any k < 2^49), then range-checked.
+  void run_int8(const TensorView& x, const TensorView& y) const {
+    const std::int64_t k = desc_.k, n = desc_.n;
+    std::vector<std::int64_t> acc(static_cast<std::size_t>(n));
+    for (std::int64_t m = 0; m < x.rows(); ++m) {
+      const auto* xr = static_cast<const std::int8_t*>(x.at(m, 0));
+      std::fill(acc.begin(), acc.end(), 0);
+      for (std::int64_t i = 0; i < k; ++i) {
+        const std::int64_t xi = xr[i];
+        const std::int32_t* wi = &wt_i32_[i * n];
+        for (std::int64_t j = 0; j < n; ++j) acc[j] += xi * wi[j];
+      }
+      auto* out = static_cast<std::int32_t*>(y.at(m, 0));
+      for (std::int64_t j = 0; j < n; ++j) {
+        TPL_CHECK_T(acc[j] >= std::numeric_limits<std::int32_t>::min() &&
+                        acc[j] <= std::numeric_limits<std::int32_t>::max(),
+                    BackendError, kWhere, "int32 overflow: y[", m, ", ", j, "] = ", acc[j],
+                    " (k=", k, ")");
+        out[j] = static_cast<std::int32_t>(acc[j]);
+      }
+    }
+  }
+
   GemmDesc desc_;
-  std::vector<double> wt_;    // W transposed: [k, n], row-major
-  std::vector<double> bias_;  // [n], empty when there is no bias
+  bool int8_ = false;                 // int8 x int8 -> int32
+  std::vector<std::int32_t> wt_i32_;  // int8 path: W transposed, [k, n]
+  std::vector<double> wt_;            // W transposed: [k, n], row-major
+  std::vector<double> bias_;          // [n], empty when there is no bias
 };
 
 }  // namespace

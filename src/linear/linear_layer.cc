@@ -88,10 +88,57 @@ std::int64_t LinearLayer::full_out_features() const {
   }
 }
 
+namespace {
+// Rows `rows` of `full` (in order) as one contiguous tensor.
+Tensor take_rows(TensorView full, const std::vector<ShardRange>& rows) {
+  std::int64_t n = 0;
+  for (const auto& r : rows) n += r.size;
+  Tensor t(full.dtype(), n, full.cols());
+  std::int64_t at = 0;
+  for (const auto& r : rows) {
+    copy_into(full.row_slice(r.offset, r.size), t.view().row_slice(at, r.size));
+    at += r.size;
+  }
+  return t;
+}
+// Columns `cols` of a [1, out] vector, converted to `dtype`.
+Tensor take_cols(TensorView full, const std::vector<ShardRange>& cols, DType dtype) {
+  std::int64_t n = 0;
+  for (const auto& r : cols) n += r.size;
+  Tensor t(dtype, 1, n);
+  std::int64_t at = 0;
+  for (const auto& r : cols) {
+    convert_into(full.col_slice(r.offset, r.size), t.view().col_slice(at, r.size));
+    at += r.size;
+  }
+  return t;
+}
+}  // namespace
+
 LinearLayer::LinearLayer(const LayerSpec& spec, const Selector& selector, const OpEnv& env,
                          GemmBackend backend, TensorView full_weight, TensorView full_bias)
     : spec_(spec) {
   const Where w{"linear " + spec.prefix, env.groups.world_rank()};
+  TPL_CHECK_EQ(full_weight.dtype(), spec_.dtype, w, "weight dtype");
+  init(selector, env, backend, full_weight, full_bias, nullptr);
+}
+
+LinearLayer::LinearLayer(const LayerSpec& spec, const Selector& selector, const OpEnv& env,
+                         GemmBackend backend, const W8A8Params& quant)
+    : spec_(spec) {
+  const Where w{"linear " + spec.prefix, env.groups.world_rank()};
+  TPL_CHECK(!spec.bias, w, "a W8A8 layer has no float bias: fold it into quant_bias ",
+            "(make_w8a8_params does)");
+  TPL_CHECK(spec.dtype == DType::kF32 || spec.dtype == DType::kBF16, w,
+            "W8A8 outputs f32 or bf16, got ", spec.dtype);
+  TPL_CHECK(!env.layer_shard, w, "layer-sharded W8A8 weights are not supported");
+  TPL_CHECK_EQ(quant.weight.dtype(), DType::kI8, w, "W8A8 weight dtype");
+  init(selector, env, backend, quant.weight, {}, &quant);
+}
+
+void LinearLayer::init(const Selector& selector, const OpEnv& env, GemmBackend backend,
+                       TensorView full_weight, TensorView full_bias, const W8A8Params* quant) {
+  const Where w{"linear " + spec_.prefix, env.groups.world_rank()};
   if (spec_.kind == LayerKind::kMergedColumn) {
     TPL_CHECK(!spec_.output_sizes.empty(), w, "MergedColumn needs output_sizes");
     spec_.out_features = full_out_features();
@@ -102,7 +149,6 @@ LinearLayer::LinearLayer(const LayerSpec& spec, const Selector& selector, const 
   TPL_CHECK(full_weight.rows() == spec_.out_features && full_weight.cols() == spec_.in_features, w,
             "full weight ", full_weight.describe(), " does not match [out=", spec_.out_features,
             ", in=", spec_.in_features, "]");
-  TPL_CHECK_EQ(full_weight.dtype(), spec_.dtype, w, "weight dtype");
   TPL_CHECK_EQ(spec_.bias, !full_bias.empty(), w, "bias given iff spec.bias");
   if (spec_.bias)
     TPL_CHECK(full_bias.rows() == 1 && full_bias.cols() == spec_.out_features, w, "bias ",
@@ -130,30 +176,15 @@ LinearLayer::LinearLayer(const LayerSpec& spec, const Selector& selector, const 
                  "O-proj TP cuts the features into equal slices: the input features must be "
                  "divisible by the O-proj TP size");
 
-  // Narrow the weight and bias by the op's coordinates.
-  const DType bias_dtype = DType::kF32;
+  // Narrow the weight and the per-output-channel vectors by the op's coordinates. Row layers
+  // split the input features and keep every output channel (bias, deq_scale, quant_bias full).
+  std::vector<ShardRange> out_cols{{0, spec_.out_features}};
   if (spec_.kind == LayerKind::kRow) {
     const ShardRange cols = shard_range(spec_.in_features, size, rank);
     weight_ = Tensor::copy_of(full_weight.col_slice(cols.offset, cols.size));
-    if (spec_.bias) {
-      bias_ = Tensor(bias_dtype, 1, spec_.out_features);
-      convert_into(full_bias, bias_);
-    }
   } else {
-    const auto rows = spec_.kind == LayerKind::kReplicated || size == 1
-                          ? std::vector<ShardRange>{{0, spec_.out_features}}
-                          : output_rows(spec_, rank, size);
-    std::int64_t local_out = 0;
-    for (const auto& r : rows) local_out += r.size;
-    weight_ = Tensor(spec_.dtype, local_out, spec_.in_features);
-    if (spec_.bias) bias_ = Tensor(bias_dtype, 1, local_out);
-    std::int64_t at = 0;
-    for (const auto& r : rows) {
-      copy_into(full_weight.row_slice(r.offset, r.size), weight_.view().row_slice(at, r.size));
-      if (spec_.bias)
-        convert_into(full_bias.col_slice(r.offset, r.size), bias_.view().col_slice(at, r.size));
-      at += r.size;
-    }
+    if (spec_.kind != LayerKind::kReplicated && size > 1) out_cols = output_rows(spec_, rank, size);
+    weight_ = take_rows(full_weight, out_cols);
     if (spec_.flags.gather_output && size > 1 && spec_.kind != LayerKind::kColumn) {
       for (std::int64_t s : spec_.kind == LayerKind::kQkv
                                 ? std::vector<std::int64_t>{spec_.out_features}
@@ -162,10 +193,22 @@ LinearLayer::LinearLayer(const LayerSpec& spec, const Selector& selector, const 
                      "output divisible by the TP size");
     }
   }
+  if (spec_.bias) bias_ = take_cols(full_bias, out_cols, DType::kF32);
   GemmDesc desc;
   desc.k = weight_.cols();
   desc.n = weight_.rows();
   desc.act = desc.weight = desc.out = spec_.dtype;
+  if (quant) {
+    deq_scale_ = take_cols(quant->deq_scale, out_cols, DType::kF32);
+    quant_bias_ = take_cols(quant->quant_bias, out_cols, DType::kI32);
+    quant_local_.input_scale = quant->input_scale;
+    quant_local_.input_offset = quant->input_offset;
+    quant_local_.deq_scale = deq_scale_.view();
+    quant_local_.quant_bias = quant_bias_.view();
+    local_.quant = &quant_local_;
+    desc.act = desc.weight = DType::kI8;
+    desc.out = DType::kI32;
+  }
   backend_ = backend;
   desc_ = desc;
   if (env.layer_shard && choice_.kind == OpKind::kFlashcomm2OProjRow) {

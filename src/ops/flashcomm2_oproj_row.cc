@@ -70,7 +70,9 @@ class Flashcomm2OProjRowOp final : public LinearOp {
                  "FlashComm2 needs equal head slices: every rank's input width times G must be "
                  "the weight slice width");
     Tensor xp = pad_rows(xin, pad);
-    Tensor gathered = exchange(xp);
+    // W8A8 quantizes before the exchange, so the all-to-all moves int8 (§8.3): the activation
+    // scale and offset are per tensor, identical on every rank.
+    Tensor gathered = g.quantized() ? exchange(g.quantize(xp)) : exchange(xp);
     Tensor y;
     if (otp_) {
       y = gemm_reduce_scatter(g, gathered, *otp_, row_bias(tp_rank()), false);

@@ -2,7 +2,7 @@
 // Entry: Shard(tokens) [N'/T, H] when FC1 is on for the batch, else Replicated [N, H].
 // Steps: all-gather tokens over TP and drop the last pad_size rows -> [N, H]; GEMM (bias unless
 // skip_bias_add) -> [N, out/T]; gather_output: all-gather features. Exit: Shard(features), or
-// Replicated with gather_output.
+// Replicated with gather_output. W8A8 with fc1_quantized_allgather gathers int8.
 #include "ops/op_util.h"
 #include "ops/ops.h"
 #include "tpl/error.h"
@@ -23,7 +23,9 @@ namespace {
 class SequenceColumnOp final : public LinearOp {
  public:
   SequenceColumnOp(const LayerName& n, const LinearFlags& f, const OpEnv& env)
-      : LinearOp(n, f, env.groups.world_rank()), tp_(env.groups.tp()) {}
+      : LinearOp(n, f, env.groups.world_rank()),
+        tp_(env.groups.tp()),
+        quantized_gather_(env.config.fc1_quantized_allgather) {}
   OpKind kind() const override { return OpKind::kSequenceColumn; }
   int tp_rank() const override { return tp_.rank(); }
   int tp_size() const override { return tp_.size(); }
@@ -37,7 +39,10 @@ class SequenceColumnOp final : public LinearOp {
   Tensor forward(TensorView x, const ForwardContext& ctx, const LocalGemm& g) override {
     Tensor y;
     if (ctx.flash_comm_v1_enabled) {
-      Tensor full = gather_and_unpad(tp_, x, ctx, where());
+      // Opt-in for W8A8: quantize the sequence shard and gather int8 (a quarter of f32's bytes,
+      // half of bf16's); the GEMM consumes the int8 rows without requantizing.
+      const bool int8_gather = quantized_gather_ && g.quantized();
+      Tensor full = gather_and_unpad(tp_, int8_gather ? g.quantize(x).view() : x, ctx, where());
       y = g.run(full, kColumnBias);
     } else {
       y = g.run(x, kColumnBias);
@@ -48,6 +53,7 @@ class SequenceColumnOp final : public LinearOp {
 
  private:
   Communicator& tp_;
+  bool quantized_gather_;
 };
 
 }  // namespace

@@ -7,12 +7,16 @@
 //  * bf16 x bf16 -> bf16: <= 1e-2 (one bf16 rounding of the output, 2^-9 relative, dominates);
 //  * small-integer data: bit-exact for every dtype pair (all partial sums are exact, the
 //    output is rounded once by both).
+//  * int8 x int8 -> int32 (W8A8): bit-exact against the reference's exact integer sums, on
+//    uniform int8 data covering the full range [-128, 127] for both operands.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <memory>
+#include <random>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -244,6 +248,182 @@ INSTANTIATE_TEST_SUITE_P(
     param_name);
 
 // ---------------------------------------------------------------------------------------------
+// int8 x int8 -> int32 (W8A8): oneDNN against the reference, bit-exact.
+
+// Uniform over the full int8 range [-128, 127]; the first element is -128 and the last 127, so
+// both extremes occur in every tensor of at least two elements.
+Tensor random_int8(std::int64_t rows, std::int64_t cols, std::uint64_t seed) {
+  Tensor t(DType::kI8, rows, cols);
+  std::mt19937_64 gen(seed);
+  std::uniform_int_distribution<int> dist(-128, 127);
+  auto* p = t.ptr<std::int8_t>();
+  for (std::int64_t i = 0; i < t.numel(); ++i) p[i] = static_cast<std::int8_t>(dist(gen));
+  if (t.numel() >= 2) {
+    p[0] = -128;
+    p[t.numel() - 1] = 127;
+  }
+  return t;
+}
+
+// Empty when the int32 views are equal everywhere; otherwise the count of mismatches and the
+// first one.
+std::string int32_mismatch(const TensorView& actual, const TensorView& expected) {
+  if (actual.rows() != expected.rows() || actual.cols() != expected.cols() ||
+      actual.dtype() != DType::kI32 || expected.dtype() != DType::kI32)
+    return "shape/dtype: " + actual.describe() + " vs " + expected.describe();
+  std::int64_t bad = 0;
+  std::string first;
+  for (std::int64_t r = 0; r < expected.rows(); ++r) {
+    const auto* a = static_cast<const std::int32_t*>(actual.at(r, 0));
+    const auto* e = static_cast<const std::int32_t*>(expected.at(r, 0));
+    for (std::int64_t c = 0; c < expected.cols(); ++c) {
+      if (a[c] == e[c]) continue;
+      if (bad++ == 0)
+        first = "first at (" + std::to_string(r) + ", " + std::to_string(c) + "): expected " +
+                std::to_string(e[c]) + ", got " + std::to_string(a[c]);
+    }
+  }
+  return bad == 0 ? "" : std::to_string(bad) + " mismatches, " + first;
+}
+
+const GemmDesc kInt8Desc{0, 0, DType::kI8, DType::kI8, DType::kI32};
+GemmDesc int8_desc(std::int64_t k, std::int64_t n) {
+  GemmDesc d = kInt8Desc;
+  d.k = k;
+  d.n = n;
+  return d;
+}
+
+TEST(ReferenceGemm, Int8HandComputed) {
+  const GemmDesc d = int8_desc(3, 2);
+  Tensor w(DType::kI8, 2, 3), x(DType::kI8, 2, 3);
+  const std::int8_t wv[] = {-128, 127, 1, 2, -3, -128};
+  const std::int8_t xv[] = {-128, -128, 5, 127, 0, -1};
+  std::memcpy(w.data(), wv, sizeof wv);
+  std::memcpy(x.data(), xv, sizeof xv);
+  Tensor y(DType::kI32, 2, 2);
+  make_reference_gemm(d, w, TensorView())->run(x, y, false);
+  const std::int32_t* out = y.ptr<std::int32_t>();
+  EXPECT_EQ(out[0], 16384 - 16256 + 5);   // (-128)(-128) + (-128)(127) + 5·1
+  EXPECT_EQ(out[1], -256 + 384 - 640);    // (-128)2 + (-128)(-3) + 5(-128)
+  EXPECT_EQ(out[2], 127 * -128 + 0 - 1);  // 127(-128) + 0 + (-1)1
+  EXPECT_EQ(out[3], 254 + 0 + 128);       // 127·2 + 0 + (-1)(-128)
+}
+
+// 2^17 products of (-128)(-128) = 2^14 sum to 2^31, one past INT32_MAX: the reference refuses
+// rather than wrapping; one product fewer (2^31 - 2^14) fits.
+TEST(ReferenceGemm, Int8OverflowIsDetected) {
+  const std::int64_t k = std::int64_t{1} << 17;
+  Tensor w(DType::kI8, 1, k), x(DType::kI8, 1, k);
+  std::memset(w.data(), 0x80, w.nbytes());  // -128
+  std::memset(x.data(), 0x80, x.nbytes());
+  Tensor y(DType::kI32, 1, 1);
+  auto g = make_reference_gemm(int8_desc(k, 1), w, TensorView());
+  EXPECT_THROW(g->run(x, y, false), BackendError);
+  EXPECT_NE(message_of([&] { g->run(x, y, false); }).find("int32 overflow"), std::string::npos);
+  static_cast<std::int8_t*>(x.data())[k - 1] = 0;
+  g->run(x, y, false);
+  EXPECT_EQ(y.ptr<std::int32_t>()[0],
+            std::numeric_limits<std::int32_t>::max() - 16383);  // 2^31-2^14
+}
+
+using Int8Param = std::tuple<std::int64_t, std::int64_t>;  // k, n
+
+class OneDnnInt8VsReference : public ::testing::TestWithParam<Int8Param> {
+ protected:
+  GemmDesc desc() const { return int8_desc(std::get<0>(GetParam()), std::get<1>(GetParam())); }
+};
+
+TEST_P(OneDnnInt8VsReference, FullRangeAllMBitExact) {
+  const GemmDesc d = desc();
+  Tensor w = random_int8(d.n, d.k, 51);
+  auto g = make_onednn_gemm(d, w, TensorView());
+  auto ref = make_reference_gemm(d, w, TensorView());
+  EXPECT_EQ(g->name(), "onednn");
+  EXPECT_FALSE(g->has_bias());
+  for (std::int64_t m : {0, 1, 7, 16, 1001}) {
+    SCOPED_TRACE("M=" + std::to_string(m));
+    Tensor x = random_int8(m, d.k, 500 + m);
+    Tensor y(DType::kI32, m, d.n), y_ref(DType::kI32, m, d.n);
+    g->run(x, y, false);
+    ref->run(x, y_ref, false);
+    EXPECT_EQ(int32_mismatch(y, y_ref), "");
+  }
+}
+
+// Every product at its extreme: all -128 x all -128 (largest positive sums) and -128 x 127.
+TEST_P(OneDnnInt8VsReference, ExtremeValuesBitExact) {
+  const GemmDesc d = desc();
+  Tensor w(DType::kI8, d.n, d.k), x(DType::kI8, 7, d.k), y(DType::kI32, 7, d.n);
+  std::memset(w.data(), 0x80, w.nbytes());  // -128
+  for (std::uint8_t fill : {std::uint8_t{0x80}, std::uint8_t{0x7f}}) {
+    SCOPED_TRACE("x = " + std::to_string(static_cast<std::int8_t>(fill)));
+    std::memset(x.data(), fill, x.nbytes());
+    make_onednn_gemm(d, w, TensorView())->run(x, y, false);
+    const std::int32_t expected =
+        static_cast<std::int32_t>(d.k) * -128 * static_cast<std::int8_t>(fill);
+    bool all = true;
+    for (std::int64_t i = 0; i < y.numel(); ++i) all = all && y.ptr<std::int32_t>()[i] == expected;
+    EXPECT_TRUE(all) << "expected " << expected << ", got e.g. " << y.ptr<std::int32_t>()[0];
+  }
+}
+
+// x and y are windows into wider buffers; the columns outside the y window stay untouched.
+TEST_P(OneDnnInt8VsReference, StridedViews) {
+  const GemmDesc d = desc();
+  Tensor w = random_int8(d.n, d.k, 61);
+  auto g = make_onednn_gemm(d, w, TensorView());
+  auto ref = make_reference_gemm(d, w, TensorView());
+  for (std::int64_t m : {1, 7, 16, 1001}) {
+    SCOPED_TRACE("M=" + std::to_string(m));
+    Tensor xbuf = random_int8(m, d.k + 5, 600 + m);
+    Tensor ybuf(DType::kI32, m, d.n + 3);
+    auto* yb = ybuf.ptr<std::int32_t>();
+    for (std::int64_t i = 0; i < ybuf.numel(); ++i) yb[i] = 0x7eadbeef;
+    const TensorView x = xbuf.view().col_slice(2, d.k);
+    const TensorView y = ybuf.view().col_slice(1, d.n);
+    g->run(x, y, false);
+    Tensor y_ref(DType::kI32, m, d.n);
+    ref->run(x, y_ref, false);
+    EXPECT_EQ(int32_mismatch(y, y_ref), "");
+    bool pad_intact = true;
+    for (std::int64_t r = 0; r < m; ++r)
+      for (std::int64_t c : {std::int64_t{0}, d.n + 1, d.n + 2})
+        pad_intact = pad_intact && yb[r * (d.n + 3) + c] == 0x7eadbeef;
+    EXPECT_TRUE(pad_intact) << "GEMM wrote outside the y window";
+  }
+}
+
+// The caller's weight may be freed after creation; alternating M reuses cached primitives and
+// the single reordered weight copy.
+TEST_P(OneDnnInt8VsReference, WeightCopiedOnceAndReusedAcrossM) {
+  const GemmDesc d = desc();
+  auto w = std::make_unique<Tensor>(random_int8(d.n, d.k, 71));
+  auto ref = make_reference_gemm(d, *w, TensorView());
+  auto g = make_onednn_gemm(d, *w, TensorView());
+  std::memset(w->data(), 0x55, w->nbytes());
+  w.reset();
+  Tensor x = random_int8(1001, d.k, 72);
+  Tensor y_ref(DType::kI32, 1001, d.n);
+  ref->run(x, y_ref, false);
+  for (std::int64_t m : {16, 1001, 1, 16, 1001}) {
+    SCOPED_TRACE("M=" + std::to_string(m));
+    Tensor y(DType::kI32, m, d.n);
+    g->run(x.view().row_slice(0, m), y, false);
+    EXPECT_EQ(int32_mismatch(y, y_ref.view().row_slice(0, m)), "");
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, OneDnnInt8VsReference,
+    ::testing::Combine(::testing::Values(std::int64_t{13}, std::int64_t{129}, std::int64_t{512}),
+                       ::testing::Values(std::int64_t{13}, std::int64_t{129}, std::int64_t{512})),
+    [](const ::testing::TestParamInfo<Int8Param>& info) {
+      return "k" + std::to_string(std::get<0>(info.param)) + "_n" +
+             std::to_string(std::get<1>(info.param));
+    });
+
+// ---------------------------------------------------------------------------------------------
 // Invalid arguments, for both backends.
 
 using Factory = std::unique_ptr<Gemm> (*)(const GemmDesc&, TensorView, TensorView);
@@ -266,10 +446,55 @@ TEST_P(GemmErrors, CreationRejectsBadWeightAndBias) {
   EXPECT_THROW(make(GemmDesc{0, 129, DType::kF32, DType::kF32, DType::kF32},
                     Tensor(DType::kF32, 129, 0), TensorView()),
                InvalidArgument);
-  // Integer dtypes are served by neither backend.
-  Tensor w8(DType::kI8, 129, 13);
-  EXPECT_THROW(make(GemmDesc{13, 129, DType::kI8, DType::kI8, DType::kI32}, w8, TensorView()),
+}
+
+// int8 is served only as int8 x int8 -> int32, without bias, by both backends.
+TEST_P(GemmErrors, Int8DtypeCombinations) {
+  const Factory make = GetParam();
+  Tensor w8(DType::kI8, 129, 13), w32(DType::kF32, 129, 13);
+  const auto msg = [&](DType a, DType wt, DType o, const TensorView& w, const TensorView& b) {
+    return message_of([&] { make(GemmDesc{13, 129, a, wt, o}, w, b); });
+  };
+  // int8 activations with f32 weights.
+  EXPECT_THROW(make(GemmDesc{13, 129, DType::kI8, DType::kF32, DType::kI32}, w32, TensorView()),
                Unsupported);
+  std::string m = msg(DType::kI8, DType::kF32, DType::kI32, w32, TensorView());
+  EXPECT_NE(m.find("act=int8 weight=f32 out=int32"), std::string::npos) << m;
+  EXPECT_NE(m.find("int8 x int8 -> int32"), std::string::npos) << m;
+  // int8 x int8 with a float output.
+  EXPECT_THROW(make(GemmDesc{13, 129, DType::kI8, DType::kI8, DType::kF32}, w8, TensorView()),
+               Unsupported);
+  m = msg(DType::kI8, DType::kI8, DType::kF32, w8, TensorView());
+  EXPECT_NE(m.find("act=int8 weight=int8 out=f32"), std::string::npos) << m;
+  // Float activations with int8 weights, int32 output from floats, int8 output.
+  EXPECT_THROW(make(GemmDesc{13, 129, DType::kF32, DType::kI8, DType::kF32}, w8, TensorView()),
+               Unsupported);
+  EXPECT_THROW(make(GemmDesc{13, 129, DType::kF32, DType::kF32, DType::kI32}, w32, TensorView()),
+               Unsupported);
+  EXPECT_THROW(make(GemmDesc{13, 129, DType::kI8, DType::kI8, DType::kI8}, w8, TensorView()),
+               Unsupported);
+  // A bias is the caller's epilogue's job (quant_bias), whatever its dtype.
+  const GemmDesc d{13, 129, DType::kI8, DType::kI8, DType::kI32};
+  Tensor b32(DType::kI32, 1, 129), bf(DType::kF32, 1, 129);
+  EXPECT_THROW(make(d, w8, b32), InvalidArgument);
+  EXPECT_THROW(make(d, w8, bf), InvalidArgument);
+  m = msg(d.act, d.weight, d.out, w8, b32);
+  EXPECT_NE(m.find("int8 x int8 -> int32 GEMM takes no bias, got int32[1, 129]"), std::string::npos)
+      << m;
+  // Wrong weight dtype for an int8 desc.
+  EXPECT_THROW(make(d, w32, TensorView()), InvalidArgument);
+  // run(): wrong x / y dtypes, bias requested.
+  auto g = make(d, w8, TensorView());
+  Tensor x8(DType::kI8, 7, 13), xf(DType::kF32, 7, 13), y32(DType::kI32, 7, 129),
+      yf(DType::kF32, 7, 129);
+  EXPECT_THROW(g->run(xf, y32, false), InvalidArgument);
+  m = message_of([&] { g->run(xf, y32, false); });
+  EXPECT_NE(m.find("x must be int8[M, k=13], got f32[7, 13]"), std::string::npos) << m;
+  EXPECT_THROW(g->run(x8, yf, false), InvalidArgument);
+  m = message_of([&] { g->run(x8, yf, false); });
+  EXPECT_NE(m.find("y must be int32[M=7, n=129], got f32[7, 129]"), std::string::npos) << m;
+  EXPECT_THROW(g->run(x8, y32, true), InvalidArgument);
+  EXPECT_NO_THROW(g->run(x8, y32, false));
 }
 
 TEST_P(GemmErrors, RunRejectsBadShapes) {

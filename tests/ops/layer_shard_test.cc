@@ -5,6 +5,7 @@
 
 #include "harness.h"
 #include "tpl/layer_shard.h"
+#include "tpl/linear.h"
 
 namespace tpl {
 namespace {
@@ -68,6 +69,68 @@ TEST(LayerShard, MisuseIsAClearError) {
   gap.add_layer(0, layer_weight(0));
   gap.add_layer(2, layer_weight(2));
   EXPECT_THROW(gap.finalize(), InvalidArgument);  // not consecutive
+}
+
+}  // namespace
+}  // namespace tpl
+
+namespace tpl {
+namespace {
+
+// FlashComm2 o_proj layers over a decoder stack with layer sharding (QKV triggers the prefetch,
+// o_proj waits for its window): outputs equal those of the same layers with resident weights.
+TEST(LayerShard, ShardedOprojEqualsResidentWeights) {
+  Communicator& w = world();
+  if (w.size() < 2) GTEST_SKIP() << "FlashComm2 needs TP > 1";
+  for (int p = 1; p < w.size(); ++p) {
+    if (w.size() % p) continue;
+    for (int k : {0, 1, 2}) {
+      const int layers = 5;
+      Config cfg;
+      cfg.layout = {1, 1, w.size()};
+      cfg.flashcomm2_p = p;
+      cfg.layer_sharding = {"o_proj"};
+      const Features f = Features::derive(cfg, {});
+      ProcessGroups groups(w, cfg.layout, group_sizes(cfg, f));
+      Selector sel(cfg, {});
+      LayerShardSeries series(groups.shard_weight(), k);
+      OpEnv sharded{cfg, f, groups, &series, nullptr, nullptr, &series};
+      OpEnv resident{cfg, f, groups};
+      std::vector<std::unique_ptr<LinearLayer>> qkv, o_sharded, o_resident;
+      std::vector<Tensor> w_qkv, w_o;
+      const std::int64_t hidden = 16, attn = 12 * w.size();
+      for (int l = 0; l < layers; ++l) {
+        const std::string base = "model.layers." + std::to_string(l) + ".self_attn.";
+        LayerSpec sq{base + "qkv_proj", LayerKind::kColumn, hidden, attn};
+        LayerSpec so{base + "o_proj", LayerKind::kRow, attn, hidden};
+        w_qkv.push_back(testing::random_ints(attn, hidden, 2, 100 + l));
+        w_o.push_back(testing::random_ints(hidden, attn, 2, 200 + l));
+        qkv.push_back(std::make_unique<LinearLayer>(sq, sel, sharded, GemmBackend::kOneDnn,
+                                                    w_qkv.back(), TensorView()));
+        o_sharded.push_back(std::make_unique<LinearLayer>(so, sel, sharded, GemmBackend::kOneDnn,
+                                                          w_o.back(), TensorView()));
+        o_resident.push_back(std::make_unique<LinearLayer>(so, sel, resident,
+                                                           GemmBackend::kOneDnn, w_o.back(),
+                                                           TensorView()));
+      }
+      series.finalize();
+      std::string msg;
+      for (int pass = 0; pass < 2 && msg.empty(); ++pass) {
+        const std::int64_t n = pass ? 7 : 1001;
+        const ForwardContext ctx = ForwardContext::make(cfg, f, {}, n);
+        Tensor x = testing::random_ints(n, hidden, 2, 300 + pass);
+        for (int l = 0; l < layers && msg.empty(); ++l) {
+          Tensor h = qkv[l]->forward(x, ctx).output;  // triggers the prefetch of layer l+k
+          Tensor a = o_sharded[l]->forward(h, ctx).output;
+          Tensor b = o_resident[l]->forward(h, ctx).output;
+          msg = compare(a, b, 0, 0,
+                        "P=" + std::to_string(p) + " k=" + std::to_string(k) + " pass " +
+                            std::to_string(pass) + " layer " + std::to_string(l));
+        }
+      }
+      expect_agreed(w, msg);
+    }
+  }
 }
 
 }  // namespace

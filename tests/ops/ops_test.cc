@@ -19,6 +19,7 @@
 #include "harness.h"
 #include "tpl/backends.h"
 #include "tpl/linear.h"
+#include "tpl/quant.h"
 
 namespace tpl {
 namespace {
@@ -63,13 +64,14 @@ struct Case {
   std::int64_t token_skew = 0;
   Data data = Data::kIntF32;
   BiasMode bias = BiasMode::kNone;
+  bool w8a8 = false;  // W8A8 layer built from the float weights; reference = exact integer math
 };
 
 std::string describe(const Case& c) {
   std::ostringstream os;
   os << c.label << " W=" << c.config.layout.world_size() << " dp=" << c.config.layout.dp
      << " tp=" << c.config.layout.tp << " tokens=" << c.tokens << "+" << c.token_skew << "*d "
-     << data_name(c.data) << " " << bias_name(c.bias);
+     << data_name(c.data) << " " << bias_name(c.bias) << (c.w8a8 ? " w8a8" : "");
   return os.str();
 }
 
@@ -85,7 +87,7 @@ std::string run_case(Case c) {
 
   LayerSpec spec = c.spec;
   spec.dtype = dtype_of(c.data);
-  spec.bias = c.bias != BiasMode::kNone;
+  spec.bias = c.bias != BiasMode::kNone && !c.w8a8;  // W8A8 folds the bias into quant_bias
   spec.flags.skip_bias_add = c.bias == BiasMode::kSkipped;
   spec.flags.return_bias = true;
   std::int64_t out = spec.out_features;
@@ -97,9 +99,18 @@ std::string run_case(Case c) {
   }
   const float wscale = 1.0f / std::sqrt(static_cast<float>(spec.in_features));
   Tensor weight = make_data(c.data, out, spec.in_features, 1000, wscale);
-  Tensor bias = spec.bias ? make_data(c.data, 1, out, 2000, 1.0f) : Tensor();
-  LinearLayer layer(spec, selector, env, GemmBackend::kOneDnn, weight,
-                    spec.bias ? bias.view() : TensorView());
+  Tensor bias = c.bias != BiasMode::kNone ? make_data(c.data, 1, out, 2000, 1.0f) : Tensor();
+  W8A8Params qp;
+  if (c.w8a8) {
+    Tensor calib = make_data(Data::kNormalBF16, 64, spec.in_features, 4000, 1.0f);
+    qp = make_w8a8_params(weight, c.bias == BiasMode::kAdded ? bias.view() : TensorView(),
+                          calibrate_activation(calib));
+  }
+  std::unique_ptr<LinearLayer> layer_ptr =
+      c.w8a8 ? std::make_unique<LinearLayer>(spec, selector, env, GemmBackend::kOneDnn, qp)
+             : std::make_unique<LinearLayer>(spec, selector, env, GemmBackend::kOneDnn, weight,
+                                             spec.bias ? bias.view() : TensorView());
+  LinearLayer& layer = *layer_ptr;
   if (layer.choice().kind != c.expect_kind)
     return describe(c) + ": selected " + op_kind_name(layer.choice().kind) + ", expected " +
            op_kind_name(c.expect_kind) + "\n" + layer.choice().explanation;
@@ -110,9 +121,17 @@ std::string run_case(Case c) {
   ForwardContext ctx = ForwardContext::make(c.config, f, c.model, n,
                                             l.dp > 1 ? across : std::vector<std::int64_t>{});
   // Global problem: replica d's activations and reference output (bias added unless skipped).
-  auto x_of = [&](int d) { return make_data(c.data, across[d], spec.in_features, 3000 + d, 1.0f); };
+  auto x_of = [&](int d) {
+    if (c.w8a8) return testing::random_normal(across[d], spec.in_features, 1.f, 3000 + d, spec.dtype);
+    return make_data(c.data, across[d], spec.in_features, 3000 + d, 1.0f);
+  };
   TensorView ref_bias = spec.bias && !spec.flags.skip_bias_add ? bias.view() : TensorView();
-  auto ref_of = [&](TensorView x) { return reference(x, weight, ref_bias); };
+  auto ref_of = [&](TensorView x) {
+    if (!c.w8a8) return reference(x, weight, ref_bias);
+    Tensor y(DType::kF32, x.rows(), out);
+    w8a8_reference(quantize(x, qp.input_scale, qp.input_offset), qp, true, y);
+    return y;
+  };
 
   Tensor x = x_of(me.d);
   const int T = l.tp, t = me.t;
@@ -155,7 +174,8 @@ std::string run_case(Case c) {
           const std::int64_t rows_j = across[block * m + j];
           msg = compare(y.view().row_slice(j * bmax, rows_j),
                         expected.view().row_slice(j * bmax, rows_j),
-                        c.data == Data::kNormalBF16 ? 0.03 : 0, c.data == Data::kNormalBF16 ? 0.02 : 0,
+                        c.data == Data::kNormalBF16 || c.w8a8 ? 0.03 : 0,
+                        c.data == Data::kNormalBF16 || c.w8a8 ? 0.02 : 0,
                         describe(c) + " member " + std::to_string(j) + " tokens");
         }
         return msg;
@@ -246,8 +266,13 @@ std::string run_case(Case c) {
     // Partial: the sum over the group is the value.
     groups.tp().all_reduce(y);
   }
-  const double atol = c.data == Data::kNormalBF16 ? 0.03 : 0.0;
-  const double rtol = c.data == Data::kNormalBF16 ? 0.02 : 0.0;
+  // W8A8: each rank dequantizes its partial sums, so a reduction adds f32 (or bf16) rounding
+  // to the exact integer result. With an activation offset each partial carries a large
+  // zero-point term (−offset·Σ W over its slice) that cancels only in the sum, so bf16 partials
+  // lose up to a few bf16 ulps of that larger magnitude: bound 0.15 absolute at unit scale.
+  const bool w8a8_bf16 = c.w8a8 && c.data == Data::kIntBF16;
+  const double atol = w8a8_bf16 ? 0.15 : c.data == Data::kNormalBF16 ? 0.03 : c.w8a8 ? 1e-4 : 0.0;
+  const double rtol = w8a8_bf16 || c.data == Data::kNormalBF16 ? 0.02 : c.w8a8 ? 1e-4 : 0.0;
   if (valid_rows >= 0) {
     if (y.rows() != expected.rows())
       return describe(c) + ": output rows " + std::to_string(y.rows()) + " expected " +
@@ -494,6 +519,130 @@ TEST(Ops, RowWithoutReductionRejectsAnAddedBias) {
   s.flags.reduce_results = false;
   Tensor w(DType::kF32, 4, 8), b(DType::kF32, 1, 4);
   EXPECT_THROW(LinearLayer(s, sel, env, GemmBackend::kOneDnn, w, b), InvalidArgument);
+}
+
+// Every op with W8A8 layers: quantize, int8 GEMM (int32 accumulation), dequantize; against the
+// exact integer reference on the single-device problem. quant_bias (bias + zero-point
+// correction) is added once per reduction.
+void sweep_w8a8(Case base, std::vector<std::int64_t> tokens = {1, 7, 1001}) {
+  base.w8a8 = true;
+  for (std::int64_t n : tokens)
+    for (BiasMode b : {BiasMode::kNone, BiasMode::kAdded})
+      for (Data d : {Data::kIntF32, Data::kIntBF16}) {
+        Case c = base;
+        c.tokens = n;
+        c.bias = b;
+        c.data = d;
+        std::string msg;
+        try {
+          msg = run_case(c);
+        } catch (const std::exception& e) {
+          msg = describe(c) + ": threw " + e.what();
+        }
+        expect_agreed(world(), msg);
+      }
+}
+
+TEST(OpsW8A8, EveryOp) {
+  sweep_w8a8({"std column", tp_config(W()), {}, column(kQkv, 16, 13), OpKind::kStandardColumn});
+  sweep_w8a8({"std row", tp_config(W()), {}, row(kO, 13, 16), OpKind::kStandardRow});
+  Case rep{"replicated", tp_config(W()), {}, column("model.layers.0.mlp.gate", 16, 5),
+           OpKind::kReplicated};
+  rep.spec.kind = LayerKind::kReplicated;
+  sweep_w8a8(rep);
+  Config mar = tp_config(W());
+  mar.matmul_allreduce = true;
+  sweep_w8a8({"matmul-allreduce", mar, {}, row(kDown, 13, 16), OpKind::kMatmulAllreduceRow});
+  if (W() >= 2) {
+    for (bool moe : {false, true})
+      for (bool int8_gather : {false, true}) {
+        Config fc1 = tp_config(W());
+        fc1.flashcomm1 = true;
+        fc1.flashcomm1_threshold = 0;
+        fc1.fc1_quantized_allgather = int8_gather;
+        ModelInfo model;
+        model.is_moe = moe;  // MoE: unfused reduce-scatter
+        const std::string tag = std::string(moe ? " moe" : " dense") + (int8_gather ? " int8-gather" : "");
+        sweep_w8a8({"fc1 column" + tag, fc1, model, column(kQkv, 16, 13), OpKind::kSequenceColumn});
+        sweep_w8a8({"fc1 row" + tag, fc1, model, row(kO, 13, 16), OpKind::kSequenceRow});
+      }
+    for (int p = 1; p < W(); ++p) {
+      if (W() % p) continue;
+      Config fc2 = tp_config(W());
+      fc2.flashcomm2_p = p;
+      sweep_w8a8({"fc2 o_proj P=" + std::to_string(p), fc2, {}, row(kO, 24, 16),
+                  OpKind::kFlashcomm2OProjRow});
+    }
+    Config dsa = tp_config(W());
+    dsa.flashcomm1 = true;
+    dsa.deployment = Deployment::kPrefill;
+    dsa.layer_sharding = {"o_proj"};
+    ModelInfo dsa_model;
+    dsa_model.has_index_topk = true;
+    sweep_w8a8({"dsa-cp row", dsa, dsa_model, row(kO, 13, 16), OpKind::kShardedCpRow});
+  }
+  Config mlp;
+  mlp.layout = {1, W(), 1};
+  mlp.mlp_tp = W();
+  Case mc{"mlp column", mlp, {}, column(kGateUp, 16, 0), OpKind::kMlpColumn};
+  mc.spec.kind = LayerKind::kMergedColumn;
+  mc.spec.output_sizes = {11, 11};
+  mc.token_skew = 2;
+  sweep_w8a8(mc);
+  Case mr{"mlp row", mlp, {}, row(kDown, 13, 16), OpKind::kMlpRow};
+  mr.token_skew = 2;
+  sweep_w8a8(mr);
+  Config otp;
+  otp.layout = {1, W(), 1};
+  otp.oproj_tp = W();
+  otp.deployment = Deployment::kDecode;
+  sweep_w8a8({"oproj tp", otp, {}, row(kO, 24, 16), OpKind::kOProjRow});
+}
+
+// One rank: the W8A8 layer is bit-identical to the exact integer reference (f32 output), and the
+// quantization error against the float layer is small; it is reported.
+TEST(OpsW8A8, ExactOnOneRankAndQuantizationError) {
+  LocalCommunicator one;
+  Config cfg;
+  const Features f = Features::derive(cfg, {});
+  ProcessGroups groups(one, cfg.layout, group_sizes(cfg, f));
+  Selector sel(cfg, {});
+  OpEnv env{cfg, f, groups};
+  const std::int64_t k = 512, n = 384, m = 129;
+  Tensor w = testing::random_normal(n, k, 1.f / std::sqrt(float(k)), 5);
+  Tensor b = testing::random_normal(1, n, 0.5f, 6);
+  Tensor x = testing::random_normal(m, k, 1.f, 7);
+  const W8A8Params qp = make_w8a8_params(w, b, calibrate_activation(x));
+  LayerSpec s = column(kQkv, k, n);
+  LinearLayer lq(s, sel, env, GemmBackend::kOneDnn, qp);
+  Tensor y = lq.forward(x, ForwardContext::make(cfg, f, {}, m)).output;
+  Tensor ref(DType::kF32, m, n);
+  w8a8_reference(quantize(x, qp.input_scale, qp.input_offset), qp, true, ref);
+  EXPECT_EQ(compare(y, ref, 0, 0, "w8a8 vs integer reference"), "");
+  Tensor yf = reference(x, w, b);
+  double num = 0, den = 0;
+  for (std::int64_t i = 0; i < m; ++i)
+    for (std::int64_t j = 0; j < n; ++j) {
+      const double d = get_f32(y, i, j) - get_f32(yf, i, j);
+      num += d * d;
+      den += double(get_f32(yf, i, j)) * get_f32(yf, i, j);
+    }
+  const double rel = std::sqrt(num / den);
+  RecordProperty("w8a8_rel_l2_error", std::to_string(rel));
+  if (world().rank() == 0) std::printf("W8A8 vs float relative L2 error (K=%lld): %.3e\n", (long long)k, rel);
+  EXPECT_LT(rel, 2e-2);
+}
+
+// Rounding of the activation quantizer: half to even, saturating.
+TEST(OpsW8A8, QuantizerRoundsHalfToEvenAndSaturates) {
+  EXPECT_EQ(quantize_value(0.5f, 1.f, 0), 0);
+  EXPECT_EQ(quantize_value(1.5f, 1.f, 0), 2);
+  EXPECT_EQ(quantize_value(2.5f, 1.f, 0), 2);
+  EXPECT_EQ(quantize_value(-0.5f, 1.f, 0), 0);
+  EXPECT_EQ(quantize_value(-1.5f, 1.f, 0), -2);
+  EXPECT_EQ(quantize_value(1000.f, 1.f, 0), 127);
+  EXPECT_EQ(quantize_value(-1000.f, 1.f, 0), -128);
+  EXPECT_EQ(quantize_value(0.f, 1.f, -5), -5);
 }
 
 // The prefetch hook runs once after every row op, never after a column op, and cannot change

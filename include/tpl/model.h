@@ -1,0 +1,108 @@
+// A transformer decoder stack built from tplinear layers, for `tplinear run` and its tests.
+//
+// Each layer: RMSNorm, qkv (QKV column), causal GQA attention with RoPE over the rank's local
+// heads, o_proj (row), residual, RMSNorm, gate_up (merged column), SiLU·mul, down (row),
+// residual. MoE layers run their shared experts (if the model has any) through tplinear and skip
+// the routed experts: expert FFNs are outside the scope of linear ops. Embedding, final norm and
+// LM head are not part of the stack; the input hidden states are seeded random values.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "tpl/backends.h"
+#include "tpl/config.h"
+#include "tpl/layer_shard.h"
+#include "tpl/linear.h"
+
+namespace tpl {
+
+struct ModelSpec {
+  std::string name;        // preset name or config path
+  std::string model_type;  // llama, qwen2, qwen3, qwen3_moe, qwen2_moe, ...
+  std::int64_t hidden = 0, intermediate = 0;
+  std::int64_t heads = 0, kv_heads = 0, head_dim = 0;
+  std::int64_t layers = 0;
+  double rms_eps = 1e-6, rope_theta = 10000.0;
+  bool qkv_bias = false;   // Qwen2 has q/k/v biases
+  // MoE structure (decides which layers run experts; selection uses ModelInfo).
+  std::int64_t num_experts = 0;
+  std::int64_t shared_expert_intermediate = 0;  // 0 = no shared expert
+  std::int64_t decoder_sparse_step = 1;
+  std::int64_t first_k_dense = 0;
+  std::vector<std::int64_t> mlp_only_layers;
+  ModelInfo info;  // what selection reads (§12.2)
+
+  static ModelSpec from_hf_json(const nlohmann::json& j, const std::string& name);
+  static ModelSpec from_file(const std::string& config_json);
+  static ModelSpec preset(const std::string& name);  // ConfigError naming the known presets
+  static std::vector<std::string> presets();
+  bool layer_is_moe(std::int64_t layer) const;
+  void validate() const;  // sizes positive, heads divisible, ...
+};
+
+// Where weights come from: seeded random (identical on every rank) or a checkpoint.
+class WeightProvider {
+ public:
+  virtual ~WeightProvider() = default;
+  // Full (unsharded) tensor, [rows, cols], in `dtype`.
+  virtual Tensor get(const std::string& name, std::int64_t rows, std::int64_t cols,
+                     DType dtype, float stddev) const = 0;
+};
+std::unique_ptr<WeightProvider> make_random_weights(std::uint64_t seed);
+
+struct LayerReport {
+  std::string prefix;
+  std::string op;
+  std::string group;
+  int tp_rank = 0, tp_size = 1;
+  double ms = 0;             // time of this layer's forward on this rank (summed over calls)
+  double bytes_sent = 0;     // estimate of bytes this rank sent (docs/ops.md formulas)
+};
+
+struct StackOptions {
+  DType dtype = DType::kF32;
+  bool w8a8 = false;
+  GemmBackend backend = GemmBackend::kOneDnn;
+  int prefetch_step = 1;  // layer sharding
+};
+
+class DecoderStack {
+ public:
+  // Builds every layer on this rank (collective: groups are created over `world`).
+  DecoderStack(Communicator& world, const ModelSpec& model, const Config& config,
+               const WeightProvider& weights, const StackOptions& options);
+  ~DecoderStack();
+
+  // Runs all layers on `hidden` (this DP replica's [N, H] input, replicated over its TP group)
+  // and returns the final hidden states of this replica, [N, H], replicated.
+  Tensor forward(TensorView hidden);
+  const std::vector<LayerReport>& report() const { return report_; }
+  std::vector<std::string> skipped() const { return skipped_; }
+  const ProcessGroups& groups() const { return *groups_; }
+  std::size_t layer_shard_bytes() const;
+  int dp_rank() const;
+
+ private:
+  struct Layer;
+  Communicator& world_;
+  ModelSpec model_;
+  Config config_;
+  StackOptions options_;
+  Features features_;
+  std::unique_ptr<ProcessGroups> groups_;
+  std::unique_ptr<Selector> selector_;
+  std::unique_ptr<CommWorker> worker_;
+  std::unique_ptr<LayerShardSeries> series_;
+  std::unique_ptr<OpEnv> env_;
+  std::vector<std::unique_ptr<Layer>> layers_;
+  std::vector<LayerReport> report_;
+  std::vector<std::string> skipped_;
+};
+
+}  // namespace tpl
