@@ -1,17 +1,79 @@
 // The tplinear command. main() owns MPI (MpiSession) and is the only place that turns errors
-// into exit codes.
+// into exit codes: 0 success, 1 a numerical check failed, 2 bad input or any other error.
+//
+// `tplinear --np N <command> ...` re-launches itself under mpirun with N ranks and the
+// environment that root and oversubscription need (scripts/env.sh); under mpirun (or with
+// --np 1) it runs directly.
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
 
 #include "demo.h"
+#include "run.h"
 #include "tpl/backends.h"
 #include "tpl/error.h"
 
+namespace {
+
+// Handles --np before MPI starts. Returns -1 to continue in this process.
+int maybe_relaunch(int argc, char** argv) {
+  int np = 0;
+  std::vector<std::string> rest;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--np" && i + 1 < argc) {
+      np = std::atoi(argv[++i]);
+      if (np < 1) {
+        std::fprintf(stderr, "tplinear: error: --np needs a positive rank count, got '%s'\n", argv[i]);
+        return 2;
+      }
+    } else if (a.rfind("--np=", 0) == 0) {
+      np = std::atoi(a.c_str() + 5);
+    } else {
+      rest.push_back(a);
+    }
+  }
+  if (np == 0) return -1;
+  if (std::getenv("OMPI_COMM_WORLD_SIZE")) {
+    std::fprintf(stderr, "tplinear: error: --np given inside an mpirun job; drop one of them\n");
+    return 2;
+  }
+  setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 0);
+  setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 0);
+  setenv("OMPI_MCA_rmaps_base_oversubscribe", "1", 0);
+  setenv("OMPI_MCA_btl", "self,vader", 0);
+  setenv("OMPI_MCA_oob_tcp_if_include", "lo", 0);
+  setenv("OMP_NUM_THREADS", "1", 0);
+  char self[4096];
+  const ssize_t len = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (len <= 0) {
+    std::perror("tplinear: cannot find its own executable");
+    return 2;
+  }
+  self[len] = '\0';
+  const std::string n = std::to_string(np);
+  std::vector<const char*> args{"mpirun", "-np", n.c_str(), "--bind-to", "none", self};
+  for (const auto& a : rest) args.push_back(a.c_str());
+  args.push_back(nullptr);
+  execvp("mpirun", const_cast<char* const*>(args.data()));
+  std::perror("tplinear: cannot run mpirun");
+  return 2;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
+  if (const int rc = maybe_relaunch(argc, argv); rc >= 0) return rc;
   tpl::MpiSession session(&argc, &argv);
   auto world = session.world();
   CLI::App app{"tplinear: tensor-parallel linear layers across MPI ranks"};
   app.require_subcommand(1);
+  app.add_option("--np", "launch N ranks under mpirun (handled before parsing)");
+
   tpl::cli::DemoOptions demo;
   auto* d = app.add_subcommand("demo", "column + row parallel MLP block, checked against 1 rank");
   d->add_option("--tokens", demo.tokens, "tokens in the batch")->check(CLI::Range(1, 1 << 24));
@@ -21,18 +83,40 @@ int main(int argc, char** argv) {
   d->add_option("--dtype", demo.dtype, "f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}));
   d->add_option("--strategy", demo.strategy, "standard, fc1 or matmul-allreduce")
       ->check(CLI::IsMember({"standard", "fc1", "matmul-allreduce"}));
+
+  tpl::cli::RunOptions run;
+  auto* r = app.add_subcommand("run", "run a model's decoder stack across the ranks and verify it "
+                                      "against one rank");
+  tpl::cli::add_model_options(*r, run);
+  r->add_option("--tokens", run.tokens, "prefill tokens per DP replica")->check(CLI::Range(1, 1 << 20));
+  r->add_option("--dump", run.dump, "write input, output and reference as .npy into this directory");
+
+  tpl::cli::RunOptions ex;
+  auto* e = app.add_subcommand("explain", "list every linear layer with its op, group and rule");
+  tpl::cli::add_model_options(*e, ex);
+  e->add_option("--world", ex.world, "world size to plan for (default: this job's)")
+      ->check(CLI::Range(1, 1 << 20));
+  e->add_option("--rank", ex.rank, "show this rank's coordinates")->check(CLI::Range(0, 1 << 20));
+  e->add_flag("-v,--verbose", ex.verbose, "print every rule considered");
+
   try {
     app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
+  } catch (const CLI::ParseError& err) {
     const int rank = world->rank();
     world.reset();
-    return rank == 0 ? app.exit(e) : e.get_exit_code();  // one copy of the usage text
+    return rank == 0 ? app.exit(err) : (err.get_exit_code() ? 2 : 0);
   }
   int rc = 0;
   try {
     if (*d) rc = tpl::cli::run_demo(*world, demo);
-  } catch (const tpl::Error& e) {
-    std::fprintf(stderr, "tplinear: error: %s\n", e.what());
+    if (*r) rc = tpl::cli::run_model(*world, run);
+    if (*e) rc = tpl::cli::explain_model(*world, ex);
+  } catch (const tpl::Error& err) {
+    // Bad input fails the same way on every rank; one line, from rank 0.
+    if (world->rank() == 0) std::fprintf(stderr, "tplinear: error: %s\n", err.what());
+    rc = 2;
+  } catch (const std::exception& err) {
+    std::fprintf(stderr, "tplinear: error (rank %d): %s\n", world->rank(), err.what());
     rc = 2;
   }
   world.reset();

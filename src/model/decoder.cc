@@ -1,0 +1,372 @@
+#include <chrono>
+#include <cmath>
+#include <functional>
+#include <random>
+
+#include "tpl/error.h"
+#include "tpl/model.h"
+#include "tpl/quant.h"
+
+namespace tpl {
+
+namespace {
+
+class RandomWeights final : public WeightProvider {
+ public:
+  explicit RandomWeights(std::uint64_t seed) : seed_(seed) {}
+  Tensor get(const std::string& name, std::int64_t rows, std::int64_t cols, DType dtype,
+             float stddev) const override {
+    std::mt19937_64 gen(seed_ ^ std::hash<std::string>{}(name));
+    std::normal_distribution<float> dist(0.f, stddev);
+    Tensor t(dtype, rows, cols);
+    for (std::int64_t r = 0; r < rows; ++r)
+      for (std::int64_t c = 0; c < cols; ++c) set_f32(t, r, c, dist(gen));
+    return t;
+  }
+
+ private:
+  std::uint64_t seed_;
+};
+
+// Temporaries passed as views live until the end of the caller's full expression.
+Tensor concat_rows(const std::vector<TensorView>& parts) {
+  std::int64_t rows = 0;
+  for (const auto& p : parts) rows += p.rows();
+  Tensor t(parts.front().dtype(), rows, parts.front().cols());
+  std::int64_t at = 0;
+  for (const auto& p : parts) {
+    copy_into(p, t.view().row_slice(at, p.rows()));
+    at += p.rows();
+  }
+  return t;
+}
+Tensor concat_cols(const std::vector<TensorView>& parts) {
+  std::int64_t cols = 0;
+  for (const auto& p : parts) cols += p.cols();
+  Tensor t(parts.front().dtype(), 1, cols);
+  std::int64_t at = 0;
+  for (const auto& p : parts) {
+    copy_into(p, t.view().col_slice(at, p.cols()));
+    at += p.cols();
+  }
+  return t;
+}
+
+// y = x / rms(x) * w, per row, in f32, rounded to x's dtype.
+Tensor rms_norm(TensorView x, TensorView w, double eps) {
+  Tensor y(x.dtype(), x.rows(), x.cols());
+  for (std::int64_t r = 0; r < x.rows(); ++r) {
+    double ss = 0;
+    for (std::int64_t c = 0; c < x.cols(); ++c) {
+      const double v = get_f32(x, r, c);
+      ss += v * v;
+    }
+    const float inv = static_cast<float>(1.0 / std::sqrt(ss / double(x.cols()) + eps));
+    for (std::int64_t c = 0; c < x.cols(); ++c)
+      set_f32(y, r, c, get_f32(x, r, c) * inv * get_f32(w, 0, c));
+  }
+  return y;
+}
+
+// SiLU(gate) * up on [rows, 2*I] laid out [gate | up] -> [rows, I].
+Tensor silu_mul(TensorView gu) {
+  const std::int64_t i = gu.cols() / 2;
+  Tensor y(gu.dtype(), gu.rows(), i);
+  for (std::int64_t r = 0; r < gu.rows(); ++r)
+    for (std::int64_t c = 0; c < i; ++c) {
+      const float g = get_f32(gu, r, c), u = get_f32(gu, r, i + c);
+      set_f32(y, r, c, g / (1.f + std::exp(-g)) * u);
+    }
+  return y;
+}
+
+// Synthetic calibration samples shaped like a layer's input (W8A8 static activation scales).
+ActivationQuant calibrate_for(const std::string& kind, std::int64_t cols, std::uint64_t seed) {
+  std::mt19937_64 gen(seed);
+  std::normal_distribution<float> n(0.f, 1.f);
+  Tensor s(DType::kF32, 256, cols);
+  for (std::int64_t r = 0; r < 256; ++r)
+    for (std::int64_t c = 0; c < cols; ++c) {
+      float v = n(gen);
+      if (kind == "down") {  // SiLU(a)·b
+        const float b = n(gen);
+        v = v / (1.f + std::exp(-v)) * b;
+      } else if (kind == "o_proj") {
+        v *= 0.5f;  // attention averages values
+      }
+      s.ptr<float>()[r * cols + c] = v;
+    }
+  return calibrate_activation(s);
+}
+
+}  // namespace
+
+std::unique_ptr<WeightProvider> make_random_weights(std::uint64_t seed) {
+  return std::make_unique<RandomWeights>(seed);
+}
+
+struct DecoderStack::Layer {
+  int index = 0;
+  bool moe = false;
+  std::unique_ptr<LinearLayer> qkv, o, gate_up, down;  // gate_up/down null: MLP skipped
+  Tensor norm1, norm2;
+  std::vector<ShardRange> qkv_rows;  // global rows of q, k, v this rank holds
+};
+
+DecoderStack::~DecoderStack() = default;
+
+int DecoderStack::dp_rank() const { return coord_of(config_.layout, world_.rank()).d; }
+
+std::size_t DecoderStack::layer_shard_bytes() const {
+  return series_ ? series_->memory_bytes() : 0;
+}
+
+DecoderStack::DecoderStack(Communicator& world, const ModelSpec& model, const Config& config,
+                           const WeightProvider& weights, const StackOptions& options)
+    : world_(world), model_(model), config_(config), options_(options) {
+  config_.validate();
+  features_ = Features::derive(config_, model_.info);
+  groups_ = std::make_unique<ProcessGroups>(world, config_.layout, group_sizes(config_, features_));
+  selector_ = std::make_unique<Selector>(config_, model_.info);
+  worker_ = std::make_unique<CommWorker>();
+  env_ = std::make_unique<OpEnv>(OpEnv{config_, features_, *groups_});
+  env_->overlap = worker_.get();
+  if (features_.flashcomm2_oshard) {
+    series_ = std::make_unique<LayerShardSeries>(groups_->shard_weight(), options.prefetch_step);
+    env_->oshard = series_.get();
+    env_->layer_shard = series_.get();
+  }
+  const DType dt = options.dtype;
+  const std::int64_t h = model.hidden, hd = model.head_dim;
+  const std::int64_t q_out = model.heads * hd, kv_out = model.kv_heads * hd;
+  auto make = [&](const LayerSpec& spec, const Tensor& w, const Tensor* b, const char* kind) {
+    if (!options.w8a8)
+      return std::make_unique<LinearLayer>(spec, *selector_, *env_, options.backend, w,
+                                           b ? b->view() : TensorView());
+    LayerSpec s = spec;
+    s.bias = false;
+    const W8A8Params p = make_w8a8_params(w, b ? b->view() : TensorView(),
+                                          calibrate_for(kind, spec.in_features, 99));
+    return std::make_unique<LinearLayer>(s, *selector_, *env_, options.backend, p);
+  };
+  for (std::int64_t l = 0; l < model.layers; ++l) {
+    auto L = std::make_unique<Layer>();
+    L->index = static_cast<int>(l);
+    L->moe = model.layer_is_moe(l);
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    L->norm1 = weights.get(p + "input_layernorm.weight", 1, h, DType::kF32, 0.1f);
+    L->norm2 = weights.get(p + "post_attention_layernorm.weight", 1, h, DType::kF32, 0.1f);
+    for (Tensor* n : {&L->norm1, &L->norm2})
+      for (std::int64_t c = 0; c < h; ++c) n->ptr<float>()[c] += 1.f;
+
+    LayerSpec qkv{p + "self_attn.qkv_proj", LayerKind::kQkv, h, 0};
+    qkv.qkv = {model.heads, model.kv_heads, hd};
+    qkv.dtype = dt;
+    qkv.bias = model.qkv_bias;
+    const float s_in = 1.f / std::sqrt(float(h));
+    Tensor wqkv = concat_rows({weights.get(p + "self_attn.q_proj.weight", q_out, h, dt, s_in),
+                               weights.get(p + "self_attn.k_proj.weight", kv_out, h, dt, s_in),
+                               weights.get(p + "self_attn.v_proj.weight", kv_out, h, dt, s_in)});
+    Tensor bqkv;
+    if (model.qkv_bias)
+      bqkv = concat_cols({weights.get(p + "self_attn.q_proj.bias", 1, q_out, dt, 0.1f),
+                          weights.get(p + "self_attn.k_proj.bias", 1, kv_out, dt, 0.1f),
+                          weights.get(p + "self_attn.v_proj.bias", 1, kv_out, dt, 0.1f)});
+    L->qkv = make(qkv, wqkv, model.qkv_bias ? &bqkv : nullptr, "qkv");
+    L->qkv_rows = LinearLayer::output_rows(L->qkv->spec(), L->qkv->tp_rank(), L->qkv->tp_size());
+    if (L->qkv->tp_size() == 1) {
+      L->qkv_rows = {{0, q_out}, {q_out, kv_out}, {q_out + kv_out, kv_out}};
+    }
+
+    LayerSpec o{p + "self_attn.o_proj", LayerKind::kRow, q_out, h};
+    o.dtype = dt;
+    L->o = make(o, weights.get(p + "self_attn.o_proj.weight", h, q_out, dt,
+                               1.f / std::sqrt(float(q_out))),
+                nullptr, "o_proj");
+
+    std::string mlp = p + "mlp.";
+    std::int64_t inter = model.intermediate;
+    if (L->moe) {
+      if (model.shared_expert_intermediate > 0) {
+        mlp += "shared_expert.";
+        inter = model.shared_expert_intermediate;
+        skipped_.push_back(p + "mlp.experts (" + std::to_string(model.num_experts) +
+                           " routed experts; shared expert run)");
+      } else {
+        skipped_.push_back(p + "mlp (" + std::to_string(model.num_experts) +
+                           " routed experts, no shared expert)");
+        layers_.push_back(std::move(L));
+        continue;
+      }
+    }
+    LayerSpec gu{mlp + "gate_up_proj", LayerKind::kMergedColumn, h, 0};
+    gu.output_sizes = {inter, inter};
+    gu.dtype = dt;
+    L->gate_up = make(gu,
+                      concat_rows({weights.get(mlp + "gate_proj.weight", inter, h, dt, s_in),
+                                   weights.get(mlp + "up_proj.weight", inter, h, dt, s_in)}),
+                      nullptr, "gate_up");
+    LayerSpec dn{mlp + "down_proj", LayerKind::kRow, inter, h};
+    dn.dtype = dt;
+    L->down = make(dn, weights.get(mlp + "down_proj.weight", h, inter, dt,
+                                   1.f / std::sqrt(float(inter))),
+                   nullptr, "down");
+    layers_.push_back(std::move(L));
+  }
+  if (series_) series_->finalize();
+  for (const auto& L : layers_)
+    for (const LinearLayer* ll : {L->qkv.get(), L->o.get(), L->gate_up.get(), L->down.get()}) {
+      if (!ll) continue;
+      const ShardCoord sc = shard_coord(ll->choice(), config_, world.rank());
+      report_.push_back({ll->spec().prefix, op_kind_name(ll->choice().kind), sc.group,
+                         ll->tp_rank(), ll->tp_size(), 0, 0});
+    }
+}
+
+namespace {
+
+// Causal GQA attention with RoPE over this rank's heads. qkv: [N, q_local + 2*kv_local] laid out
+// q | k | v; rows = global rows of each part (heads are head_dim rows each).
+Tensor attention(TensorView qkv, const std::vector<ShardRange>& rows, const ModelSpec& m) {
+  const std::int64_t n = qkv.rows(), hd = m.head_dim;
+  const std::int64_t q_local = rows[0].size / hd, kv_local = rows[1].size / hd;
+  const std::int64_t q_head0 = rows[0].offset / hd;
+  const std::int64_t kv_head0 = (rows[1].offset - m.heads * hd) / hd;
+  const std::int64_t group = m.heads / m.kv_heads;
+  // f32 copies of q and k with RoPE applied (rotate-half convention), and v.
+  auto load = [&](std::int64_t col0, std::int64_t heads, bool rope) {
+    std::vector<float> t(static_cast<std::size_t>(n * heads * hd));
+    for (std::int64_t i = 0; i < n; ++i)
+      for (std::int64_t hh = 0; hh < heads; ++hh) {
+        float* dst = &t[(i * heads + hh) * hd];
+        for (std::int64_t d = 0; d < hd; ++d) dst[d] = get_f32(qkv, i, col0 + hh * hd + d);
+        if (!rope) continue;
+        for (std::int64_t d = 0; d < hd / 2; ++d) {
+          const double freq = std::pow(m.rope_theta, -2.0 * double(d) / double(hd));
+          const float c = float(std::cos(double(i) * freq)), s = float(std::sin(double(i) * freq));
+          const float a = dst[d], b = dst[d + hd / 2];
+          dst[d] = a * c - b * s;
+          dst[d + hd / 2] = b * c + a * s;
+        }
+      }
+    return t;
+  };
+  const std::vector<float> q = load(0, q_local, true);
+  const std::vector<float> k = load(rows[0].size, kv_local, true);
+  const std::vector<float> v = load(rows[0].size + rows[1].size, kv_local, false);
+  Tensor out(qkv.dtype(), n, q_local * hd);
+  const float scale = 1.f / std::sqrt(float(hd));
+  std::vector<float> p(static_cast<std::size_t>(n)), acc(static_cast<std::size_t>(hd));
+  for (std::int64_t hh = 0; hh < q_local; ++hh) {
+    const std::int64_t kvh = (q_head0 + hh) / group - kv_head0;
+    TPL_CHECK(kvh >= 0 && kvh < kv_local, (Where{"attention"}), "query head ", q_head0 + hh,
+              " has no local KV head");
+    for (std::int64_t i = 0; i < n; ++i) {
+      const float* qi = &q[(i * q_local + hh) * hd];
+      float mx = -INFINITY;
+      for (std::int64_t j = 0; j <= i; ++j) {
+        const float* kj = &k[(j * kv_local + kvh) * hd];
+        float s = 0;
+        for (std::int64_t d = 0; d < hd; ++d) s += qi[d] * kj[d];
+        p[j] = s * scale;
+        mx = std::max(mx, p[j]);
+      }
+      float sum = 0;
+      for (std::int64_t j = 0; j <= i; ++j) sum += (p[j] = std::exp(p[j] - mx));
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (std::int64_t j = 0; j <= i; ++j) {
+        const float* vj = &v[(j * kv_local + kvh) * hd];
+        const float w = p[j] / sum;
+        for (std::int64_t d = 0; d < hd; ++d) acc[d] += w * vj[d];
+      }
+      for (std::int64_t d = 0; d < hd; ++d) set_f32(out, i, hh * hd + d, acc[d]);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+Tensor DecoderStack::forward(TensorView hidden) {
+  const std::int64_t n = hidden.rows();
+  const int d = dp_rank();
+  std::vector<std::int64_t> across;
+  if (config_.layout.dp > 1) {
+    // Every replica's token count, so pads and module groups agree (a tiny collective).
+    Tensor mine(DType::kI32, 1, 1), all(DType::kI32, world_.size(), 1);
+    mine.ptr<std::int32_t>()[0] = static_cast<std::int32_t>(n);
+    world_.all_gather(mine, all, 0);
+    across.assign(config_.layout.dp, 0);
+    for (int r = 0; r < world_.size(); ++r)
+      across[coord_of(config_.layout, r).d] = all.ptr<std::int32_t>()[r];
+  }
+  const ForwardContext ctx = ForwardContext::make(config_, features_, model_.info, n, across);
+  Communicator& tp = groups_->tp();
+  const int t = tp.rank(), T = tp.size();
+  (void)d;
+
+  // Residual stream: Replicated [N, H], or under FC1 this rank's sequence shard of the padded
+  // batch (what the embedding's pad + reduce-scatter would produce).
+  Placement res_pl = Placement::replicated();
+  Tensor resid;
+  if (ctx.flash_comm_v1_enabled) {
+    const std::int64_t b = (n + ctx.pad_size) / T;
+    Tensor padded(hidden.dtype(), n + ctx.pad_size, hidden.cols());
+    copy_into(hidden, padded.view().row_slice(0, n));
+    resid = Tensor::copy_of(padded.view().row_slice(t * b, b));
+    res_pl = Placement::shard_tokens();
+  } else {
+    resid = Tensor::copy_of(hidden);
+  }
+  // Brings `x` (placement `pl` over TP) to the residual's placement.
+  auto to_residual = [&](Tensor x, Placement pl) -> Tensor {
+    if (pl == res_pl) return x;
+    if (pl.kind == PlacementKind::kReplicated && res_pl.kind == PlacementKind::kShard) {
+      const std::int64_t b = (n + ctx.pad_size) / T;
+      Tensor padded(x.dtype(), n + ctx.pad_size, x.cols());
+      copy_into(x, padded.view().row_slice(0, n));
+      return Tensor::copy_of(padded.view().row_slice(t * b, b));
+    }
+    if (pl.kind == PlacementKind::kShard && res_pl.kind == PlacementKind::kReplicated) {
+      Tensor all(x.dtype(), x.rows() * T, x.cols());
+      tp.all_gather(x, all, 0);
+      return Tensor::copy_of(all.view().row_slice(0, n));
+    }
+    TPL_THROW(Error, (Where{"decoder", world_.rank()}), "cannot bring ", pl.to_string(), " to ",
+              res_pl.to_string());
+  };
+  std::size_t ri = 0;
+  auto run = [&](LinearLayer& ll, TensorView x) {
+    const double b0 = groups_->bytes_sent();
+    const auto t0 = std::chrono::steady_clock::now();
+    LinearOutput out = ll.forward(x, ctx);
+    const auto t1 = std::chrono::steady_clock::now();
+    report_[ri].ms += std::chrono::duration<double, std::milli>(t1 - t0).count();
+    report_[ri].bytes_sent += groups_->bytes_sent() - b0;
+    ++ri;
+    // An unsharded op (shared expert under shared-expert DP) keeps its input's rows.
+    if (ll.choice().unsharded) out.placement = res_pl;
+    return out;
+  };
+  for (auto& L : layers_) {
+    Tensor h = rms_norm(resid, L->norm1, model_.rms_eps);
+    LinearOutput qkv = run(*L->qkv, h);
+    Tensor a = attention(qkv.output, L->qkv_rows, model_);
+    LinearOutput o = run(*L->o, a);
+    add_into(to_residual(std::move(o.output), o.placement), resid);
+    if (!L->gate_up) continue;
+    Tensor h2 = rms_norm(resid, L->norm2, model_.rms_eps);
+    LinearOutput gu = run(*L->gate_up, h2);
+    Tensor act = silu_mul(gu.output);
+    LinearOutput dn = run(*L->down, act);
+    add_into(to_residual(std::move(dn.output), dn.placement), resid);
+  }
+  if (res_pl.kind == PlacementKind::kShard) {
+    Tensor all(resid.dtype(), resid.rows() * T, resid.cols());
+    tp.all_gather(resid, all, 0);
+    return Tensor::copy_of(all.view().row_slice(0, n));
+  }
+  return resid;
+}
+
+}  // namespace tpl

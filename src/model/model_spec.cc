@@ -1,0 +1,144 @@
+#include <algorithm>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "tpl/error.h"
+#include "tpl/model.h"
+
+namespace tpl {
+
+namespace {
+const Where kWhere{"model"};
+
+// Built-in presets, as the fields of their Hugging Face config.json.
+const std::map<std::string, nlohmann::json>& preset_table() {
+  static const std::map<std::string, nlohmann::json> kPresets = {
+      // Small Llama-shaped model that runs in seconds on 2 cores.
+      {"tiny",
+       {{"model_type", "llama"}, {"hidden_size", 256}, {"intermediate_size", 704},
+        {"num_attention_heads", 8}, {"num_key_value_heads", 4}, {"num_hidden_layers", 2},
+        {"rms_norm_eps", 1e-5}, {"rope_theta", 10000.0}}},
+      // Small Qwen2-MoE-shaped model: layer 0 dense, then MoE layers with a shared expert.
+      {"tiny-moe",
+       {{"model_type", "qwen2_moe"}, {"hidden_size", 256}, {"intermediate_size", 704},
+        {"moe_intermediate_size", 128}, {"shared_expert_intermediate_size", 384},
+        {"num_experts", 8}, {"num_experts_per_tok", 2}, {"decoder_sparse_step", 1},
+        {"mlp_only_layers", {0}}, {"num_attention_heads", 8}, {"num_key_value_heads", 4},
+        {"num_hidden_layers", 3}, {"qkv_bias", true}, {"rms_norm_eps", 1e-6}}},
+      {"llama3-8b",
+       {{"model_type", "llama"}, {"hidden_size", 4096}, {"intermediate_size", 14336},
+        {"num_attention_heads", 32}, {"num_key_value_heads", 8}, {"num_hidden_layers", 32},
+        {"rms_norm_eps", 1e-5}, {"rope_theta", 500000.0}}},
+      {"qwen2-7b",
+       {{"model_type", "qwen2"}, {"hidden_size", 3584}, {"intermediate_size", 18944},
+        {"num_attention_heads", 28}, {"num_key_value_heads", 4}, {"num_hidden_layers", 28},
+        {"rms_norm_eps", 1e-6}, {"rope_theta", 1000000.0}}},
+      {"qwen3-8b",
+       {{"model_type", "qwen3"}, {"hidden_size", 4096}, {"intermediate_size", 12288},
+        {"num_attention_heads", 32}, {"num_key_value_heads", 8}, {"head_dim", 128},
+        {"num_hidden_layers", 36}, {"rms_norm_eps", 1e-6}, {"rope_theta", 1000000.0}}},
+      {"qwen3-30b-a3b",
+       {{"model_type", "qwen3_moe"}, {"hidden_size", 2048}, {"intermediate_size", 6144},
+        {"moe_intermediate_size", 768}, {"num_experts", 128}, {"num_experts_per_tok", 8},
+        {"decoder_sparse_step", 1}, {"mlp_only_layers", nlohmann::json::array()},
+        {"num_attention_heads", 32}, {"num_key_value_heads", 4}, {"head_dim", 128},
+        {"num_hidden_layers", 48}, {"rms_norm_eps", 1e-6}, {"rope_theta", 1000000.0}}},
+  };
+  return kPresets;
+}
+
+std::int64_t need_int(const nlohmann::json& j, const char* key, const std::string& name) {
+  if (!j.contains(key) || !j[key].is_number_integer())
+    TPL_THROW(ConfigError, kWhere, "model '", name, "': config.json needs integer field '", key,
+              "'");
+  return j[key].get<std::int64_t>();
+}
+}  // namespace
+
+ModelSpec ModelSpec::from_hf_json(const nlohmann::json& hf, const std::string& name) {
+  const nlohmann::json& j = hf.contains("text_config") ? hf["text_config"] : hf;
+  if (!j.is_object()) TPL_THROW(ConfigError, kWhere, "model '", name, "': not a JSON object");
+  ModelSpec m;
+  m.name = name;
+  m.model_type = j.value("model_type", std::string("llama"));
+  if (m.model_type.find("deepseek") != std::string::npos)
+    TPL_THROW(Unsupported, kWhere, "model '", name, "' (", m.model_type,
+              "): multi-head latent attention is not supported by `tplinear run`; use "
+              "`tplinear explain` for its op selection");
+  m.hidden = need_int(j, "hidden_size", name);
+  m.heads = need_int(j, "num_attention_heads", name);
+  m.kv_heads = j.value("num_key_value_heads", m.heads);
+  m.head_dim = j.contains("head_dim") && j["head_dim"].is_number_integer()
+                   ? j["head_dim"].get<std::int64_t>()
+                   : (m.heads > 0 ? m.hidden / m.heads : 0);
+  m.layers = need_int(j, "num_hidden_layers", name);
+  m.intermediate = need_int(j, "intermediate_size", name);
+  m.rms_eps = j.value("rms_norm_eps", 1e-6);
+  m.rope_theta = j.value("rope_theta", 10000.0);
+  m.qkv_bias = j.value("qkv_bias", m.model_type == "qwen2" || m.model_type == "qwen2_moe");
+  m.num_experts = j.value("num_experts", j.value("n_routed_experts", std::int64_t{0}));
+  m.shared_expert_intermediate = j.value("shared_expert_intermediate_size", std::int64_t{0});
+  m.decoder_sparse_step = j.value("decoder_sparse_step", std::int64_t{1});
+  m.first_k_dense = j.value("first_k_dense_replace", std::int64_t{0});
+  if (j.contains("mlp_only_layers") && j["mlp_only_layers"].is_array())
+    m.mlp_only_layers = j["mlp_only_layers"].get<std::vector<std::int64_t>>();
+  m.info = ModelInfo::from_json(hf);
+  m.validate();
+  return m;
+}
+
+ModelSpec ModelSpec::from_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) TPL_THROW(IoError, kWhere, "cannot open model config '", path, "'");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    TPL_THROW(ConfigError, kWhere, "'", path, "' is not valid JSON: ", e.what());
+  }
+  try {
+    return from_hf_json(j, path);
+  } catch (const nlohmann::json::exception& e) {
+    TPL_THROW(ConfigError, kWhere, "'", path, "' has a field of the wrong type: ", e.what());
+  }
+}
+
+ModelSpec ModelSpec::preset(const std::string& name) {
+  auto it = preset_table().find(name);
+  if (it == preset_table().end()) {
+    std::string known;
+    for (const auto& [k, v] : preset_table()) known += (known.empty() ? "" : ", ") + k;
+    TPL_THROW(ConfigError, kWhere, "unknown preset '", name, "' (known: ", known, ")");
+  }
+  return from_hf_json(it->second, name);
+}
+
+std::vector<std::string> ModelSpec::presets() {
+  std::vector<std::string> v;
+  for (const auto& [k, _] : preset_table()) v.push_back(k);
+  return v;
+}
+
+bool ModelSpec::layer_is_moe(std::int64_t l) const {
+  if (num_experts <= 0) return false;
+  if (l < first_k_dense) return false;
+  if (std::find(mlp_only_layers.begin(), mlp_only_layers.end(), l) != mlp_only_layers.end())
+    return false;
+  return (l + 1) % std::max<std::int64_t>(1, decoder_sparse_step) == 0;
+}
+
+void ModelSpec::validate() const {
+  const Where w{"model " + name};
+  if (hidden <= 0 || heads <= 0 || kv_heads <= 0 || head_dim <= 0 || layers <= 0 ||
+      intermediate <= 0)
+    TPL_THROW(ConfigError, w, "sizes must be positive (hidden ", hidden, ", heads ", heads,
+              ", kv heads ", kv_heads, ", head_dim ", head_dim, ", layers ", layers,
+              ", intermediate ", intermediate, ")");
+  if (heads % kv_heads != 0)
+    TPL_THROW(ConfigError, w, "num_attention_heads ", heads,
+              " must be a multiple of num_key_value_heads ", kv_heads);
+  if (head_dim % 2 != 0) TPL_THROW(ConfigError, w, "head_dim must be even for RoPE");
+}
+
+}  // namespace tpl

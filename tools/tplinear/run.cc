@@ -1,0 +1,255 @@
+// `tplinear run`: a model's decoder stack across the job's ranks under the chosen strategy,
+// checked against the same stack on one rank. `tplinear explain`: which op every linear layer
+// gets, with its group and the rule that chose it.
+#include "run.h"
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+
+#include "tpl/error.h"
+#include "tpl/model.h"
+#include "tpl/npy.h"
+#include "tpl/safetensors.h"
+
+namespace tpl::cli {
+
+namespace {
+
+class CheckpointWeights final : public WeightProvider {
+ public:
+  explicit CheckpointWeights(const std::string& path) : dir_(SafetensorsDir::open(path)) {}
+  Tensor get(const std::string& name, std::int64_t rows, std::int64_t cols, DType dtype,
+             float) const override {
+    const TensorInfo info = dir_.info(name);
+    if (info.rows() != rows || info.cols() != cols)
+      TPL_THROW(IoError, (Where{"weights"}), "inconsistent sizes: tensor '", name, "' in '",
+                dir_.path(), "' is ", info.describe(), ", the model config needs [", rows, ", ",
+                cols, "]");
+    Tensor raw = dir_.read(name);
+    if (raw.dtype() == dtype) return raw;
+    Tensor t(dtype, rows, cols);
+    convert_into(raw, t);
+    return t;
+  }
+
+ private:
+  SafetensorsDir dir_;
+};
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> v;
+  std::stringstream ss(s);
+  for (std::string item; std::getline(ss, item, ',');)
+    if (!item.empty()) v.push_back(item);
+  return v;
+}
+
+ModelSpec load_model(const RunOptions& o) {
+  ModelSpec m = o.hf_config.empty() ? ModelSpec::preset(o.model) : ModelSpec::from_file(o.hf_config);
+  if (o.layers > 0) m.layers = std::min(m.layers, o.layers);
+  return m;
+}
+
+std::string human_bytes(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB"};
+  int u = 0;
+  while (b >= 1024 && u < 3) b /= 1024, ++u;
+  return fmt::format("{:.1f} {}", b, units[u]);
+}
+
+}  // namespace
+
+void add_model_options(CLI::App& app, RunOptions& o) {
+  app.add_option("--model", o.model, "built-in preset: " + [] {
+    std::string s;
+    for (const auto& p : ModelSpec::presets()) s += (s.empty() ? "" : ", ") + p;
+    return s;
+  }());
+  app.add_option("--hf-config", o.hf_config, "a Hugging Face config.json (instead of --model)");
+  app.add_option("--weights", o.weights, "safetensors file or checkpoint directory (default: seeded random)");
+  app.add_option("--config", o.config_file, "tplinear JSON config (docs/config.md); flags override it");
+  app.add_option("--layers", o.layers, "run only the first N decoder layers")->check(CLI::Range(1, 1000));
+  app.add_option("--dtype", o.dtype, "f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}));
+  app.add_option("--quant", o.quant, "none or w8a8")->check(CLI::IsMember({"none", "w8a8"}));
+  app.add_option("--dp", o.dp, "data-parallel replicas (TP = ranks / DP)")->check(CLI::Range(1, 4096));
+  app.add_flag("--fc1", o.fc1, "FlashComm1 sequence parallelism");
+  app.add_option("--fc1-threshold", o.fc1_threshold, "FC1 only above this many tokens (dense models)")
+      ->check(CLI::Range(0, 1 << 30));
+  app.add_option("--fc2", o.fc2, "FlashComm2 with O-proj TP size P (0 = off)")->check(CLI::Range(0, 4096));
+  app.add_option("--mlp-tp", o.mlp_tp, "MLP-TP group size (0 = off)")->check(CLI::Range(0, 4096));
+  app.add_option("--oproj-tp", o.oproj_tp, "O-proj TP group size (0 = off)")->check(CLI::Range(0, 4096));
+  app.add_flag("--matmul-allreduce", o.matmul_allreduce, "fused GEMM + all-reduce row ops");
+  app.add_option("--layer-sharding", o.layer_sharding, "comma-separated layer suffixes, e.g. o_proj");
+  app.add_option("--prefetch-step", o.prefetch_step, "layer-sharding prefetch distance k")
+      ->check(CLI::Range(0, 64));
+  app.add_option("--deployment", o.deployment, "mixed, prefill or decode")
+      ->check(CLI::IsMember({"mixed", "prefill", "decode"}));
+  app.add_option("--seed", o.seed, "seed of random weights and inputs");
+}
+
+Config make_config(const RunOptions& o, int world_size) {
+  nlohmann::json j = nlohmann::json::object();
+  if (!o.config_file.empty()) {
+    std::ifstream in(o.config_file);
+    if (!in) TPL_THROW(IoError, (Where{"config"}), "cannot open config '", o.config_file, "'");
+    try {
+      j = nlohmann::json::parse(in);
+    } catch (const nlohmann::json::exception& e) {
+      TPL_THROW(ConfigError, (Where{"config"}), "'", o.config_file, "' is not valid JSON: ", e.what());
+    }
+  }
+  if (!j.is_object()) TPL_THROW(ConfigError, (Where{"config"}), "config must be a JSON object");
+  if (o.dp != 1 || !j.contains("dp")) j["dp"] = o.dp;
+  const int dp = j["dp"].is_number_integer() ? j["dp"].get<int>() : 1;
+  if (dp < 1 || world_size % dp != 0)
+    TPL_THROW(ConfigError, (Where{"config"}), "DP = ", dp, " does not divide the ", world_size,
+              " ranks");
+  j["tp"] = world_size / dp;
+  j["pp"] = 1;
+  if (o.fc1) j["flashcomm1"] = true;
+  if (o.fc1_threshold >= 0) j["flashcomm1_threshold"] = o.fc1_threshold;
+  if (o.fc2) j["flashcomm2_p"] = o.fc2;
+  if (o.mlp_tp) j["mlp_tp"] = o.mlp_tp;
+  if (o.oproj_tp) j["oproj_tp"] = o.oproj_tp;
+  if (o.matmul_allreduce) j["matmul_allreduce"] = true;
+  if (!o.layer_sharding.empty()) j["layer_sharding"] = split_list(o.layer_sharding);
+  if (!o.deployment.empty()) j["deployment"] = o.deployment;
+  return Config::from_json(j);
+}
+
+int run_model(Communicator& world, const RunOptions& o) {
+  const ModelSpec model = load_model(o);
+  const Config cfg = make_config(o, world.size());
+  StackOptions so;
+  so.dtype = parse_dtype(o.dtype);
+  so.w8a8 = o.quant == "w8a8";
+  so.prefetch_step = o.prefetch_step;
+  std::unique_ptr<WeightProvider> weights =
+      o.weights.empty() ? make_random_weights(o.seed)
+                        : std::unique_ptr<WeightProvider>(new CheckpointWeights(o.weights));
+  if (cfg.layout.tp > model.heads)
+    TPL_THROW(ConfigError, (Where{"run"}), "more ranks than the model can shard: TP = ",
+              cfg.layout.tp, " exceeds the ", model.heads, " attention heads");
+
+  DecoderStack stack(world, model, cfg, *weights, so);
+  const int d = stack.dp_rank();
+  // Each DP replica gets its own seeded input.
+  std::mt19937_64 gen(o.seed * 7919 + static_cast<std::uint64_t>(d));
+  std::normal_distribution<float> dist(0.f, 1.f);
+  std::vector<float> xv(static_cast<std::size_t>(o.tokens * model.hidden));
+  for (auto& v : xv) v = dist(gen);
+  Tensor x = Tensor::from_f32(xv, o.tokens, model.hidden, so.dtype);
+
+  stack.forward(x);  // warm-up: oneDNN JIT, first-touch
+  for (auto& r : const_cast<std::vector<LayerReport>&>(stack.report())) r.ms = 0, r.bytes_sent = 0;
+  world.barrier();
+  const auto t0 = std::chrono::steady_clock::now();
+  Tensor y = stack.forward(x);
+  const double total_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+
+  // Reference: the same stack on one rank, computed by TP rank 0 of each replica.
+  const bool checker = stack.groups().tp().rank() == 0;
+  double max_abs = 0, max_ref = 0;
+  Tensor ref;
+  if (checker) {
+    LocalCommunicator one;
+    Config single;
+    DecoderStack ref_stack(one, model, single, *weights, so);
+    ref = ref_stack.forward(x);
+    for (std::int64_t r = 0; r < y.rows(); ++r)
+      for (std::int64_t c = 0; c < y.cols(); ++c) {
+        max_abs = std::max(max_abs, double(std::fabs(get_f32(y, r, c) - get_f32(ref, r, c))));
+        max_ref = std::max(max_ref, double(std::fabs(get_f32(ref, r, c))));
+      }
+  }
+  // Tolerance relative to max |reference|: f32 differs only by summation order; bf16 rounds
+  // partial sums and activations (layers compound it); W8A8 adds per-rank dequantization.
+  const double tol = so.w8a8 ? 5e-2 : so.dtype == DType::kF32 ? 1e-4 : 3e-2;
+  const double rel = max_ref > 0 ? max_abs / max_ref : max_abs;
+  const bool ok = world.all_true(!checker || rel <= tol);
+  Tensor err(DType::kF32, 1, 2), errs(DType::kF32, world.size(), 2);
+  err.ptr<float>()[0] = checker ? float(max_abs) : -1.f;
+  err.ptr<float>()[1] = checker ? float(rel) : -1.f;
+  world.all_gather(err, errs, 0);
+
+  if (!o.dump.empty() && checker) {
+    std::filesystem::create_directories(o.dump);
+    const std::string tag = "dp" + std::to_string(d);
+    write_npy(o.dump + "/input_" + tag + ".npy", x);
+    write_npy(o.dump + "/output_" + tag + ".npy", y);
+    write_npy(o.dump + "/reference_" + tag + ".npy", ref);
+  }
+  if (world.rank() == 0) {
+    fmt::print("tplinear run: {} ({}), {} layers, {} tokens, {}{}, {} ranks = DP {} x TP {}\n",
+               model.name, model.model_type, model.layers, o.tokens, o.dtype,
+               so.w8a8 ? " W8A8" : "", world.size(), cfg.layout.dp, cfg.layout.tp);
+    fmt::print("config: {}\n", cfg.to_json().dump());
+    fmt::print("{:<44} {:<20} {:<10} {:>9} {:>12} {:>9}\n", "layer (rank 0)", "op", "group",
+               "rank/size", "sent/rank", "ms");
+    double bytes = 0, ms = 0;
+    for (const auto& r : stack.report()) {
+      fmt::print("{:<44} {:<20} {:<10} {:>9} {:>12} {:>9.2f}\n", r.prefix, r.op, r.group,
+                 fmt::format("{}/{}", r.tp_rank, r.tp_size), human_bytes(r.bytes_sent), r.ms);
+      bytes += r.bytes_sent;
+      ms += r.ms;
+    }
+    fmt::print("{:<44} {:<20} {:<10} {:>9} {:>12} {:>9.2f}\n", "total (linear layers)", "", "",
+               "", human_bytes(bytes), ms);
+    fmt::print("forward (whole stack, incl. attention and norms): {:.2f} ms on rank 0\n", total_ms);
+    if (stack.layer_shard_bytes())
+      fmt::print("layer-sharded o_proj: {} resident per rank (own layers + {} windows)\n",
+                 human_bytes(double(stack.layer_shard_bytes())), o.prefetch_step + 1);
+    for (const auto& s : stack.skipped()) fmt::print("skipped: {}\n", s);
+    for (int r = 0; r < world.size(); ++r)
+      if (errs.ptr<float>()[2 * r] >= 0)
+        fmt::print("rank {} (replica check): max abs error {:.3e}, max rel error {:.3e}\n", r,
+                   errs.ptr<float>()[2 * r], errs.ptr<float>()[2 * r + 1]);
+    fmt::print("{} (tolerance {:.0e} relative to max |reference|)\n", ok ? "PASS" : "FAIL", tol);
+  }
+  return ok ? 0 : 1;
+}
+
+int explain_model(Communicator& world, const RunOptions& o) {
+  const ModelSpec model = load_model(o);
+  const int n = o.world > 0 ? o.world : world.size();
+  const Config cfg = make_config(o, n);
+  if (o.rank < 0 || o.rank >= n)
+    TPL_THROW(InvalidArgument, (Where{"explain"}), "--rank ", o.rank, " outside ", n, " ranks");
+  Selector sel(cfg, model.info);
+  if (world.rank() != 0) return 0;
+  fmt::print("tplinear explain: {} ({}), {} ranks = DP {} x TP {}, coordinates of rank {}\n",
+             model.name, model.model_type, n, cfg.layout.dp, cfg.layout.tp, o.rank);
+  fmt::print("config: {}\n", cfg.to_json().dump());
+  fmt::print("{:<46} {:<20} {:<10} {:>9}  {}\n", "layer", "op", "group", "rank/size", "rule");
+  for (std::int64_t l = 0; l < model.layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    std::vector<std::pair<std::string, Direction>> names{{p + "self_attn.qkv_proj", Direction::kColumn},
+                                                         {p + "self_attn.o_proj", Direction::kRow}};
+    const bool moe = model.layer_is_moe(l);
+    if (!moe) {
+      names.push_back({p + "mlp.gate_up_proj", Direction::kColumn});
+      names.push_back({p + "mlp.down_proj", Direction::kRow});
+    } else if (model.shared_expert_intermediate > 0) {
+      names.push_back({p + "mlp.shared_expert.gate_up_proj", Direction::kColumn});
+      names.push_back({p + "mlp.shared_expert.down_proj", Direction::kRow});
+    }
+    for (const auto& [name, dir] : names) {
+      const OpChoice c = sel.choose(name, dir);
+      const ShardCoord sc = shard_coord(c, cfg, o.rank);
+      fmt::print("{:<46} {:<20} {:<10} {:>9}  {}\n", name, op_kind_name(c.kind), sc.group,
+                 fmt::format("{}/{}", sc.tp_rank, sc.tp_size), c.rule);
+      if (o.verbose) fmt::print("{}", c.explanation);
+    }
+    if (moe) fmt::print("  (layer {}: routed experts are not linear ops of tplinear)\n", l);
+  }
+  return 0;
+}
+
+}  // namespace tpl::cli

@@ -1,0 +1,47 @@
+// `tplinear run` and `tplinear explain`.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <cstdint>
+#include <string>
+
+#include "tpl/communicator.h"
+#include "tpl/config.h"
+
+namespace tpl::cli {
+
+struct RunOptions {
+  std::string model = "tiny";  // preset name
+  std::string hf_config;       // path to a Hugging Face config.json (overrides the preset)
+  std::string weights;         // safetensors file or checkpoint directory ("" = seeded random)
+  std::string config_file;     // tplinear JSON config (docs/config.md); flags then override
+  std::int64_t tokens = 1001;
+  std::int64_t layers = 0;     // 0 = the model's own count
+  std::string dtype = "f32";
+  std::string quant = "none";  // none or w8a8
+  int dp = 1;
+  bool fc1 = false;
+  std::int64_t fc1_threshold = -1;  // -1 = keep (default 1000)
+  int fc2 = 0;
+  int mlp_tp = 0;
+  int oproj_tp = 0;
+  bool matmul_allreduce = false;
+  std::string layer_sharding;  // comma separated, e.g. "o_proj"
+  int prefetch_step = 1;
+  std::string deployment;      // mixed, prefill, decode
+  std::string dump;            // directory for .npy dumps
+  std::uint64_t seed = 1;
+  bool verbose = false;        // explain: print every rule considered
+  int rank = 0;                // explain: the rank whose coordinates are shown
+  int world = 0;               // explain: world size (0 = the job's)
+};
+
+// Adds the model and config flags shared by run, explain and bench.
+void add_model_options(CLI::App& app, RunOptions& o);
+// The validated config for `world_size` ranks from the options.
+Config make_config(const RunOptions& o, int world_size);
+
+int run_model(Communicator& world, const RunOptions& o);
+int explain_model(Communicator& world, const RunOptions& o);
+
+}  // namespace tpl::cli
