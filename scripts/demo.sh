@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The main job: a tensor-parallel MLP block across 4 ranks under each strategy, each checked
-# against the same block on one rank. Exits non-zero on the first mismatch.
+# The main job: the default model preset's decoder stack across 4 ranks (plain TP, then
+# FlashComm1 sequence parallelism), each checked against the same stack on one rank.
+# Extra arguments go to `tplinear run`. Exits non-zero on the first mismatch or error.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
-for strategy in standard fc1 matmul-allreduce; do
-  mpirun -np 4 --bind-to none build/tools/tplinear/tplinear demo --strategy "$strategy" "$@"
-done
+build/tools/tplinear/tplinear --np 4 run "$@"
+build/tools/tplinear/tplinear --np 4 run --fc1 "$@"

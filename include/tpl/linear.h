@@ -18,6 +18,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <functional>
 #include <vector>
 
 #include "tpl/backends.h"
@@ -47,6 +48,16 @@ struct LayerSpec {
   bool disable_tp = false;
 };
 
+// Reads the parts of a layer's full weight [out, in] (and bias [1, out]) that a rank needs, so a
+// rank can read only its shard from a checkpoint. Column-like layers ask for row blocks, row
+// layers for one column block; each reader returns a new tensor of exactly that block, in the
+// layer's dtype.
+struct WeightLoader {
+  std::function<Tensor(ShardRange rows)> rows;
+  std::function<Tensor(ShardRange cols)> cols;
+  std::function<Tensor(ShardRange cols)> bias;  // empty: no bias
+};
+
 struct LinearOutput {
   Tensor output;
   Placement placement;
@@ -60,6 +71,10 @@ class LinearLayer {
   // full_weight: [out, in] unsharded; full_bias: [1, out] or empty. Both are copied (narrowed).
   LinearLayer(const LayerSpec& spec, const Selector& selector, const OpEnv& env,
               GemmBackend backend, TensorView full_weight, TensorView full_bias);
+
+  // Reads only this rank's shard through `loader`.
+  LinearLayer(const LayerSpec& spec, const Selector& selector, const OpEnv& env,
+              GemmBackend backend, const WeightLoader& loader);
 
   // W8A8 layer from full (unsharded) W8A8 parameters (make_w8a8_params); spec.bias must be
   // false (the float bias is folded into quant_bias); outputs are spec.dtype (f32 or bf16).
@@ -91,7 +106,9 @@ class LinearLayer {
   Tensor weight_;
   Tensor bias_;
   void init(const Selector& selector, const OpEnv& env, GemmBackend backend,
-            TensorView full_weight, TensorView full_bias, const W8A8Params* quant);
+            const WeightLoader& load, const W8A8Params* quant);
+  void check_full(TensorView full_weight, TensorView full_bias, const Where& w);
+  static WeightLoader view_loader(TensorView weight, TensorView bias);
 
   std::unique_ptr<Gemm> gemm_;
   LocalGemm local_;

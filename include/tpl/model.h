@@ -53,6 +53,11 @@ class WeightProvider {
   // Full (unsharded) tensor, [rows, cols], in `dtype`.
   virtual Tensor get(const std::string& name, std::int64_t rows, std::int64_t cols,
                      DType dtype, float stddev) const = 0;
+  // Blocks of it; the defaults slice get(), a checkpoint reads only the block.
+  virtual Tensor get_rows(const std::string& name, std::int64_t rows, std::int64_t cols,
+                          DType dtype, float stddev, ShardRange block) const;
+  virtual Tensor get_cols(const std::string& name, std::int64_t rows, std::int64_t cols,
+                          DType dtype, float stddev, ShardRange block) const;
 };
 std::unique_ptr<WeightProvider> make_random_weights(std::uint64_t seed);
 

@@ -90,13 +90,20 @@ std::int64_t LinearLayer::full_out_features() const {
 
 namespace {
 // Rows `rows` of `full` (in order) as one contiguous tensor.
-Tensor take_rows(TensorView full, const std::vector<ShardRange>& rows) {
+// Rows `rows` (in order) of the full weight, read through the loader, as one tensor.
+Tensor take_rows(const WeightLoader& load, const std::vector<ShardRange>& rows, DType dtype,
+                 std::int64_t cols, const Where& w) {
   std::int64_t n = 0;
   for (const auto& r : rows) n += r.size;
-  Tensor t(full.dtype(), n, full.cols());
+  Tensor t(dtype, n, cols);
   std::int64_t at = 0;
   for (const auto& r : rows) {
-    copy_into(full.row_slice(r.offset, r.size), t.view().row_slice(at, r.size));
+    if (r.size == 0) continue;
+    Tensor part = load.rows(r);
+    TPL_CHECK(part.rows() == r.size && part.cols() == cols && part.dtype() == dtype, w,
+              "weight loader returned ", part.view().describe(), " for rows [", r.offset, ", ",
+              r.offset + r.size, ") of a [*, ", cols, "] ", dtype, " weight");
+    copy_into(part, t.view().row_slice(at, r.size));
     at += r.size;
   }
   return t;
@@ -120,7 +127,38 @@ LinearLayer::LinearLayer(const LayerSpec& spec, const Selector& selector, const 
     : spec_(spec) {
   const Where w{"linear " + spec.prefix, env.groups.world_rank()};
   TPL_CHECK_EQ(full_weight.dtype(), spec_.dtype, w, "weight dtype");
-  init(selector, env, backend, full_weight, full_bias, nullptr);
+  check_full(full_weight, full_bias, w);
+  init(selector, env, backend, view_loader(full_weight, full_bias), nullptr);
+}
+
+LinearLayer::LinearLayer(const LayerSpec& spec, const Selector& selector, const OpEnv& env,
+                         GemmBackend backend, const WeightLoader& loader)
+    : spec_(spec) {
+  const Where w{"linear " + spec.prefix, env.groups.world_rank()};
+  TPL_CHECK(loader.rows && loader.cols, w, "weight loader needs rows and cols readers");
+  TPL_CHECK_EQ(spec.bias, static_cast<bool>(loader.bias), w, "bias reader given iff spec.bias");
+  init(selector, env, backend, loader, nullptr);
+}
+
+WeightLoader LinearLayer::view_loader(TensorView weight, TensorView bias) {
+  WeightLoader l;
+  l.rows = [weight](ShardRange r) { return Tensor::copy_of(weight.row_slice(r.offset, r.size)); };
+  l.cols = [weight](ShardRange c) { return Tensor::copy_of(weight.col_slice(c.offset, c.size)); };
+  if (!bias.empty())
+    l.bias = [bias](ShardRange c) { return Tensor::copy_of(bias.col_slice(c.offset, c.size)); };
+  return l;
+}
+
+void LinearLayer::check_full(TensorView full_weight, TensorView full_bias, const Where& w) {
+  std::int64_t out = spec_.out_features;
+  if (spec_.kind == LayerKind::kMergedColumn || spec_.kind == LayerKind::kQkv) out = full_out_features();
+  TPL_CHECK(full_weight.rows() == out && full_weight.cols() == spec_.in_features, w,
+            "full weight ", full_weight.describe(), " does not match [out=", out,
+            ", in=", spec_.in_features, "]");
+  TPL_CHECK_EQ(spec_.bias, !full_bias.empty(), w, "bias given iff spec.bias");
+  if (spec_.bias)
+    TPL_CHECK(full_bias.rows() == 1 && full_bias.cols() == out, w, "bias ",
+              full_bias.describe(), " must be [1, ", out, "]");
 }
 
 LinearLayer::LinearLayer(const LayerSpec& spec, const Selector& selector, const OpEnv& env,
@@ -133,11 +171,12 @@ LinearLayer::LinearLayer(const LayerSpec& spec, const Selector& selector, const 
             "W8A8 outputs f32 or bf16, got ", spec.dtype);
   TPL_CHECK(!env.layer_shard, w, "layer-sharded W8A8 weights are not supported");
   TPL_CHECK_EQ(quant.weight.dtype(), DType::kI8, w, "W8A8 weight dtype");
-  init(selector, env, backend, quant.weight, {}, &quant);
+  check_full(quant.weight, {}, w);
+  init(selector, env, backend, view_loader(quant.weight, {}), &quant);
 }
 
 void LinearLayer::init(const Selector& selector, const OpEnv& env, GemmBackend backend,
-                       TensorView full_weight, TensorView full_bias, const W8A8Params* quant) {
+                       const WeightLoader& load, const W8A8Params* quant) {
   const Where w{"linear " + spec_.prefix, env.groups.world_rank()};
   if (spec_.kind == LayerKind::kMergedColumn) {
     TPL_CHECK(!spec_.output_sizes.empty(), w, "MergedColumn needs output_sizes");
@@ -146,13 +185,6 @@ void LinearLayer::init(const Selector& selector, const OpEnv& env, GemmBackend b
     spec_.out_features = full_out_features();
   }
   TPL_CHECK(spec_.in_features > 0 && spec_.out_features > 0, w, "layer sizes must be positive");
-  TPL_CHECK(full_weight.rows() == spec_.out_features && full_weight.cols() == spec_.in_features, w,
-            "full weight ", full_weight.describe(), " does not match [out=", spec_.out_features,
-            ", in=", spec_.in_features, "]");
-  TPL_CHECK_EQ(spec_.bias, !full_bias.empty(), w, "bias given iff spec.bias");
-  if (spec_.bias)
-    TPL_CHECK(full_bias.rows() == 1 && full_bias.cols() == spec_.out_features, w, "bias ",
-              full_bias.describe(), " must be [1, ", spec_.out_features, "]");
   if (spec_.kind == LayerKind::kRow && !spec_.flags.reduce_results && spec_.bias &&
       !spec_.flags.skip_bias_add)
     TPL_THROW(InvalidArgument, w,
@@ -181,10 +213,13 @@ void LinearLayer::init(const Selector& selector, const OpEnv& env, GemmBackend b
   std::vector<ShardRange> out_cols{{0, spec_.out_features}};
   if (spec_.kind == LayerKind::kRow) {
     const ShardRange cols = shard_range(spec_.in_features, size, rank);
-    weight_ = Tensor::copy_of(full_weight.col_slice(cols.offset, cols.size));
+    weight_ = load.cols(cols);
+    TPL_CHECK(weight_.rows() == spec_.out_features && weight_.cols() == cols.size, w,
+              "weight loader returned ", weight_.view().describe(), " for columns [",
+              cols.offset, ", ", cols.offset + cols.size, ")");
   } else {
     if (spec_.kind != LayerKind::kReplicated && size > 1) out_cols = output_rows(spec_, rank, size);
-    weight_ = take_rows(full_weight, out_cols);
+    weight_ = take_rows(load, out_cols, quant ? DType::kI8 : spec_.dtype, spec_.in_features, w);
     if (spec_.flags.gather_output && size > 1 && spec_.kind != LayerKind::kColumn) {
       for (std::int64_t s : spec_.kind == LayerKind::kQkv
                                 ? std::vector<std::int64_t>{spec_.out_features}
@@ -193,7 +228,20 @@ void LinearLayer::init(const Selector& selector, const OpEnv& env, GemmBackend b
                      "output divisible by the TP size");
     }
   }
-  if (spec_.bias) bias_ = take_cols(full_bias, out_cols, DType::kF32);
+  if (spec_.bias) {
+    std::int64_t n = 0;
+    for (const auto& r : out_cols) n += r.size;
+    bias_ = Tensor(DType::kF32, 1, n);
+    std::int64_t at = 0;
+    for (const auto& r : out_cols) {
+      if (r.size == 0) continue;
+      Tensor b = load.bias(r);
+      TPL_CHECK(b.rows() == 1 && b.cols() == r.size, w, "bias loader returned ",
+                b.view().describe(), " for ", r.size, " entries");
+      convert_into(b, bias_.view().col_slice(at, r.size));
+      at += r.size;
+    }
+  }
   GemmDesc desc;
   desc.k = weight_.cols();
   desc.n = weight_.rows();

@@ -28,30 +28,6 @@ class RandomWeights final : public WeightProvider {
   std::uint64_t seed_;
 };
 
-// Temporaries passed as views live until the end of the caller's full expression.
-Tensor concat_rows(const std::vector<TensorView>& parts) {
-  std::int64_t rows = 0;
-  for (const auto& p : parts) rows += p.rows();
-  Tensor t(parts.front().dtype(), rows, parts.front().cols());
-  std::int64_t at = 0;
-  for (const auto& p : parts) {
-    copy_into(p, t.view().row_slice(at, p.rows()));
-    at += p.rows();
-  }
-  return t;
-}
-Tensor concat_cols(const std::vector<TensorView>& parts) {
-  std::int64_t cols = 0;
-  for (const auto& p : parts) cols += p.cols();
-  Tensor t(parts.front().dtype(), 1, cols);
-  std::int64_t at = 0;
-  for (const auto& p : parts) {
-    copy_into(p, t.view().col_slice(at, p.cols()));
-    at += p.cols();
-  }
-  return t;
-}
-
 // y = x / rms(x) * w, per row, in f32, rounded to x's dtype.
 Tensor rms_norm(TensorView x, TensorView w, double eps) {
   Tensor y(x.dtype(), x.rows(), x.cols());
@@ -101,6 +77,70 @@ ActivationQuant calibrate_for(const std::string& kind, std::int64_t cols, std::u
 
 }  // namespace
 
+Tensor WeightProvider::get_rows(const std::string& name, std::int64_t rows, std::int64_t cols,
+                                DType dtype, float stddev, ShardRange block) const {
+  return Tensor::copy_of(get(name, rows, cols, dtype, stddev).view().row_slice(block.offset, block.size));
+}
+Tensor WeightProvider::get_cols(const std::string& name, std::int64_t rows, std::int64_t cols,
+                                DType dtype, float stddev, ShardRange block) const {
+  return Tensor::copy_of(get(name, rows, cols, dtype, stddev).view().col_slice(block.offset, block.size));
+}
+
+namespace {
+// A layer weight stored as several checkpoint tensors stacked along the output dimension
+// (q|k|v, gate|up): reads the blocks a rank needs from each part.
+struct Part {
+  std::string name;
+  std::int64_t rows;
+};
+WeightLoader stacked_loader(const WeightProvider& wp, std::vector<Part> parts,
+                            std::vector<Part> bias_parts, std::int64_t cols, DType dt,
+                            float stddev) {
+  WeightLoader l;
+  l.rows = [&wp, parts, cols, dt, stddev](ShardRange r) {
+    Tensor out(dt, r.size, cols);
+    std::int64_t base = 0, at = 0;
+    for (const Part& p : parts) {
+      const std::int64_t lo = std::max(r.offset, base), hi = std::min(r.offset + r.size, base + p.rows);
+      if (lo < hi) {
+        Tensor b = wp.get_rows(p.name, p.rows, cols, dt, stddev, {lo - base, hi - lo});
+        copy_into(b, out.view().row_slice(at, hi - lo));
+        at += hi - lo;
+      }
+      base += p.rows;
+    }
+    return out;
+  };
+  l.cols = [&wp, parts, cols, dt, stddev](ShardRange c) {
+    std::int64_t rows = 0;
+    for (const Part& p : parts) rows += p.rows;
+    Tensor out(dt, rows, c.size);
+    std::int64_t at = 0;
+    for (const Part& p : parts) {
+      copy_into(wp.get_cols(p.name, p.rows, cols, dt, stddev, c), out.view().row_slice(at, p.rows));
+      at += p.rows;
+    }
+    return out;
+  };
+  if (!bias_parts.empty())
+    l.bias = [&wp, bias_parts, dt](ShardRange r) {
+      Tensor out(dt, 1, r.size);
+      std::int64_t base = 0, at = 0;
+      for (const Part& p : bias_parts) {
+        const std::int64_t lo = std::max(r.offset, base), hi = std::min(r.offset + r.size, base + p.rows);
+        if (lo < hi) {
+          copy_into(wp.get_cols(p.name, 1, p.rows, dt, 0.1f, {lo - base, hi - lo}),
+                    out.view().col_slice(at, hi - lo));
+          at += hi - lo;
+        }
+        base += p.rows;
+      }
+      return out;
+    };
+  return l;
+}
+}  // namespace
+
 std::unique_ptr<WeightProvider> make_random_weights(std::uint64_t seed) {
   return std::make_unique<RandomWeights>(seed);
 }
@@ -139,13 +179,21 @@ DecoderStack::DecoderStack(Communicator& world, const ModelSpec& model, const Co
   const DType dt = options.dtype;
   const std::int64_t h = model.hidden, hd = model.head_dim;
   const std::int64_t q_out = model.heads * hd, kv_out = model.kv_heads * hd;
-  auto make = [&](const LayerSpec& spec, const Tensor& w, const Tensor* b, const char* kind) {
+  // Float layers read only this rank's blocks; W8A8 needs whole rows of the weight for its
+  // per-channel scales, so it quantizes the full weight (every rank, deterministic).
+  auto make = [&](const LayerSpec& spec, std::vector<Part> parts, std::vector<Part> bias_parts,
+                  float stddev, const char* kind) {
+    const WeightLoader load =
+        stacked_loader(weights, parts, bias_parts, spec.in_features, dt, stddev);
     if (!options.w8a8)
-      return std::make_unique<LinearLayer>(spec, *selector_, *env_, options.backend, w,
-                                           b ? b->view() : TensorView());
+      return std::make_unique<LinearLayer>(spec, *selector_, *env_, options.backend, load);
+    std::int64_t out = 0;
+    for (const Part& p : parts) out += p.rows;
+    Tensor w = load.rows({0, out});
+    Tensor b = bias_parts.empty() ? Tensor() : load.bias({0, out});
     LayerSpec s = spec;
     s.bias = false;
-    const W8A8Params p = make_w8a8_params(w, b ? b->view() : TensorView(),
+    const W8A8Params p = make_w8a8_params(w, bias_parts.empty() ? TensorView() : b.view(),
                                           calibrate_for(kind, spec.in_features, 99));
     return std::make_unique<LinearLayer>(s, *selector_, *env_, options.backend, p);
   };
@@ -164,15 +212,14 @@ DecoderStack::DecoderStack(Communicator& world, const ModelSpec& model, const Co
     qkv.dtype = dt;
     qkv.bias = model.qkv_bias;
     const float s_in = 1.f / std::sqrt(float(h));
-    Tensor wqkv = concat_rows({weights.get(p + "self_attn.q_proj.weight", q_out, h, dt, s_in),
-                               weights.get(p + "self_attn.k_proj.weight", kv_out, h, dt, s_in),
-                               weights.get(p + "self_attn.v_proj.weight", kv_out, h, dt, s_in)});
-    Tensor bqkv;
+    const std::string a = p + "self_attn.";
+    std::vector<Part> qkv_bias;
     if (model.qkv_bias)
-      bqkv = concat_cols({weights.get(p + "self_attn.q_proj.bias", 1, q_out, dt, 0.1f),
-                          weights.get(p + "self_attn.k_proj.bias", 1, kv_out, dt, 0.1f),
-                          weights.get(p + "self_attn.v_proj.bias", 1, kv_out, dt, 0.1f)});
-    L->qkv = make(qkv, wqkv, model.qkv_bias ? &bqkv : nullptr, "qkv");
+      qkv_bias = {{a + "q_proj.bias", q_out}, {a + "k_proj.bias", kv_out}, {a + "v_proj.bias", kv_out}};
+    L->qkv = make(qkv,
+                  {{a + "q_proj.weight", q_out}, {a + "k_proj.weight", kv_out},
+                   {a + "v_proj.weight", kv_out}},
+                  qkv_bias, s_in, "qkv");
     L->qkv_rows = LinearLayer::output_rows(L->qkv->spec(), L->qkv->tp_rank(), L->qkv->tp_size());
     if (L->qkv->tp_size() == 1) {
       L->qkv_rows = {{0, q_out}, {q_out, kv_out}, {q_out + kv_out, kv_out}};
@@ -180,9 +227,7 @@ DecoderStack::DecoderStack(Communicator& world, const ModelSpec& model, const Co
 
     LayerSpec o{p + "self_attn.o_proj", LayerKind::kRow, q_out, h};
     o.dtype = dt;
-    L->o = make(o, weights.get(p + "self_attn.o_proj.weight", h, q_out, dt,
-                               1.f / std::sqrt(float(q_out))),
-                nullptr, "o_proj");
+    L->o = make(o, {{a + "o_proj.weight", h}}, {}, 1.f / std::sqrt(float(q_out)), "o_proj");
 
     std::string mlp = p + "mlp.";
     std::int64_t inter = model.intermediate;
@@ -202,15 +247,11 @@ DecoderStack::DecoderStack(Communicator& world, const ModelSpec& model, const Co
     LayerSpec gu{mlp + "gate_up_proj", LayerKind::kMergedColumn, h, 0};
     gu.output_sizes = {inter, inter};
     gu.dtype = dt;
-    L->gate_up = make(gu,
-                      concat_rows({weights.get(mlp + "gate_proj.weight", inter, h, dt, s_in),
-                                   weights.get(mlp + "up_proj.weight", inter, h, dt, s_in)}),
-                      nullptr, "gate_up");
+    L->gate_up = make(gu, {{mlp + "gate_proj.weight", inter}, {mlp + "up_proj.weight", inter}}, {},
+                      s_in, "gate_up");
     LayerSpec dn{mlp + "down_proj", LayerKind::kRow, inter, h};
     dn.dtype = dt;
-    L->down = make(dn, weights.get(mlp + "down_proj.weight", h, inter, dt,
-                                   1.f / std::sqrt(float(inter))),
-                   nullptr, "down");
+    L->down = make(dn, {{mlp + "down_proj.weight", h}}, {}, 1.f / std::sqrt(float(inter)), "down");
     layers_.push_back(std::move(L));
   }
   if (series_) series_->finalize();

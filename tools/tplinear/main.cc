@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "bench.h"
 #include "demo.h"
 #include "run.h"
 #include "tpl/backends.h"
@@ -99,6 +100,20 @@ int main(int argc, char** argv) {
   e->add_option("--rank", ex.rank, "show this rank's coordinates")->check(CLI::Range(0, 1 << 20));
   e->add_flag("-v,--verbose", ex.verbose, "print every rule considered");
 
+  tpl::cli::BenchOptions bo;
+  auto* b = app.add_subcommand("bench", "time token counts x strategies per linear-layer kind "
+                                        "(docs/bench.md)");
+  tpl::cli::add_model_options(*b, bo.model);
+  b->add_option("--tokens", bo.tokens, "comma list of token counts per DP replica");
+  b->add_option("--strategies", bo.strategies, "comma list of: " + tpl::cli::bench_strategy_names());
+  b->add_option("--iters", bo.iters, "timed forwards per point (median)")->check(CLI::Range(1, 1000));
+  b->add_option("--warmup", bo.warmup, "untimed forwards per point")->check(CLI::Range(0, 100));
+  b->add_option("--json", bo.json, "write every row as JSON");
+  b->add_option("--csv", bo.csv, "write every row as CSV");
+  b->add_option("--svg", bo.svg, "plot of linear-layer time vs tokens per strategy");
+  b->add_option("--progress", bo.progress, "progress bar on stderr: auto (TTY), always, never")
+      ->check(CLI::IsMember({"auto", "always", "never"}));
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& err) {
@@ -111,6 +126,7 @@ int main(int argc, char** argv) {
     if (*d) rc = tpl::cli::run_demo(*world, demo);
     if (*r) rc = tpl::cli::run_model(*world, run);
     if (*e) rc = tpl::cli::explain_model(*world, ex);
+    if (*b) rc = tpl::cli::run_bench(*world, bo);
   } catch (const tpl::Error& err) {
     // Bad input fails the same way on every rank; one line, from rank 0.
     if (world->rank() == 0) std::fprintf(stderr, "tplinear: error: %s\n", err.what());

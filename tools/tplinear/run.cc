@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
@@ -26,20 +27,73 @@ class CheckpointWeights final : public WeightProvider {
   explicit CheckpointWeights(const std::string& path) : dir_(SafetensorsDir::open(path)) {}
   Tensor get(const std::string& name, std::int64_t rows, std::int64_t cols, DType dtype,
              float) const override {
+    check(name, rows, cols);
+    return as(dir_.read(name), dtype);
+  }
+  // Only the block this rank needs is read from the file.
+  Tensor get_rows(const std::string& name, std::int64_t rows, std::int64_t cols, DType dtype,
+                  float, ShardRange b) const override {
+    check(name, rows, cols);
+    return as(dir_.read_rows(name, b.offset, b.size), dtype);
+  }
+  Tensor get_cols(const std::string& name, std::int64_t rows, std::int64_t cols, DType dtype,
+                  float, ShardRange b) const override {
+    check(name, rows, cols);
+    return as(dir_.read_cols(name, b.offset, b.size), dtype);
+  }
+
+ private:
+  void check(const std::string& name, std::int64_t rows, std::int64_t cols) const {
     const TensorInfo info = dir_.info(name);
     if (info.rows() != rows || info.cols() != cols)
       TPL_THROW(IoError, (Where{"weights"}), "inconsistent sizes: tensor '", name, "' in '",
                 dir_.path(), "' is ", info.describe(), ", the model config needs [", rows, ", ",
                 cols, "]");
-    Tensor raw = dir_.read(name);
+  }
+  static Tensor as(Tensor raw, DType dtype) {
     if (raw.dtype() == dtype) return raw;
-    Tensor t(dtype, rows, cols);
+    Tensor t(dtype, raw.rows(), raw.cols());
     convert_into(raw, t);
     return t;
   }
 
+ public:
+
  private:
   SafetensorsDir dir_;
+};
+
+// Remembers every tensor the stack asked for, so --dump can write the full weights.
+class RecordingWeights final : public WeightProvider {
+ public:
+  explicit RecordingWeights(const WeightProvider& inner) : inner_(inner) {}
+  struct Use {
+    std::int64_t rows, cols;
+    DType dtype;
+    float stddev;
+  };
+  Tensor get(const std::string& n, std::int64_t r, std::int64_t c, DType d, float s) const override {
+    seen_[n] = {r, c, d, s};
+    return inner_.get(n, r, c, d, s);
+  }
+  Tensor get_rows(const std::string& n, std::int64_t r, std::int64_t c, DType d, float s,
+                  ShardRange b) const override {
+    seen_[n] = {r, c, d, s};
+    return inner_.get_rows(n, r, c, d, s, b);
+  }
+  Tensor get_cols(const std::string& n, std::int64_t r, std::int64_t c, DType d, float s,
+                  ShardRange b) const override {
+    seen_[n] = {r, c, d, s};
+    return inner_.get_cols(n, r, c, d, s, b);
+  }
+  void dump(const std::string& dir) const {
+    for (const auto& [n, u] : seen_)
+      write_npy(dir + "/" + n + ".npy", inner_.get(n, u.rows, u.cols, u.dtype, u.stddev));
+  }
+
+ private:
+  const WeightProvider& inner_;
+  mutable std::map<std::string, Use> seen_;
 };
 
 std::vector<std::string> split_list(const std::string& s) {
@@ -130,9 +184,11 @@ int run_model(Communicator& world, const RunOptions& o) {
   so.dtype = parse_dtype(o.dtype);
   so.w8a8 = o.quant == "w8a8";
   so.prefetch_step = o.prefetch_step;
-  std::unique_ptr<WeightProvider> weights =
+  std::unique_ptr<WeightProvider> source =
       o.weights.empty() ? make_random_weights(o.seed)
                         : std::unique_ptr<WeightProvider>(new CheckpointWeights(o.weights));
+  RecordingWeights recorded(*source);
+  const WeightProvider* weights = &recorded;
   if (cfg.layout.tp > model.heads)
     TPL_THROW(ConfigError, (Where{"run"}), "more ranks than the model can shard: TP = ",
               cfg.layout.tp, " exceeds the ", model.heads, " attention heads");
@@ -185,6 +241,7 @@ int run_model(Communicator& world, const RunOptions& o) {
     write_npy(o.dump + "/input_" + tag + ".npy", x);
     write_npy(o.dump + "/output_" + tag + ".npy", y);
     write_npy(o.dump + "/reference_" + tag + ".npy", ref);
+    if (world.rank() == 0) recorded.dump(o.dump);  // full (unsharded) weights
   }
   if (world.rank() == 0) {
     fmt::print("tplinear run: {} ({}), {} layers, {} tokens, {}{}, {} ranks = DP {} x TP {}\n",

@@ -1,0 +1,424 @@
+// `tplinear bench`: for every strategy, one DecoderStack; for every token count, warm-up forwards
+// and then --iters timed forwards. Per linear-layer kind: the slowest rank's time (median over
+// iterations), the bytes each rank sent, and bandwidths in nccl-tests style (docs/bench.md).
+#include "bench.h"
+
+#include <fmt/format.h>
+#include <sched.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+
+#include "tpl/error.h"
+#include "tpl/model.h"
+
+namespace tpl::cli {
+
+namespace {
+
+const Where kWhere{"bench"};
+constexpr std::array<const char*, 4> kKinds{"qkv_proj", "o_proj", "gate_up_proj", "down_proj"};
+constexpr int kCols = 6;  // 4 kinds, linear total, whole forward
+
+// A strategy is an overlay on the user's flags. `apply` returns "" or why it does not apply.
+struct Strategy {
+  const char* name;
+  const char* what;
+  std::function<std::string(RunOptions&, int tp, int dp)> apply;
+};
+
+const std::vector<Strategy>& strategies() {
+  static const std::vector<Strategy> k{
+      {"standard", "the flags as given", [](RunOptions&, int, int) { return std::string(); }},
+      {"fc1", "FlashComm1, threshold 0",
+       [](RunOptions& o, int, int) {
+         o.fc1 = true;
+         o.fc1_threshold = 0;
+         return std::string();
+       }},
+      {"fc2", "FlashComm2 P = 1 + FlashComm1",
+       [](RunOptions& o, int, int) {
+         o.fc1 = true, o.fc1_threshold = 0, o.fc2 = 1;
+         return std::string();
+       }},
+      {"fc2-p2", "FlashComm2 P = 2 + FlashComm1",
+       [](RunOptions& o, int tp, int) {
+         o.fc1 = true, o.fc1_threshold = 0, o.fc2 = 2;
+         return tp >= 4 && tp % 2 == 0 ? std::string()
+                                       : fmt::format("needs TP >= 4 divisible by 2, TP = {}", tp);
+       }},
+      {"matmul-allreduce", "fused GEMM + all-reduce row ops",
+       [](RunOptions& o, int, int) {
+         o.matmul_allreduce = true;
+         return std::string();
+       }},
+      {"mlp-tp", "MLP-TP over all DP replicas",
+       [](RunOptions& o, int, int dp) {
+         o.mlp_tp = dp;
+         return dp > 1 ? std::string() : fmt::format("needs DP > 1, DP = {}", dp);
+       }},
+      {"oproj-tp", "O-proj-TP over all DP replicas (decode node)",
+       [](RunOptions& o, int, int dp) {
+         o.oproj_tp = dp, o.deployment = "decode";
+         return dp > 1 ? std::string() : fmt::format("needs DP > 1, DP = {}", dp);
+       }},
+  };
+  return k;
+}
+
+const Strategy& find_strategy(const std::string& name) {
+  const auto it = std::find_if(strategies().begin(), strategies().end(),
+                               [&](const Strategy& s) { return name == s.name; });
+  if (it == strategies().end()) {
+    std::string known;
+    for (const auto& s : strategies()) known += (known.empty() ? "" : ", ") + std::string(s.name);
+    TPL_THROW(InvalidArgument, kWhere, "unknown strategy '", name, "'; known: ", known);
+  }
+  return *it;
+}
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> v;
+  std::stringstream ss(s);
+  for (std::string item; std::getline(ss, item, ',');)
+    if (!item.empty()) v.push_back(item);
+  return v;
+}
+
+std::vector<std::int64_t> parse_tokens(const std::string& s) {
+  std::vector<std::int64_t> v;
+  for (const auto& item : split_list(s)) {
+    std::size_t used = 0;
+    long long n = 0;
+    try {
+      n = std::stoll(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != item.size() || n < 1 || n > (1 << 20))
+      TPL_THROW(InvalidArgument, kWhere, "--tokens: '", item,
+                "' is not a token count in [1, 1048576]");
+    if (std::find(v.begin(), v.end(), n) == v.end()) v.push_back(n);
+  }
+  if (v.empty()) TPL_THROW(InvalidArgument, kWhere, "--tokens needs at least one count");
+  std::sort(v.begin(), v.end());
+  return v;
+}
+
+int kind_of(const std::string& prefix) {
+  for (int k = 0; k < 4; ++k) {
+    const std::string s = kKinds[k];
+    if (prefix.size() >= s.size() && prefix.compare(prefix.size() - s.size(), s.size(), s) == 0)
+      return k;
+  }
+  return -1;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const std::size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+struct Row {
+  std::string strategy, layer;
+  std::int64_t tokens;
+  double ms, bytes, algbw, busbw;  // GB/s
+};
+
+int cpu_count() {
+  cpu_set_t set;
+  return sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1;
+}
+
+std::ofstream open_out(const std::string& path) {
+  std::ofstream f(path);
+  if (!f) TPL_THROW(IoError, kWhere, "cannot write '", path, "'");
+  return f;
+}
+
+// Log-x / linear-y line plot of the linear-layer total per strategy.
+void write_svg(const std::string& path, const std::vector<Row>& rows,
+               const std::vector<std::string>& names, const std::vector<std::int64_t>& tokens,
+               const std::string& title) {
+  const double W = 720, H = 440, L = 70, R = 170, T = 40, B = 50;
+  const double x0 = std::log10(double(tokens.front())),
+               x1 = tokens.size() > 1 ? std::log10(double(tokens.back())) : x0 + 1;
+  double ymax = 0;
+  for (const auto& r : rows)
+    if (r.layer == "linear") ymax = std::max(ymax, r.ms);
+  const double step = [&] {  // 1, 2 or 5 x 10^k, about 5 ticks
+    const double raw = std::max(ymax, 1e-3) / 5, p = std::pow(10, std::floor(std::log10(raw)));
+    return raw <= p ? p : raw <= 2 * p ? 2 * p : raw <= 5 * p ? 5 * p : 10 * p;
+  }();
+  const double ytop = step * std::ceil(std::max(ymax, 1e-3) * 1.05 / step);
+  auto px = [&](double t) { return L + (std::log10(t) - x0) / (x1 - x0) * (W - L - R); };
+  auto py = [&](double ms) { return H - B - ms / ytop * (H - T - B); };
+  static const char* colors[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e",
+                                 "#9467bd", "#8c564b", "#e377c2"};
+  std::ofstream f = open_out(path);
+  f << fmt::format(
+      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{0}\" height=\"{1}\" "
+      "font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"{0}\" height=\"{1}\" "
+      "fill=\"white\"/>\n<text x=\"{2}\" y=\"22\" font-size=\"14\">{3}</text>\n",
+      W, H, L, title);
+  f << fmt::format("<path d=\"M{0} {1}V{2}H{3}\" fill=\"none\" stroke=\"black\"/>\n", L, T, H - B,
+                   W - R);
+  for (double y = 0; y <= ytop * 1.0001; y += step)
+    f << fmt::format(
+        "<line x1=\"{0}\" y1=\"{1:.1f}\" x2=\"{2}\" y2=\"{1:.1f}\" stroke=\"#ddd\"/>"
+        "<text x=\"{3}\" y=\"{4:.1f}\" text-anchor=\"end\">{5:g}</text>\n",
+        L, py(y), W - R, L - 6, py(y) + 4, y);
+  for (const auto t : tokens)
+    f << fmt::format(
+        "<line x1=\"{0:.1f}\" y1=\"{1}\" x2=\"{0:.1f}\" y2=\"{2}\" stroke=\"black\"/>"
+        "<text x=\"{0:.1f}\" y=\"{3}\" text-anchor=\"middle\">{4}</text>\n",
+        px(double(t)), H - B, H - B + 5, H - B + 18, t);
+  f << fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">tokens (log scale)</text>\n",
+                   (L + W - R) / 2, H - 12);
+  f << fmt::format(
+      "<text transform=\"translate(18 {}) rotate(-90)\" text-anchor=\"middle\">linear layers, "
+      "ms (slowest rank, median)</text>\n",
+      (T + H - B) / 2);
+  for (std::size_t s = 0; s < names.size(); ++s) {
+    const char* c = colors[s % 7];
+    std::string pts, dots;
+    for (const auto& r : rows)
+      if (r.strategy == names[s] && r.layer == "linear") {
+        pts += fmt::format("{:.1f},{:.1f} ", px(double(r.tokens)), py(r.ms));
+        dots += fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"3\" fill=\"{}\"/>",
+                            px(double(r.tokens)), py(r.ms), c);
+      }
+    const double ly = T + 10 + 20 * double(s);
+    f << fmt::format(
+        "<polyline points=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"2\"/>{}\n"
+        "<line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"{}\" stroke-width=\"2\"/>"
+        "<text x=\"{}\" y=\"{}\">{}</text>\n",
+        pts, c, dots, W - R + 15, ly, W - R + 40, ly, c, W - R + 46, ly + 4, names[s]);
+  }
+  f << "</svg>\n";
+}
+
+}  // namespace
+
+std::string bench_strategy_names() {
+  std::string s;
+  for (const auto& st : strategies()) s += (s.empty() ? "" : ", ") + std::string(st.name);
+  return s;
+}
+
+int run_bench(Communicator& world, const BenchOptions& o) {
+  // Validate everything before building anything (identically on every rank).
+  if (!o.model.weights.empty())
+    TPL_THROW(InvalidArgument, kWhere, "bench uses seeded random weights; drop --weights");
+  if (o.iters < 1 || o.warmup < 0)
+    TPL_THROW(InvalidArgument, kWhere, "--iters must be >= 1 and --warmup >= 0");
+  const std::vector<std::int64_t> tokens = parse_tokens(o.tokens);
+  ModelSpec model = o.model.hf_config.empty() ? ModelSpec::preset(o.model.model)
+                                              : ModelSpec::from_file(o.model.hf_config);
+  if (o.model.layers > 0) model.layers = std::min(model.layers, o.model.layers);
+  const Config base = make_config(o.model, world.size());  // bad base flags fail here
+  const int tp = base.layout.tp, dp = base.layout.dp;
+  if (tp > model.heads)
+    TPL_THROW(ConfigError, kWhere, "TP = ", tp, " exceeds the ", model.heads, " attention heads");
+
+  struct Point {
+    std::string name;
+    Config cfg;
+    RunOptions opts;
+  };
+  std::vector<Point> plan;
+  std::vector<std::string> notes;
+  for (const auto& name : split_list(o.strategies)) {
+    const Strategy* it = &find_strategy(name);
+    if (std::any_of(plan.begin(), plan.end(), [&](const Point& p) { return p.name == name; }))
+      TPL_THROW(InvalidArgument, kWhere, "strategy '", name, "' listed twice");
+    RunOptions ro = o.model;
+    std::string why = it->apply(ro, tp, dp);
+    if (why.empty()) {
+      try {
+        plan.push_back({name, make_config(ro, world.size()), ro});
+        continue;
+      } catch (const ConfigError& e) {
+        why = e.what();
+      }
+    }
+    notes.push_back(fmt::format("skipped {} ({}): {}", name, it->what, why));
+  }
+  if (plan.empty())
+    TPL_THROW(ConfigError, kWhere, "no strategy applies to ", world.size(), " ranks (DP ", dp,
+              " x TP ", tp, ")", notes.empty() ? "" : "; " + notes.front());
+
+  // Output files are checked before the sweep, and the verdict is shared, so every rank fails.
+  std::string unwritable;
+  if (world.rank() == 0)
+    for (const auto* f : {&o.json, &o.csv, &o.svg})
+      if (!f->empty() && !std::ofstream(*f)) unwritable = *f;
+  if (!world.all_true(unwritable.empty()))
+    TPL_THROW(IoError, kWhere, "cannot write output file '", unwritable, "'");
+
+  StackOptions so;
+  so.dtype = parse_dtype(o.model.dtype);
+  so.w8a8 = o.model.quant == "w8a8";
+  so.prefetch_step = o.model.prefetch_step;
+  const auto weights = make_random_weights(o.model.seed);
+  const bool root = world.rank() == 0;
+  const bool tty = isatty(STDERR_FILENO);
+  const bool progress = root && (o.progress == "always" || (o.progress == "auto" && tty));
+  const auto start = std::chrono::steady_clock::now();
+  const std::size_t steps = plan.size() * tokens.size();
+  std::size_t step = 0;
+
+  if (root) {
+    fmt::print("# tplinear bench: {} ({}), {} layers, {}{}, {} ranks = DP {} x TP {}\n", model.name,
+               model.model_type, model.layers, o.model.dtype, so.w8a8 ? " W8A8" : "", world.size(),
+               dp, tp);
+    fmt::print(
+        "# iters {} (median reported), warmup {}; time = slowest rank; tokens per DP replica\n",
+        o.iters, o.warmup);
+    if (world.size() > cpu_count())
+      fmt::print(
+          "# WARNING: {} ranks on {} cores: ranks share cores, so timings of more than {} "
+          "ranks are not speed figures\n",
+          world.size(), cpu_count(), cpu_count());
+    for (const auto& n : notes) fmt::print("# {}\n", n);
+    fmt::print("#\n# {:<16} {:>8} {:<13} {:>10} {:>12} {:>11} {:>11}\n", "strategy", "tokens",
+               "layer", "time(ms)", "bytes/rank", "algbw(GB/s)", "busbw(GB/s)");
+  }
+
+  std::vector<Row> rows;
+  for (const auto& p : plan) {
+    DecoderStack stack(world, model, p.cfg, *weights, so);
+    if (root) {
+      // The config keys that differ from the defaults (tp and dp are in the header).
+      const nlohmann::json def = Config{}.to_json();
+      std::string diff;
+      for (const auto& [k, v] : p.cfg.to_json().items())
+        if (k != "tp" && k != "dp" && (!def.contains(k) || def[k] != v))
+          diff += fmt::format("{}{}={}", diff.empty() ? "" : " ", k, v.dump());
+      fmt::print("# {} ({}): {}\n", p.name, find_strategy(p.name).what,
+                 diff.empty() ? "default config" : diff);
+      if (&p == &plan.front())
+        for (const auto& s : stack.skipped()) fmt::print("# model: {}\n", s);
+    }
+    for (const std::int64_t n : tokens) {
+      if (progress && (o.progress == "always" ||
+                       std::chrono::steady_clock::now() - start > std::chrono::seconds(2))) {
+        const std::size_t done = 20 * step / steps;
+        // On a TTY the line is redrawn in place; otherwise one line per point.
+        std::fprintf(stderr, "%s[%s%s] %zu/%zu %s tokens=%lld%s", tty ? "\r" : "",
+                     std::string(done, '#').c_str(), std::string(20 - done, '.').c_str(), step,
+                     steps, p.name.c_str(), static_cast<long long>(n), tty ? "   " : "\n");
+        std::fflush(stderr);
+      }
+      ++step;
+      std::mt19937_64 gen(o.model.seed * 7919 + static_cast<std::uint64_t>(stack.dp_rank()));
+      std::normal_distribution<float> dist(0.f, 1.f);
+      std::vector<float> xv(static_cast<std::size_t>(n * model.hidden));
+      for (auto& v : xv) v = dist(gen);
+      const Tensor x = Tensor::from_f32(xv, n, model.hidden, so.dtype);
+      for (int i = 0; i < o.warmup; ++i) stack.forward(x);
+
+      // Per iteration: ms of the 4 kinds, linear total, whole forward; then the bytes of the
+      // last iteration (per kind and total). One all-gather at the end.
+      Tensor mine(DType::kF32, 1, o.iters * kCols + 5);
+      float* m = mine.ptr<float>();
+      for (int i = 0; i < o.iters; ++i) {
+        const std::vector<LayerReport> before = stack.report();
+        world.barrier();
+        const auto t0 = std::chrono::steady_clock::now();
+        stack.forward(x);
+        const double fwd =
+            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                .count();
+        std::array<double, 5> ms{}, bytes{};
+        for (std::size_t l = 0; l < before.size(); ++l) {
+          const LayerReport& r = stack.report()[l];
+          const int k = kind_of(r.prefix);
+          const double dms = r.ms - before[l].ms, db = r.bytes_sent - before[l].bytes_sent;
+          if (k >= 0) ms[k] += dms, bytes[k] += db;
+          ms[4] += dms, bytes[4] += db;
+        }
+        for (int k = 0; k < 5; ++k) m[i * kCols + k] = float(ms[k]);
+        m[i * kCols + 5] = float(fwd);
+        for (int k = 0; k < 5; ++k) m[o.iters * kCols + k] = float(bytes[k]);
+      }
+      Tensor all(DType::kF32, world.size(), mine.cols());
+      world.all_gather(mine, all, 0);
+      if (!root) continue;
+      const float* a = all.ptr<float>();
+      const std::int64_t w = mine.cols();
+      for (int k = 0; k < kCols; ++k) {
+        std::vector<double> per_iter;  // slowest rank per iteration
+        for (int i = 0; i < o.iters; ++i) {
+          double mx = 0;
+          for (int r = 0; r < world.size(); ++r)
+            mx = std::max(mx, double(a[r * w + i * kCols + k]));
+          per_iter.push_back(mx);
+        }
+        double bytes = 0;
+        for (int r = 0; r < world.size(); ++r)
+          bytes = std::max(bytes, double(a[r * w + o.iters * kCols + std::min(k, 4)]));
+        const double ms = median(per_iter);
+        const double busbw = ms > 0 ? bytes / (ms * 1e-3) / 1e9 : 0;
+        const double algbw = tp > 1 ? busbw * tp / (2.0 * (tp - 1)) : 0;
+        const std::string layer = k < 4 ? kKinds[k] : k == 4 ? "linear" : "forward";
+        rows.push_back({p.name, layer, n, ms, bytes, algbw, busbw});
+        fmt::print("  {:<16} {:>8} {:<13} {:>10.3f} {:>12.0f} {:>11.3f} {:>11.3f}\n", p.name, n,
+                   layer, ms, bytes, algbw, busbw);
+      }
+      std::fflush(stdout);
+    }
+  }
+  if (!root) return 0;
+  if (progress && tty) std::fprintf(stderr, "\r%70s\r", "");
+
+  std::vector<std::string> names;
+  for (const auto& p : plan) names.push_back(p.name);
+  fmt::print("# {} points in {:.1f} s\n", steps,
+             std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  if (!o.json.empty()) {
+    nlohmann::json j{{"model", model.name},
+                     {"dtype", o.model.dtype},
+                     {"quant", o.model.quant},
+                     {"ranks", world.size()},
+                     {"dp", dp},
+                     {"tp", tp},
+                     {"iters", o.iters},
+                     {"warmup", o.warmup},
+                     {"notes", notes},
+                     {"rows", nlohmann::json::array()}};
+    for (const auto& r : rows)
+      j["rows"].push_back({{"strategy", r.strategy},
+                           {"tokens", r.tokens},
+                           {"layer", r.layer},
+                           {"ms", r.ms},
+                           {"bytes_per_rank", r.bytes},
+                           {"algbw_gbps", r.algbw},
+                           {"busbw_gbps", r.busbw}});
+    open_out(o.json) << j.dump(2) << "\n";
+  }
+  if (!o.csv.empty()) {
+    std::ofstream f = open_out(o.csv);
+    f << "strategy,tokens,layer,ms,bytes_per_rank,algbw_gbps,busbw_gbps\n";
+    for (const auto& r : rows)
+      f << fmt::format("{},{},{},{:.6f},{:.0f},{:.6f},{:.6f}\n", r.strategy, r.tokens, r.layer,
+                       r.ms, r.bytes, r.algbw, r.busbw);
+  }
+  if (!o.svg.empty())
+    write_svg(o.svg, rows, names, tokens,
+              fmt::format("tplinear bench: {}, {} ranks (DP {} x TP {}), {}", model.name,
+                          world.size(), dp, tp, o.model.dtype));
+  return 0;
+}
+
+}  // namespace tpl::cli
