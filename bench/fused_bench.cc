@@ -1,8 +1,10 @@
 // Fused (chunked GEMM, collectives overlapped on a CommWorker) against unfused (GEMM, then the
 // collective) for the two fused row paths, measured side by side in one run:
 //   matmul-allreduce: MatmulAllreduceRow, GEMM + all-reduce;
-//   fc1-mmrs:         SequenceRow under FlashComm1 with mmrs_fusion, GEMM + reduce-scatter.
-// Layer: o_proj-like row layer, in = out = 4096, bf16, weight split over the ranks.
+//   fc1-mmrs:         SequenceRow under FlashComm1 with mmrs_fusion, GEMM + reduce-scatter;
+//   fc1-agmm:         SequenceColumn under FlashComm1, all-gather + GEMM.
+// Layer: in = out = 4096, bf16, weight split over the ranks (row layer for the first two, column
+// layer for the third).
 // Per M it reports gemm_ms (the local GEMM alone), comm_ms (the collective alone), unfused_ms,
 // fused_ms and overlap efficiency = (gemm + comm - fused) / min(gemm, comm): 1 = the shorter
 // one fully hidden, 0 = no overlap, < 0 = fusion costs time. Run under mpirun with 2 ranks:
@@ -49,7 +51,11 @@ double time_ms(Communicator& comm, int reps, F&& fn) {
   return v[v.size() / 2];
 }
 
-void run(benchmark::State& state, Communicator& world, bool fc1) {
+enum class Mode { kMatmulAllReduce, kGemmReduceScatter, kAllGatherGemm };
+
+void run(benchmark::State& state, Communicator& world, Mode mode) {
+  const bool fc1 = mode != Mode::kMatmulAllReduce;
+  const bool column = mode == Mode::kAllGatherGemm;
   const std::int64_t m = state.range(0), hidden = 4096;
   Config cfg;
   cfg.layout = {1, 1, world.size()};
@@ -62,24 +68,31 @@ void run(benchmark::State& state, Communicator& world, bool fc1) {
   CommWorker worker;
   OpEnv plain{cfg, f, groups};
   OpEnv fused{cfg, f, groups, nullptr, &worker};
-  LayerSpec s{"model.layers.0.self_attn.o_proj", LayerKind::kRow, hidden, hidden};
+  LayerSpec s{column ? "model.layers.0.self_attn.qkv_proj" : "model.layers.0.self_attn.o_proj",
+              column ? LayerKind::kColumn : LayerKind::kRow, hidden, hidden};
   s.dtype = DType::kBF16;
   Tensor w = random_tensor(hidden, hidden, 1.f / 64, 1);
   LinearLayer l_plain(s, sel, plain, default_cpu_gemm_backend(), w, TensorView());
   LinearLayer l_fused(s, sel, fused, default_cpu_gemm_backend(), w, TensorView());
   const ForwardContext ctx = ForwardContext::make(cfg, f, {}, m);
-  const std::int64_t k_local = hidden / world.size();
-  Tensor x = random_tensor(m + ctx.pad_size, k_local, 1.f, 2 + world.rank());
-  TensorView xin = x.view().row_slice(0, m);
-  // The pieces: the local GEMM, and the collective on a result-sized buffer.
-  GemmDesc desc{k_local, hidden, DType::kBF16, DType::kBF16, DType::kBF16};
+  const int n = world.size();
+  const std::int64_t k_local = column ? hidden : hidden / n;
+  const std::int64_t n_local = column ? hidden / n : hidden;
+  const std::int64_t padded = m + ctx.pad_size;
+  // Row paths take all tokens and a feature shard; the column path takes a token shard.
+  Tensor x = random_tensor(column ? padded / n : padded, k_local, 1.f, 2 + world.rank());
+  TensorView xin = column ? x.view() : x.view().row_slice(0, m);
+  // The pieces: the local GEMM on all tokens, and the collective alone.
+  GemmDesc desc{k_local, n_local, DType::kBF16, DType::kBF16, DType::kBF16};
   auto gemm = make_gemm(default_cpu_gemm_backend(), desc, l_plain.local_weight(), TensorView());
-  Tensor y(DType::kBF16, x.rows(), hidden);
-  Tensor rs_out(DType::kBF16, x.rows() / world.size(), hidden);
+  Tensor x_all = random_tensor(padded, k_local, 1.f, 9);
+  Tensor y(DType::kBF16, padded, n_local);
+  Tensor rs_out(DType::kBF16, padded / n, n_local);
   const int reps = m >= 8192 ? 3 : m >= 2048 ? 5 : 15;
-  auto gemm_only = [&] { gemm->run(x, y, false); };
+  auto gemm_only = [&] { gemm->run(x_all, y, false); };
   auto comm_only = [&] {
-    if (fc1) world.reduce_scatter(y, rs_out);
+    if (column) world.all_gather(x, x_all, 0);
+    else if (fc1) world.reduce_scatter(y, rs_out);
     else world.all_reduce(y);
   };
   auto unfused = [&] { l_plain.forward(xin, ctx); };
@@ -116,10 +129,14 @@ int main(int argc, char** argv) {
   MpiSession session(&argc, &argv);
   std::unique_ptr<Communicator> world = session.world();
   benchmark::Initialize(&argc, argv);
-  for (bool fc1 : {false, true})
+  const std::pair<const char*, Mode> modes[] = {{"matmul-allreduce", Mode::kMatmulAllReduce},
+                                                 {"fc1-mmrs", Mode::kGemmReduceScatter},
+                                                 {"fc1-agmm", Mode::kAllGatherGemm}};
+  for (const auto& [name, mode] : modes)
     for (std::int64_t m : {16, 256, 2048, 8192})
-      benchmark::RegisterBenchmark(fc1 ? "fc1-mmrs" : "matmul-allreduce",
-                                   [&world, fc1](benchmark::State& st) { run(st, *world, fc1); })
+      benchmark::RegisterBenchmark(name, [&world, mode = mode](benchmark::State& st) {
+        run(st, *world, mode);
+      })
           ->Arg(m)
           ->Iterations(1)
           ->UseManualTime()

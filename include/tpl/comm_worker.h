@@ -8,6 +8,7 @@
 #pragma once
 
 #include <condition_variable>
+#include <cstdint>
 #include <deque>
 #include <exception>
 #include <functional>
@@ -23,8 +24,11 @@ class CommWorker {
   CommWorker(const CommWorker&) = delete;
   CommWorker& operator=(const CommWorker&) = delete;
 
-  // Queues `task`; tasks run one at a time, in order.
-  void submit(std::function<void()> task);
+  // Queues `task`; tasks run one at a time, in order. Returns its ticket for wait().
+  std::uint64_t submit(std::function<void()> task);
+  // Blocks until the task with this ticket (and every earlier one) has run; rethrows the first
+  // exception a task threw.
+  void wait(std::uint64_t ticket);
   // Blocks until every submitted task has run; rethrows the first exception a task threw.
   void drain();
 
@@ -34,6 +38,7 @@ class CommWorker {
   std::condition_variable cv_;
   std::deque<std::function<void()>> queue_;
   std::size_t pending_ = 0;
+  std::uint64_t submitted_ = 0, completed_ = 0;
   std::exception_ptr error_;
   bool stop_ = false;
   std::thread thread_;

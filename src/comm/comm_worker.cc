@@ -13,13 +13,27 @@ CommWorker::~CommWorker() {
   thread_.join();
 }
 
-void CommWorker::submit(std::function<void()> task) {
+std::uint64_t CommWorker::submit(std::function<void()> task) {
+  std::uint64_t ticket;
   {
     std::lock_guard<std::mutex> lk(mu_);
     queue_.push_back(std::move(task));
     ++pending_;
+    ticket = submitted_++;
   }
   cv_.notify_all();
+  return ticket;
+}
+
+void CommWorker::wait(std::uint64_t ticket) {
+  std::unique_lock<std::mutex> lk(mu_);
+  cv_.wait(lk, [this, ticket] { return completed_ > ticket || error_; });
+  if (error_) {
+    cv_.wait(lk, [this] { return pending_ == 0; });  // leave no task running on our buffers
+    auto e = error_;
+    error_ = nullptr;
+    std::rethrow_exception(e);
+  }
 }
 
 void CommWorker::drain() {
@@ -49,6 +63,7 @@ void CommWorker::loop() {
     }
     lk.lock();
     --pending_;
+    ++completed_;
     cv_.notify_all();
   }
 }

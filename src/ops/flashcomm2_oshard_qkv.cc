@@ -1,13 +1,11 @@
-// Flashcomm2OshardQKVParallelOp (§6.8): SequenceColumn's steps, plus, before the GEMM, the
+// Flashcomm2OshardQKVParallelOp (§6.8): SequenceColumn's steps, plus, before them, the
 // trigger that starts the asynchronous broadcast of a later layer's o_proj weight (§7b), so the
 // transfer overlaps the QKV GEMM and attention. The trigger is optional (OpEnv::oshard).
+#include "ops/gemm_collectives.h"
 #include "ops/op_util.h"
 #include "ops/ops.h"
 
 namespace tpl::ops {
-
-Tensor gather_and_unpad(Communicator& tp, TensorView x, const ForwardContext& ctx,
-                        const Where& w);
 
 namespace {
 
@@ -26,14 +24,10 @@ class Flashcomm2OshardQkvOp final : public LinearOp {
                                                   : Placement::shard_features();
   }
   Tensor forward(TensorView x, const ForwardContext& ctx, const LocalGemm& g) override {
-    Tensor full;
-    TensorView in = x;
-    if (sp_ && ctx.flash_comm_v1_enabled) {
-      full = gather_and_unpad(tp_, x, ctx, where());
-      in = full.view();
-    }
+    // The trigger goes first so the weight broadcast overlaps the gather, GEMM and attention.
     if (trigger_) trigger_->reach_layer(name_);
-    Tensor y = g.run(in, kColumnBias);
+    Tensor y = sp_ && ctx.flash_comm_v1_enabled ? all_gather_gemm(g, x, tp_, ctx.pad_size, kColumnBias)
+                                                : g.run(x, kColumnBias);
     if (flags_.gather_output && tp_size() > 1) return gather_features(tp_, y, g.full_out_features);
     return y;
   }

@@ -58,4 +58,43 @@ Tensor gemm_reduce_scatter(const LocalGemm& g, TensorView x, Communicator& comm,
   return out;
 }
 
+Tensor all_gather_gemm(const LocalGemm& g, TensorView x, Communicator& comm, std::int64_t pad,
+                       bool bias_here, CommWorker* worker, int chunks) {
+  const int n = comm.size();
+  const std::int64_t b = x.rows(), keep = n * b - pad;
+  Tensor y(g.out_dtype, keep, g.out_features);
+  if (!worker || chunks <= 1 || n == 1) {
+    Tensor all(x.dtype(), n * b, x.cols());
+    comm.all_gather(x, all, 0);
+    g.run_into(all.view().row_slice(0, keep), y, bias_here);
+    return y;
+  }
+  std::vector<Tensor> send, recv;  // alive until every gather has run
+  std::vector<std::uint64_t> tickets;
+  std::vector<ShardRange> parts;
+  for (int i = 0; i < chunks; ++i) {
+    const ShardRange r = shard_range(b, chunks, i);
+    if (r.size == 0) continue;
+    send.push_back(Tensor::copy_of(x.row_slice(r.offset, r.size)));
+    recv.emplace_back(x.dtype(), n * r.size, x.cols());
+    TensorView in = send.back(), out = recv.back();
+    tickets.push_back(worker->submit([&comm, in, out] { comm.all_gather(in, out, 0); }));
+    parts.push_back(r);
+  }
+  for (std::size_t i = 0; i < parts.size(); ++i) {
+    worker->wait(tickets[i]);
+    const ShardRange r = parts[i];
+    // recv[i] rows k*r.size.. are member k's rows k*b + r.offset.. of the padded batch.
+    for (int k = 0; k < n; ++k) {
+      const std::int64_t first = k * b + r.offset;
+      const std::int64_t rows = std::min<std::int64_t>(r.size, keep - first);
+      if (rows <= 0) continue;
+      g.run_into(recv[i].view().row_slice(k * r.size, rows), y.view().row_slice(first, rows),
+                 bias_here);
+    }
+  }
+  worker->drain();
+  return y;
+}
+
 }  // namespace tpl::ops

@@ -30,4 +30,11 @@ Tensor gemm_all_reduce(const LocalGemm& g, TensorView x, Communicator& comm, boo
 Tensor gemm_reduce_scatter(const LocalGemm& g, TensorView x, Communicator& comm, bool with_bias,
                            bool bias_after_reduce, CommWorker* worker = nullptr, int chunks = 1);
 
+// Shard(tokens) -> all tokens, then the GEMM: x is this member's [b, K] block of a padded batch
+// of size*b rows; returns y = (all-gather(x) without its last `pad` rows)·Wᵀ, [size*b - pad, N].
+// With a worker and more than one chunk, sub-block i of every member is gathered on the worker
+// while the GEMM runs on the sub-blocks already received. x may be int8 (W8A8 gathers int8).
+Tensor all_gather_gemm(const LocalGemm& g, TensorView x, Communicator& comm, std::int64_t pad,
+                       bool bias_here, CommWorker* worker = nullptr, int chunks = 1);
+
 }  // namespace tpl::ops

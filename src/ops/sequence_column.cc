@@ -3,20 +3,12 @@
 // Steps: all-gather tokens over TP and drop the last pad_size rows -> [N, H]; GEMM (bias unless
 // skip_bias_add) -> [N, out/T]; gather_output: all-gather features. Exit: Shard(features), or
 // Replicated with gather_output. W8A8 with fc1_quantized_allgather gathers int8.
+#include "ops/gemm_collectives.h"
 #include "ops/op_util.h"
 #include "ops/ops.h"
 #include "tpl/error.h"
 
 namespace tpl::ops {
-
-// Shared with Flashcomm2OshardQKV: FC1's all-gather + unpad (§5.1).
-Tensor gather_and_unpad(Communicator& tp, TensorView x, const ForwardContext& ctx,
-                        const Where& w) {
-  Tensor all = gather_tokens(tp, x);
-  TPL_CHECK_LE(ctx.pad_size, all.rows(), w, "pad_size exceeds the gathered rows");
-  if (ctx.pad_size == 0) return all;
-  return Tensor::copy_of(all.view().row_slice(0, all.rows() - ctx.pad_size));
-}
 
 namespace {
 
@@ -25,7 +17,9 @@ class SequenceColumnOp final : public LinearOp {
   SequenceColumnOp(const LayerName& n, const LinearFlags& f, const OpEnv& env)
       : LinearOp(n, f, env.groups.world_rank()),
         tp_(env.groups.tp()),
-        quantized_gather_(env.config.fc1_quantized_allgather) {}
+        quantized_gather_(env.config.fc1_quantized_allgather),
+        overlap_(env.overlap),
+        chunks_(env.config.fused_chunks) {}
   OpKind kind() const override { return OpKind::kSequenceColumn; }
   int tp_rank() const override { return tp_.rank(); }
   int tp_size() const override { return tp_.size(); }
@@ -42,8 +36,12 @@ class SequenceColumnOp final : public LinearOp {
       // Opt-in for W8A8: quantize the sequence shard and gather int8 (a quarter of f32's bytes,
       // half of bf16's); the GEMM consumes the int8 rows without requantizing.
       const bool int8_gather = quantized_gather_ && g.quantized();
-      Tensor full = gather_and_unpad(tp_, int8_gather ? g.quantize(x).view() : x, ctx, where());
-      y = g.run(full, kColumnBias);
+      Tensor q;
+      if (int8_gather) q = g.quantize(x);
+      TPL_CHECK_LE(ctx.pad_size, x.rows() * tp_size(), where(), "pad_size exceeds the batch");
+      // With a CommWorker the gather runs in chunks and the GEMM starts on the rows received.
+      y = all_gather_gemm(g, int8_gather ? q.view() : x, tp_, ctx.pad_size, kColumnBias, overlap_,
+                          fused_chunk_count(x.rows() * tp_size(), chunks_));
     } else {
       y = g.run(x, kColumnBias);
     }
@@ -54,6 +52,8 @@ class SequenceColumnOp final : public LinearOp {
  private:
   Communicator& tp_;
   bool quantized_gather_;
+  CommWorker* overlap_;
+  int chunks_;
 };
 
 }  // namespace

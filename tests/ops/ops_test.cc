@@ -676,6 +676,41 @@ TEST(Ops, WeightPrefetchHookRunsAfterRowOps) {
 // results must be bit-identical for random data; with 3-4 ranks MPI may pick a different
 // summation order for a different message size, so random data gets a 1-ulp-scale bound and
 // small-integer data (exact sums) must still be bit-identical.
+TEST(Ops, FusedAllGatherGemmMatchesUnfused) {
+  if (W() < 2) GTEST_SKIP() << "fusion needs a group";
+  CommWorker worker;
+  for (Data data : {Data::kIntF32, Data::kNormalBF16})
+    for (int chunks : {2, 3, 4})
+      for (std::int64_t n : {7, 1001, 1537}) {
+        Config cfg = tp_config(W());
+        cfg.flashcomm1 = true;
+        cfg.flashcomm1_threshold = 0;
+        cfg.fused_chunks = chunks;
+        const Features f = Features::derive(cfg, {});
+        ProcessGroups groups(world(), cfg.layout, group_sizes(cfg, f));
+        Selector sel(cfg, {});
+        LayerSpec s = column(kQkv, 40, 24);
+        s.dtype = dtype_of(data);
+        s.bias = true;
+        Tensor w = make_data(data, 24, 40, 21, 0.15f);
+        Tensor b = make_data(data, 1, 24, 22, 1.f);
+        OpEnv plain{cfg, f, groups, nullptr, nullptr};
+        OpEnv fused{cfg, f, groups, nullptr, &worker};
+        LinearLayer l_plain(s, sel, plain, GemmBackend::kOneDnn, w, b);
+        LinearLayer l_fused(s, sel, fused, GemmBackend::kOneDnn, w, b);
+        const ForwardContext ctx = ForwardContext::make(cfg, f, {}, n);
+        const std::int64_t blk = (n + ctx.pad_size) / W();
+        Tensor xs = make_data(data, blk, 40, 23 + world().rank(), 1.f);
+        Tensor a = l_plain.forward(xs, ctx).output;
+        Tensor c = l_fused.forward(xs, ctx).output;
+        // No reduction: every output row is one GEMM row, so the results are bit-identical.
+        expect_agreed(world(), compare(c, a, 0, 0,
+                                       std::string("all-gather+GEMM fused vs unfused ") +
+                                           data_name(data) + " chunks=" + std::to_string(chunks) +
+                                           " tokens=" + std::to_string(n)));
+      }
+}
+
 TEST(Ops, FusedPathsMatchUnfused) {
   if (W() < 2) GTEST_SKIP() << "fusion needs a group";
   CommWorker worker;
