@@ -78,11 +78,9 @@ const std::vector<Strategy>& strategies() {
 const Strategy& find_strategy(const std::string& name) {
   const auto it = std::find_if(strategies().begin(), strategies().end(),
                                [&](const Strategy& s) { return name == s.name; });
-  if (it == strategies().end()) {
-    std::string known;
-    for (const auto& s : strategies()) known += (known.empty() ? "" : ", ") + std::string(s.name);
-    TPL_THROW(InvalidArgument, kWhere, "unknown strategy '", name, "'; known: ", known);
-  }
+  if (it == strategies().end())
+    TPL_THROW(InvalidArgument, kWhere, "unknown strategy '", name,
+              "'; known: ", bench_strategy_names());
   return *it;
 }
 
@@ -298,11 +296,19 @@ int run_bench(Communicator& world, const BenchOptions& o) {
   std::vector<Row> rows;
   for (const auto& p : plan) {
     DecoderStack stack(world, model, p.cfg, *weights, so);
+    // Group size n per kind for algbw: max(TP, the largest group of its layers); FC2's o_proj
+    // reports its P but all-to-alls over TP, MLP-TP's layers report m while TP may be 1.
+    std::array<int, 5> group{tp, tp, tp, tp, tp};
+    for (const auto& r : stack.report()) {
+      if (const int k = kind_of(r.prefix); k >= 0) group[k] = std::max(group[k], r.tp_size);
+      group[4] = std::max(group[4], r.tp_size);
+    }
     if (root) {
       // The config keys that differ from the defaults (tp and dp are in the header).
       const nlohmann::json def = Config{}.to_json();
       std::string diff;
-      for (const auto& [k, v] : p.cfg.to_json().items())
+      const nlohmann::json cj = p.cfg.to_json();
+      for (const auto& [k, v] : cj.items())
         if (k != "tp" && k != "dp" && (!def.contains(k) || def[k] != v))
           diff += fmt::format("{}{}={}", diff.empty() ? "" : " ", k, v.dump());
       fmt::print("# {} ({}): {}\n", p.name, find_strategy(p.name).what,
@@ -370,7 +376,8 @@ int run_bench(Communicator& world, const BenchOptions& o) {
           bytes = std::max(bytes, double(a[r * w + o.iters * kCols + std::min(k, 4)]));
         const double ms = median(per_iter);
         const double busbw = ms > 0 ? bytes / (ms * 1e-3) / 1e9 : 0;
-        const double algbw = tp > 1 ? busbw * tp / (2.0 * (tp - 1)) : 0;
+        const int g = group[std::min(k, 4)];
+        const double algbw = g > 1 ? busbw * g / (2.0 * (g - 1)) : 0;
         const std::string layer = k < 4 ? kKinds[k] : k == 4 ? "linear" : "forward";
         rows.push_back({p.name, layer, n, ms, bytes, algbw, busbw});
         fmt::print("  {:<16} {:>8} {:<13} {:>10.3f} {:>12.0f} {:>11.3f} {:>11.3f}\n", p.name, n,
