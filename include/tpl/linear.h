@@ -11,7 +11,8 @@
 //                 kv_heads >= tp_size, else replicated (tp_size must be a multiple of kv_heads,
 //                 rank r holds KV head r / (tp_size / kv_heads)); each rank's query heads must
 //                 map onto its KV heads (GQA), else InvalidArgument names the constraint
-//   Row           input columns shard_range(in, tp_size, tp_rank); bias full
+//   Row           input columns shard_range_units(in / in_unit, in_unit, tp_size, tp_rank);
+//                 bias full
 //   Replicated    full weight
 #pragma once
 
@@ -42,6 +43,9 @@ struct LayerSpec {
   std::int64_t out_features = 0;          // ignored for MergedColumn and QKV (derived)
   std::vector<std::int64_t> output_sizes;  // MergedColumn: logical outputs, e.g. {I, I}
   QkvShape qkv;                            // QKV only
+  // Row layers: the input is split in whole units of this many features (o_proj: head_dim, so
+  // the split follows the attention heads of the QKV layer before it).
+  std::int64_t in_unit = 1;
   bool bias = false;
   LinearFlags flags;
   DType dtype = DType::kF32;  // weights, activations and outputs

@@ -23,7 +23,17 @@ Direction direction_of(LayerKind k) {
   return Direction::kColumn;
 }
 
+std::vector<ShardRange> qkv_rows_of(const QkvShape& s, int rank, int size, const Where& w);
+
+// Every rank's split is checked, so a layout that fails on any rank fails on all of them the
+// same way, before any collective.
 std::vector<ShardRange> qkv_rows(const QkvShape& s, int rank, int size, const Where& w) {
+  for (int r = 0; r < size; ++r)
+    if (r != rank) qkv_rows_of(s, r, size, w);
+  return qkv_rows_of(s, rank, size, w);
+}
+
+std::vector<ShardRange> qkv_rows_of(const QkvShape& s, int rank, int size, const Where& w) {
   TPL_CHECK(s.num_heads > 0 && s.num_kv_heads > 0 && s.head_dim > 0, w, "QKV shape must be positive");
   TPL_CHECK_EQ(s.num_heads % s.num_kv_heads, 0, w, "num_heads must be a multiple of num_kv_heads");
   const std::int64_t hd = s.head_dim;
@@ -212,7 +222,10 @@ void LinearLayer::init(const Selector& selector, const OpEnv& env, GemmBackend b
   // split the input features and keep every output channel (bias, deq_scale, quant_bias full).
   std::vector<ShardRange> out_cols{{0, spec_.out_features}};
   if (spec_.kind == LayerKind::kRow) {
-    const ShardRange cols = shard_range(spec_.in_features, size, rank);
+    TPL_CHECK(spec_.in_unit >= 1 && spec_.in_features % spec_.in_unit == 0, w, "in_unit ",
+              spec_.in_unit, " must divide the input features ", spec_.in_features);
+    const ShardRange cols =
+        shard_range_units(spec_.in_features / spec_.in_unit, spec_.in_unit, size, rank);
     weight_ = load.cols(cols);
     TPL_CHECK(weight_.rows() == spec_.out_features && weight_.cols() == cols.size, w,
               "weight loader returned ", weight_.view().describe(), " for columns [",

@@ -17,7 +17,9 @@ class RandomWeights final : public WeightProvider {
   Tensor get(const std::string& name, std::int64_t rows, std::int64_t cols, DType dtype,
              float stddev) const override {
     std::mt19937_64 gen(seed_ ^ std::hash<std::string>{}(name));
-    std::normal_distribution<float> dist(0.f, stddev);
+    // Norm weights scatter around 1, as trained ones do.
+    const float mean = name.find("norm") != std::string::npos ? 1.f : 0.f;
+    std::normal_distribution<float> dist(mean, stddev);
     Tensor t(dtype, rows, cols);
     for (std::int64_t r = 0; r < rows; ++r)
       for (std::int64_t c = 0; c < cols; ++c) set_f32(t, r, c, dist(gen));
@@ -204,8 +206,6 @@ DecoderStack::DecoderStack(Communicator& world, const ModelSpec& model, const Co
     const std::string p = "model.layers." + std::to_string(l) + ".";
     L->norm1 = weights.get(p + "input_layernorm.weight", 1, h, DType::kF32, 0.1f);
     L->norm2 = weights.get(p + "post_attention_layernorm.weight", 1, h, DType::kF32, 0.1f);
-    for (Tensor* n : {&L->norm1, &L->norm2})
-      for (std::int64_t c = 0; c < h; ++c) n->ptr<float>()[c] += 1.f;
 
     LayerSpec qkv{p + "self_attn.qkv_proj", LayerKind::kQkv, h, 0};
     qkv.qkv = {model.heads, model.kv_heads, hd};
@@ -227,6 +227,7 @@ DecoderStack::DecoderStack(Communicator& world, const ModelSpec& model, const Co
 
     LayerSpec o{p + "self_attn.o_proj", LayerKind::kRow, q_out, h};
     o.dtype = dt;
+    o.in_unit = hd;  // split by heads, like the QKV layer before it
     L->o = make(o, {{a + "o_proj.weight", h}}, {}, 1.f / std::sqrt(float(q_out)), "o_proj");
 
     std::string mlp = p + "mlp.";

@@ -2,8 +2,8 @@
 // into exit codes: 0 success, 1 a numerical check failed, 2 bad input or any other error.
 //
 // `tplinear --np N <command> ...` re-launches itself under mpirun with N ranks and the
-// environment that root and oversubscription need (scripts/env.sh); under mpirun (or with
-// --np 1) it runs directly.
+// environment that root and oversubscription need (scripts/env.sh); without --np it runs
+// directly (as one rank, or as a rank of an outer mpirun).
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -119,7 +119,10 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& err) {
     const int rank = world->rank();
     world.reset();
-    return rank == 0 ? app.exit(err) : (err.get_exit_code() ? 2 : 0);
+    if (err.get_exit_code() == 0) return rank == 0 ? app.exit(err) : 0;  // --help
+    // Bad command line: one line, exit code 2, like every other bad input.
+    if (rank == 0) std::fprintf(stderr, "tplinear: error: %s (see --help)\n", err.what());
+    return 2;
   }
   int rc = 0;
   try {
