@@ -91,9 +91,12 @@ void run(benchmark::State& state, Communicator& world, Mode mode) {
   const int reps = m >= 8192 ? 3 : m >= 2048 ? 5 : 15;
   auto gemm_only = [&] { gemm->run(x_all, y, false); };
   auto comm_only = [&] {
-    if (column) world.all_gather(x, x_all, 0);
-    else if (fc1) world.reduce_scatter(y, rs_out);
-    else world.all_reduce(y);
+    if (column)
+      world.all_gather(x, x_all, 0);
+    else if (fc1)
+      world.reduce_scatter(y, rs_out);
+    else
+      world.all_reduce(y);
   };
   auto unfused = [&] { l_plain.forward(xin, ctx); };
   auto fused_call = [&] { l_fused.forward(xin, ctx); };
@@ -130,20 +133,21 @@ int main(int argc, char** argv) {
   std::unique_ptr<Communicator> world = session.world();
   benchmark::Initialize(&argc, argv);
   const std::pair<const char*, Mode> modes[] = {{"matmul-allreduce", Mode::kMatmulAllReduce},
-                                                 {"fc1-mmrs", Mode::kGemmReduceScatter},
-                                                 {"fc1-agmm", Mode::kAllGatherGemm}};
+                                                {"fc1-mmrs", Mode::kGemmReduceScatter},
+                                                {"fc1-agmm", Mode::kAllGatherGemm}};
   for (const auto& [name, mode] : modes)
     for (std::int64_t m : {16, 256, 2048, 8192})
-      benchmark::RegisterBenchmark(name, [&world, mode = mode](benchmark::State& st) {
-        run(st, *world, mode);
-      })
+      benchmark::RegisterBenchmark(
+          name, [&world, mode = mode](benchmark::State& st) { run(st, *world, mode); })
           ->Arg(m)
           ->Iterations(1)
           ->UseManualTime()
           ->Unit(benchmark::kMillisecond);
   NullReporter null;
-  if (world->rank() == 0) benchmark::RunSpecifiedBenchmarks();
-  else benchmark::RunSpecifiedBenchmarks(&null);
+  if (world->rank() == 0)
+    benchmark::RunSpecifiedBenchmarks();
+  else
+    benchmark::RunSpecifiedBenchmarks(&null);
   benchmark::Shutdown();
   world.reset();
   return 0;

@@ -20,7 +20,7 @@ enum class Deployment { kMixed, kPrefill, kDecode };
 // Fields of a Hugging Face config.json that selection reads (§3.3, §4, §12.2).
 struct ModelInfo {
   std::string model_type;
-  std::optional<std::int64_t> n_routed_experts;  // absent -> no MoE layers by is_moe_layer
+  std::optional<std::int64_t> n_routed_experts;       // absent -> no MoE layers by is_moe_layer
   std::optional<std::int64_t> first_k_dense_replace;  // absent -> +infinity
   std::int64_t moe_layer_freq = 1;
   bool has_index_topk = false;  // DeepSeek-V3.2 sparse attention (DSA)
@@ -36,19 +36,19 @@ struct ModelInfo {
 
 struct Config {
   ParallelLayout layout;
-  bool flashcomm1 = false;       // sequence parallelism (VLLM_ASCEND_ENABLE_FLASHCOMM1)
+  bool flashcomm1 = false;                   // sequence parallelism (VLLM_ASCEND_ENABLE_FLASHCOMM1)
   std::int64_t flashcomm1_threshold = 1000;  // dense models: FC1 only when tokens > threshold
-  int flashcomm2_p = 0;          // 0 = FlashComm2 off; P >= 1 = O-proj TP size inside FC2
-  int mlp_tp = 0;                // 0 = off; MLP-TP group size m
-  int oproj_tp = 0;              // 0 = off; O-proj-TP group size m
+  int flashcomm2_p = 0;  // 0 = FlashComm2 off; P >= 1 = O-proj TP size inside FC2
+  int mlp_tp = 0;        // 0 = off; MLP-TP group size m
+  int oproj_tp = 0;      // 0 = off; O-proj-TP group size m
   bool matmul_allreduce = false;
   std::vector<std::string> layer_sharding;  // e.g. {"o_proj"}
   bool shared_expert_dp = false;
   bool expert_parallel = false;
-  bool eager = false;            // graph mode off
+  bool eager = false;  // graph mode off
   Deployment deployment = Deployment::kMixed;
   bool fc1_quantized_allgather = false;  // W8A8: FC1 all-gathers int8 instead of activations
-  int fused_chunks = 0;          // chunks of fused GEMM+collective paths; 0 = automatic rule
+  int fused_chunks = 0;  // chunks of fused GEMM+collective paths; 0 = automatic rule
 
   // Parses the JSON form (docs/config.md), then validate()s. Unknown keys are errors.
   static Config from_json(const nlohmann::json& j);
@@ -60,16 +60,16 @@ struct Config {
 
 // The derived predicates of §3.3, computed once per (config, model).
 struct Features {
-  bool enable_sp = false;                  // FC1 (forced on by effective shared-expert DP)
-  bool shared_expert_dp = false;           // shared experts replicated, run on the token shard
+  bool enable_sp = false;         // FC1 (forced on by effective shared-expert DP)
+  bool shared_expert_dp = false;  // shared experts replicated, run on the token shard
   bool flashcomm2 = false;
-  bool o_shard = false;                    // layer_sharding contains "o_proj"
+  bool o_shard = false;  // layer_sharding contains "o_proj"
   bool flashcomm2_oshard = false;
   bool mlp_tp = false;
   bool oproj_tp = false;
   bool matmul_allreduce = false;
-  bool dsa_cp = false;                     // index_topk and enable_sp
-  bool dsa_cp_with_layer_shard = false;    // dsa_cp on a prefill node
+  bool dsa_cp = false;                   // index_topk and enable_sp
+  bool dsa_cp_with_layer_shard = false;  // dsa_cp on a prefill node
 
   static Features derive(const Config& c, const ModelInfo& m);
 };

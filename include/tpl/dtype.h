@@ -16,7 +16,9 @@ std::size_t dtype_size(DType t);
 const char* dtype_name(DType t);
 // Parses "f32", "bf16", "f16", "int8", "int32"; throws InvalidArgument otherwise.
 DType parse_dtype(const std::string& s);
-inline std::ostream& operator<<(std::ostream& os, DType t) { return os << dtype_name(t); }
+inline std::ostream& operator<<(std::ostream& os, DType t) {
+  return os << dtype_name(t);
+}
 
 struct bf16_t {
   std::uint16_t bits;
@@ -39,7 +41,9 @@ inline float bf16_bits_to_f32(std::uint16_t b) {
   std::memcpy(&f, &u, 4);
   return f;
 }
-inline float round_to_bf16(float f) { return bf16_bits_to_f32(f32_to_bf16_bits(f)); }
+inline float round_to_bf16(float f) {
+  return bf16_bits_to_f32(f32_to_bf16_bits(f));
+}
 
 // IEEE binary16 through the compiler's _Float16 (GCC >= 12 on x86-64), which rounds to
 // nearest even.

@@ -61,25 +61,25 @@ std::string prefix(const Where& where, const char* file, int line);
 }  // namespace tpl
 
 // TPL_CHECK(cond, ExceptionType, where, message parts...)
-#define TPL_CHECK_T(cond, Exc, where, ...)                                                 \
-  do {                                                                                     \
-    if (!(cond)) {                                                                         \
-      throw Exc(::tpl::detail::prefix((where), __FILE__, __LINE__) +                       \
-                ::tpl::detail::concat("check failed: " #cond ". ", ##__VA_ARGS__));        \
-    }                                                                                      \
+#define TPL_CHECK_T(cond, Exc, where, ...)                                          \
+  do {                                                                              \
+    if (!(cond)) {                                                                  \
+      throw Exc(::tpl::detail::prefix((where), __FILE__, __LINE__) +                \
+                ::tpl::detail::concat("check failed: " #cond ". ", ##__VA_ARGS__)); \
+    }                                                                               \
   } while (0)
 #define TPL_CHECK(cond, where, ...) TPL_CHECK_T(cond, ::tpl::InvalidArgument, where, ##__VA_ARGS__)
 
 // Binary checks print both operands' values.
-#define TPL_CHECK_OP_T(a, op, b, Exc, where, ...)                                            \
-  do {                                                                                       \
-    const auto& tpl_a_ = (a);                                                                \
-    const auto& tpl_b_ = (b);                                                                \
-    if (!(tpl_a_ op tpl_b_)) {                                                               \
-      throw Exc(::tpl::detail::prefix((where), __FILE__, __LINE__) +                         \
-                ::tpl::detail::concat("check failed: " #a " " #op " " #b " (", tpl_a_,       \
-                                      " vs ", tpl_b_, "). ", ##__VA_ARGS__));                \
-    }                                                                                        \
+#define TPL_CHECK_OP_T(a, op, b, Exc, where, ...)                                              \
+  do {                                                                                         \
+    const auto& tpl_a_ = (a);                                                                  \
+    const auto& tpl_b_ = (b);                                                                  \
+    if (!(tpl_a_ op tpl_b_)) {                                                                 \
+      throw Exc(::tpl::detail::prefix((where), __FILE__, __LINE__) +                           \
+                ::tpl::detail::concat("check failed: " #a " " #op " " #b " (", tpl_a_, " vs ", \
+                                      tpl_b_, "). ", ##__VA_ARGS__));                          \
+    }                                                                                          \
   } while (0)
 #define TPL_CHECK_EQ(a, b, where, ...) \
   TPL_CHECK_OP_T(a, ==, b, ::tpl::InvalidArgument, where, ##__VA_ARGS__)

@@ -15,8 +15,8 @@
 namespace tpl {
 
 struct GemmDesc {
-  std::int64_t k = 0;  // in features
-  std::int64_t n = 0;  // out features
+  std::int64_t k = 0;          // in features
+  std::int64_t n = 0;          // out features
   DType act = DType::kF32;     // x
   DType weight = DType::kF32;  // W
   DType out = DType::kF32;     // y
@@ -36,7 +36,6 @@ class Gemm {
 };
 
 // Naive triple loop accumulating in double: the test oracle. Inputs of any float dtype.
-std::unique_ptr<Gemm> make_reference_gemm(const GemmDesc& desc, TensorView weight,
-                                          TensorView bias);
+std::unique_ptr<Gemm> make_reference_gemm(const GemmDesc& desc, TensorView weight, TensorView bias);
 
 }  // namespace tpl

@@ -50,6 +50,7 @@ class LayerShardSeries final : public OShardTrigger, public WeightSource {
   bool is_source(int layer_index) const;
   int owner(int layer_index) const;
   bool contains(int layer_index) const;
+  bool empty() const { return layers_.empty(); }
   std::size_t memory_bytes() const;  // resident layers + windows on this rank
   int num_windows() const { return static_cast<int>(windows_.size()); }
   int start_layer() const { return start_; }

@@ -16,10 +16,10 @@
 //   Replicated    full weight
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
-#include <functional>
 #include <vector>
 
 #include "tpl/backends.h"
@@ -40,7 +40,7 @@ struct LayerSpec {
   std::string prefix;  // dotted module name, e.g. "model.layers.3.self_attn.o_proj"
   LayerKind kind = LayerKind::kColumn;
   std::int64_t in_features = 0;
-  std::int64_t out_features = 0;          // ignored for MergedColumn and QKV (derived)
+  std::int64_t out_features = 0;           // ignored for MergedColumn and QKV (derived)
   std::vector<std::int64_t> output_sizes;  // MergedColumn: logical outputs, e.g. {I, I}
   QkvShape qkv;                            // QKV only
   // Row layers: the input is split in whole units of this many features (o_proj: head_dim, so

@@ -52,7 +52,8 @@ struct LocalGemm {
   std::int64_t full_out_features = 0;  // out over the whole group (for feature gathers)
   TensorView bias;                     // f32 [1, out_local] float bias, empty if none
   bool skip_bias_add = false;
-  const W8A8Local* quant = nullptr;    // non-null for W8A8 layers
+  std::int64_t in_unit = 1;          // row layers: input split granularity (LayerSpec)
+  const W8A8Local* quant = nullptr;  // non-null for W8A8 layers
 
   bool quantized() const { return quant != nullptr; }
   // W8A8: the int8 activations the GEMM consumes (any float x; int8 x is returned as a copy).

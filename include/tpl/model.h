@@ -29,7 +29,7 @@ struct ModelSpec {
   std::int64_t heads = 0, kv_heads = 0, head_dim = 0;
   std::int64_t layers = 0;
   double rms_eps = 1e-6, rope_theta = 10000.0;
-  bool qkv_bias = false;   // Qwen2 has q/k/v biases
+  bool qkv_bias = false;  // Qwen2 has q/k/v biases
   // MoE structure (decides which layers run experts; selection uses ModelInfo).
   std::int64_t num_experts = 0;
   std::int64_t shared_expert_intermediate = 0;  // 0 = no shared expert
@@ -51,8 +51,8 @@ class WeightProvider {
  public:
   virtual ~WeightProvider() = default;
   // Full (unsharded) tensor, [rows, cols], in `dtype`.
-  virtual Tensor get(const std::string& name, std::int64_t rows, std::int64_t cols,
-                     DType dtype, float stddev) const = 0;
+  virtual Tensor get(const std::string& name, std::int64_t rows, std::int64_t cols, DType dtype,
+                     float stddev) const = 0;
   // Blocks of it; the defaults slice get(), a checkpoint reads only the block.
   virtual Tensor get_rows(const std::string& name, std::int64_t rows, std::int64_t cols,
                           DType dtype, float stddev, ShardRange block) const;
@@ -66,15 +66,15 @@ struct LayerReport {
   std::string op;
   std::string group;
   int tp_rank = 0, tp_size = 1;
-  double ms = 0;             // time of this layer's forward on this rank (summed over calls)
-  double bytes_sent = 0;     // estimate of bytes this rank sent (docs/ops.md formulas)
+  double ms = 0;          // time of this layer's forward on this rank (summed over calls)
+  double bytes_sent = 0;  // estimate of bytes this rank sent (docs/ops.md formulas)
 };
 
 struct StackOptions {
   DType dtype = DType::kF32;
   bool w8a8 = false;
   GemmBackend backend = GemmBackend::kOneDnn;
-  int prefetch_step = 1;  // layer sharding
+  int prefetch_step = -1;  // layer sharding; -1 = min(1, layers - 2)
 };
 
 class DecoderStack {
@@ -91,6 +91,7 @@ class DecoderStack {
   std::vector<std::string> skipped() const { return skipped_; }
   const ProcessGroups& groups() const { return *groups_; }
   std::size_t layer_shard_bytes() const;
+  int layer_shard_windows() const { return series_ ? series_->num_windows() : 0; }
   int dp_rank() const;
 
  private:

@@ -46,8 +46,12 @@ ShardRange shard_range(std::int64_t total, int parts, int index);
 // Same rule for a units-of-`unit` axis (e.g. heads of head_dim features).
 ShardRange shard_range_units(std::int64_t units, std::int64_t unit, int parts, int index);
 
-inline std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
+inline std::int64_t ceil_div(std::int64_t a, std::int64_t b) {
+  return (a + b - 1) / b;
+}
 // Rows to append so that n becomes a multiple of m (0 when it already is).
-inline std::int64_t pad_to_multiple(std::int64_t n, std::int64_t m) { return (m - n % m) % m; }
+inline std::int64_t pad_to_multiple(std::int64_t n, std::int64_t m) {
+  return (m - n % m) % m;
+}
 
 }  // namespace tpl

@@ -57,8 +57,7 @@ enum class ShardWeightScheme {
   kSameOtpRank,  // FC2 with P > 1: ranks of a stage with the same FC2-OTP rank j
   kSameTpIndex,  // otherwise: ranks of a stage with the same TP index
 };
-GroupTable shard_weight_groups(const ParallelLayout& layout, ShardWeightScheme scheme,
-                               int fc2_p);
+GroupTable shard_weight_groups(const ParallelLayout& layout, ShardWeightScheme scheme, int fc2_p);
 
 // Index of the group in `table` that contains `world_rank`, and the member index; nullopt if
 // the rank is in none.
@@ -72,9 +71,9 @@ std::string format_groups(const GroupTable& table);  // "[0,2] [1,3]"
 // Communicators for one rank. Construction is collective over `world`: every rank must build
 // ProcessGroups with the same arguments, in the same order as its other splits.
 struct GroupSizes {
-  int mlp_tp = 0;         // 0 = no MLP-TP group
-  int oproj_tp = 0;       // 0 = no O-proj-TP group
-  int flashcomm2_p = 0;   // 0 = FlashComm2 off
+  int mlp_tp = 0;                                 // 0 = no MLP-TP group
+  int oproj_tp = 0;                               // 0 = no O-proj-TP group
+  int flashcomm2_p = 0;                           // 0 = FlashComm2 off
   std::optional<ShardWeightScheme> shard_weight;  // nullopt = no shard-weight group
 };
 

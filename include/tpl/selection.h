@@ -32,7 +32,7 @@ const char* layer_role_name(LayerRole r);
 struct LayerName {
   std::string prefix;
   LayerRole role = LayerRole::kOther;
-  bool shared_expert = false;  // "shared_expert" or "shared_experts" in the name
+  bool shared_expert = false;      // "shared_expert" or "shared_experts" in the name
   std::optional<int> layer_index;  // from "layers.<i>."
 };
 LayerName parse_layer_name(const std::string& prefix);

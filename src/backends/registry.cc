@@ -34,7 +34,9 @@ std::vector<GemmBackend> available_gemm_backends() {
   return v;
 }
 
-GemmBackend default_cpu_gemm_backend() { return GemmBackend::kOneDnn; }
+GemmBackend default_cpu_gemm_backend() {
+  return GemmBackend::kOneDnn;
+}
 
 std::unique_ptr<Gemm> make_gemm(GemmBackend backend, const GemmDesc& desc, TensorView weight,
                                 TensorView bias) {

@@ -7,7 +7,9 @@
 namespace tpl {
 
 namespace {
-bool is_float16(DType t) { return t == DType::kBF16 || t == DType::kF16; }
+bool is_float16(DType t) {
+  return t == DType::kBF16 || t == DType::kF16;
+}
 }  // namespace
 
 bool Communicator::do_supports(Collective c, DType dtype) const {
@@ -23,7 +25,9 @@ bool Communicator::do_supports(Collective c, DType dtype) const {
   return false;
 }
 
-bool Communicator::supports(Collective c, DType dtype) const { return do_supports(c, dtype); }
+bool Communicator::supports(Collective c, DType dtype) const {
+  return do_supports(c, dtype);
+}
 
 void Communicator::check_reduce(const char* op, const TensorView& t) const {
   const Where w{std::string(name()) + " " + op, rank()};
@@ -47,11 +51,11 @@ void Communicator::check_all_gather(const TensorView& in, const TensorView& out,
   TPL_CHECK(dim == 0 || dim == 1 || dim == -1, w, "dim must be 0 or 1 (last), got ", dim);
   TPL_CHECK_EQ(in.dtype(), out.dtype(), w);
   if (dim == 0) {
-    TPL_CHECK(out.rows() == in.rows() * size() && out.cols() == in.cols(), w, "in ",
-              in.describe(), " out ", out.describe(), " group size ", size());
+    TPL_CHECK(out.rows() == in.rows() * size() && out.cols() == in.cols(), w, "in ", in.describe(),
+              " out ", out.describe(), " group size ", size());
   } else {
-    TPL_CHECK(out.cols() == in.cols() * size() && out.rows() == in.rows(), w, "in ",
-              in.describe(), " out ", out.describe(), " group size ", size());
+    TPL_CHECK(out.cols() == in.cols() * size() && out.rows() == in.rows(), w, "in ", in.describe(),
+              " out ", out.describe(), " group size ", size());
   }
 }
 
@@ -117,7 +121,9 @@ void Communicator::broadcast(TensorView buf, int root) {
   count(Collective::kBroadcast, buf, root);
   do_broadcast(buf, root);
 }
-void Communicator::barrier() { do_barrier(); }
+void Communicator::barrier() {
+  do_barrier();
+}
 
 WorkPtr Communicator::iall_reduce(TensorView inout) {
   check_reduce("all_reduce", inout);

@@ -8,7 +8,9 @@ std::unique_ptr<Communicator> LocalCommunicator::split(int color, int /*key*/) {
   return std::make_unique<LocalCommunicator>();
 }
 
-WorkPtr LocalCommunicator::do_iall_reduce(TensorView) { return std::make_unique<CompletedWork>(); }
+WorkPtr LocalCommunicator::do_iall_reduce(TensorView) {
+  return std::make_unique<CompletedWork>();
+}
 
 WorkPtr LocalCommunicator::do_ireduce_scatter(TensorView in, TensorView out) {
   copy_into(in, out);

@@ -48,14 +48,14 @@ class MpiCommunicator final : public Communicator {
 }  // namespace tpl
 
 // Checks an MPI return code; names the call, the error string and the rank.
-#define TPL_MPI_CHECK(call, rank)                                                         \
-  do {                                                                                    \
-    int tpl_rc_ = (call);                                                                 \
-    if (tpl_rc_ != MPI_SUCCESS) {                                                         \
-      char tpl_msg_[MPI_MAX_ERROR_STRING];                                                \
-      int tpl_len_ = 0;                                                                   \
-      MPI_Error_string(tpl_rc_, tpl_msg_, &tpl_len_);                                     \
-      TPL_THROW(::tpl::CommError, (::tpl::Where{"mpi", (rank)}), #call " failed: ",       \
-                std::string(tpl_msg_, tpl_len_));                                         \
-    }                                                                                     \
+#define TPL_MPI_CHECK(call, rank)                                    \
+  do {                                                               \
+    int tpl_rc_ = (call);                                            \
+    if (tpl_rc_ != MPI_SUCCESS) {                                    \
+      char tpl_msg_[MPI_MAX_ERROR_STRING];                           \
+      int tpl_len_ = 0;                                              \
+      MPI_Error_string(tpl_rc_, tpl_msg_, &tpl_len_);                \
+      TPL_THROW(::tpl::CommError, (::tpl::Where{"mpi", (rank)}),     \
+                #call " failed: ", std::string(tpl_msg_, tpl_len_)); \
+    }                                                                \
   } while (0)

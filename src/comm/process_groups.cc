@@ -16,17 +16,18 @@ void ParallelLayout::validate(int world) const {
     TPL_THROW(ConfigError, kWhere, "PP, DP and TP must be >= 1, got PP=", pp, " DP=", dp,
               " TP=", tp);
   if (world_size() != world)
-    TPL_THROW(ConfigError, kWhere, "PP x DP x TP = ", pp, " x ", dp, " x ", tp, " = ",
-              world_size(), " does not match the world size ", world);
+    TPL_THROW(ConfigError, kWhere, "PP x DP x TP = ", pp, " x ", dp, " x ", tp, " = ", world_size(),
+              " does not match the world size ", world);
 }
 
 RankCoord coord_of(const ParallelLayout& l, int r) {
-  TPL_CHECK(r >= 0 && r < l.world_size(), kWhere, "rank ", r, " outside world of ",
-            l.world_size());
+  TPL_CHECK(r >= 0 && r < l.world_size(), kWhere, "rank ", r, " outside world of ", l.world_size());
   return {r / (l.dp * l.tp), (r / l.tp) % l.dp, r % l.tp};
 }
 
-int rank_of(const ParallelLayout& l, RankCoord c) { return (c.p * l.dp + c.d) * l.tp + c.t; }
+int rank_of(const ParallelLayout& l, RankCoord c) {
+  return (c.p * l.dp + c.d) * l.tp + c.t;
+}
 
 GroupTable tp_groups(const ParallelLayout& l) {
   GroupTable g;

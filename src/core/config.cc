@@ -53,8 +53,10 @@ ModelInfo ModelInfo::from_json(const nlohmann::json& hf) {
   m.model_type = j.value("model_type", "");
   // §12.2: an absent n_routed_experts reads as 0 (which counts as "set"); only an explicit null
   // means "no routed experts".
-  if (!j.contains("n_routed_experts")) m.n_routed_experts = 0;
-  else m.n_routed_experts = opt_int(j, "n_routed_experts");
+  if (!j.contains("n_routed_experts"))
+    m.n_routed_experts = 0;
+  else
+    m.n_routed_experts = opt_int(j, "n_routed_experts");
   m.first_k_dense_replace = opt_int(j, "first_k_dense_replace");
   m.moe_layer_freq = opt_int(j, "moe_layer_freq").value_or(1);
   if (m.moe_layer_freq < 1) TPL_THROW(ConfigError, kWhere, "moe_layer_freq must be >= 1");
@@ -64,7 +66,9 @@ ModelInfo ModelInfo::from_json(const nlohmann::json& hf) {
   return m;
 }
 
-ModelInfo ModelInfo::from_file(const std::string& path) { return from_json(parse_file(path)); }
+ModelInfo ModelInfo::from_file(const std::string& path) {
+  return from_json(parse_file(path));
+}
 
 bool ModelInfo::is_moe_layer(const std::string& prefix) const {
   static const std::regex kLayer(R"(layers\.(\d+)\.)");
@@ -79,25 +83,45 @@ bool ModelInfo::is_moe_layer(const std::string& prefix) const {
 }
 
 namespace {
-int get_int(const nlohmann::json& j, const char* key, int def) {
+std::int64_t get_int64(const nlohmann::json& j, const char* key, std::int64_t def) {
   if (!j.contains(key)) return def;
   if (!j[key].is_number_integer())
-    TPL_THROW(ConfigError, kWhere, "config key '", key, "' must be an integer, got ", j[key].dump());
-  return j[key].get<int>();
+    TPL_THROW(ConfigError, kWhere, "config key '", key, "' must be an integer, got ",
+              j[key].dump());
+  return j[key].get<std::int64_t>();
+}
+int get_int(const nlohmann::json& j, const char* key, int def) {
+  const std::int64_t v = get_int64(j, key, def);
+  if (v < -(1 << 30) || v > (1 << 30))
+    TPL_THROW(ConfigError, kWhere, "config key '", key, "' is out of range: ", v);
+  return static_cast<int>(v);
 }
 bool get_bool(const nlohmann::json& j, const char* key, bool def) {
   if (!j.contains(key)) return def;
   if (!j[key].is_boolean())
-    TPL_THROW(ConfigError, kWhere, "config key '", key, "' must be true or false, got ", j[key].dump());
+    TPL_THROW(ConfigError, kWhere, "config key '", key, "' must be true or false, got ",
+              j[key].dump());
   return j[key].get<bool>();
 }
 }  // namespace
 
 Config Config::from_json(const nlohmann::json& j) {
-  static const std::set<std::string> kKeys{
-      "pp", "dp", "tp", "flashcomm1", "flashcomm1_threshold", "flashcomm2_p", "mlp_tp",
-      "oproj_tp", "matmul_allreduce", "layer_sharding", "shared_expert_dp", "expert_parallel",
-      "eager", "deployment", "fused_chunks", "fc1_quantized_allgather"};
+  static const std::set<std::string> kKeys{"pp",
+                                           "dp",
+                                           "tp",
+                                           "flashcomm1",
+                                           "flashcomm1_threshold",
+                                           "flashcomm2_p",
+                                           "mlp_tp",
+                                           "oproj_tp",
+                                           "matmul_allreduce",
+                                           "layer_sharding",
+                                           "shared_expert_dp",
+                                           "expert_parallel",
+                                           "eager",
+                                           "deployment",
+                                           "fused_chunks",
+                                           "fc1_quantized_allgather"};
   if (!j.is_object()) TPL_THROW(ConfigError, kWhere, "config must be a JSON object");
   for (auto it = j.begin(); it != j.end(); ++it)
     if (!kKeys.count(it.key()))
@@ -108,7 +132,7 @@ Config Config::from_json(const nlohmann::json& j) {
     c.layout.dp = get_int(j, "dp", 1);
     c.layout.tp = get_int(j, "tp", 1);
     c.flashcomm1 = get_bool(j, "flashcomm1", false);
-    c.flashcomm1_threshold = j.value("flashcomm1_threshold", std::int64_t{1000});
+    c.flashcomm1_threshold = get_int64(j, "flashcomm1_threshold", 1000);
     c.flashcomm2_p = get_int(j, "flashcomm2_p", 0);
     c.mlp_tp = get_int(j, "mlp_tp", 0);
     c.oproj_tp = get_int(j, "oproj_tp", 0);
@@ -120,10 +144,15 @@ Config Config::from_json(const nlohmann::json& j) {
     c.fused_chunks = get_int(j, "fused_chunks", 0);
     c.fc1_quantized_allgather = get_bool(j, "fc1_quantized_allgather", false);
     const std::string dep = j.value("deployment", std::string("mixed"));
-    if (dep == "mixed") c.deployment = Deployment::kMixed;
-    else if (dep == "prefill") c.deployment = Deployment::kPrefill;
-    else if (dep == "decode") c.deployment = Deployment::kDecode;
-    else TPL_THROW(ConfigError, kWhere, "deployment must be mixed, prefill or decode, got '", dep, "'");
+    if (dep == "mixed")
+      c.deployment = Deployment::kMixed;
+    else if (dep == "prefill")
+      c.deployment = Deployment::kPrefill;
+    else if (dep == "decode")
+      c.deployment = Deployment::kDecode;
+    else
+      TPL_THROW(ConfigError, kWhere, "deployment must be mixed, prefill or decode, got '", dep,
+                "'");
   } catch (const nlohmann::json::exception& e) {
     TPL_THROW(ConfigError, kWhere, "bad value type: ", e.what());
   }
@@ -131,7 +160,9 @@ Config Config::from_json(const nlohmann::json& j) {
   return c;
 }
 
-Config Config::from_file(const std::string& path) { return from_json(parse_file(path)); }
+Config Config::from_file(const std::string& path) {
+  return from_json(parse_file(path));
+}
 
 nlohmann::json Config::to_json() const {
   const char* dep = deployment == Deployment::kMixed     ? "mixed"
@@ -172,17 +203,19 @@ void Config::validate() const {
     if (eager)
       TPL_THROW(ConfigError, kWhere, "O-proj TP requires graph mode (eager must be false)");
     if (deployment != Deployment::kDecode)
-      TPL_THROW(ConfigError, kWhere, "O-proj TP is only supported on a PD-disaggregated decode node");
+      TPL_THROW(ConfigError, kWhere,
+                "O-proj TP is only supported on a PD-disaggregated decode node");
     // Its all-to-all cuts the features of every attention head; with TP > 1 a rank holds only
     // its heads (seed §16 item 9).
     if (layout.tp != 1)
-      TPL_THROW(ConfigError, kWhere, "O-proj TP needs TP = 1 (its input must carry every attention head), got TP = ", layout.tp);
+      TPL_THROW(ConfigError, kWhere,
+                "O-proj TP needs TP = 1 (its input must carry every attention head), got TP = ",
+                layout.tp);
   }
   const bool sp = flashcomm1 || (shared_expert_dp && expert_parallel && layout.tp > 1);
   if (sp && layout.tp < 2) TPL_THROW(ConfigError, kWhere, "FlashComm1 needs TP > 1");
   if (flashcomm2_p > 0) {
-    if (!layer_sharding.empty() &&
-        !(layer_sharding.size() == 1 && layer_sharding[0] == "o_proj"))
+    if (!layer_sharding.empty() && !(layer_sharding.size() == 1 && layer_sharding[0] == "o_proj"))
       TPL_THROW(ConfigError, kWhere,
                 "with FlashComm2, layer_sharding must be exactly [\"o_proj\"]");
     if (layout.tp <= flashcomm2_p || layout.tp % flashcomm2_p != 0)
@@ -219,8 +252,8 @@ GroupSizes group_sizes(const Config& c, const Features& f) {
   s.flashcomm2_p = c.flashcomm2_p;
   if (!c.layer_sharding.empty()) {
     if (f.flashcomm2)
-      s.shard_weight = c.flashcomm2_p == 1 ? ShardWeightScheme::kWholeStage
-                                           : ShardWeightScheme::kSameOtpRank;
+      s.shard_weight =
+          c.flashcomm2_p == 1 ? ShardWeightScheme::kWholeStage : ShardWeightScheme::kSameOtpRank;
     else if (f.dsa_cp_with_layer_shard)
       s.shard_weight = ShardWeightScheme::kWholeStage;
     else

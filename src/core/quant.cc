@@ -51,7 +51,8 @@ ActivationQuant calibrate_activation(TensorView samples) {
   ActivationQuant a;
   a.scale = hi > lo ? (hi - lo) / 255.f : 1.f;
   // x = (q - offset)·scale with q in [-128, 127]: lo maps to -128.
-  a.offset = static_cast<std::int32_t>(std::clamp(std::nearbyint(-128.f - lo / a.scale), -128.f, 127.f));
+  a.offset =
+      static_cast<std::int32_t>(std::clamp(std::nearbyint(-128.f - lo / a.scale), -128.f, 127.f));
   return a;
 }
 

@@ -26,8 +26,7 @@ TensorView::TensorView(void* data, DType dtype, std::int64_t rows, std::int64_t 
 }
 
 void* TensorView::at(std::int64_t r, std::int64_t c) const {
-  return static_cast<char*>(data_) +
-         static_cast<std::size_t>(r * stride_ + c) * dtype_size(dtype_);
+  return static_cast<char*>(data_) + static_cast<std::size_t>(r * stride_ + c) * dtype_size(dtype_);
 }
 
 std::string TensorView::describe() const {
@@ -48,13 +47,15 @@ TensorView TensorView::col_slice(std::int64_t begin, std::int64_t count) const {
 }
 
 TensorView TensorView::reshape(std::int64_t rows, std::int64_t cols) const {
-  TPL_CHECK(contiguous(), kWhere, "reshape needs a contiguous view, got stride ", stride_,
-            " for ", describe());
+  TPL_CHECK(contiguous(), kWhere, "reshape needs a contiguous view, got stride ", stride_, " for ",
+            describe());
   TPL_CHECK_EQ(rows * cols, numel(), kWhere, "reshape of ", describe());
   return TensorView(data_, dtype_, rows, cols, cols, device_);
 }
 
-void Tensor::Free::operator()(void* p) const { std::free(p); }
+void Tensor::Free::operator()(void* p) const {
+  std::free(p);
+}
 
 Tensor::Tensor(DType dtype, std::int64_t rows, std::int64_t cols) {
   TPL_CHECK(rows >= 0 && cols >= 0, kWhere, "negative shape [", rows, ", ", cols, "]");
@@ -133,7 +134,8 @@ void copy_into(const TensorView& src, const TensorView& dst) {
             kWhere, "copy ", src.describe(), " into ", dst.describe());
   const std::size_t row_bytes = static_cast<std::size_t>(src.cols()) * dtype_size(src.dtype());
   if (src.contiguous() && dst.contiguous()) {
-    if (src.nbytes() && src.data() != dst.data()) std::memmove(dst.data(), src.data(), src.nbytes());
+    if (src.nbytes() && src.data() != dst.data())
+      std::memmove(dst.data(), src.data(), src.nbytes());
     return;
   }
   for (std::int64_t r = 0; r < src.rows(); ++r) std::memmove(dst.at(r, 0), src.at(r, 0), row_bytes);
@@ -153,8 +155,8 @@ void fill_zero(const TensorView& v) {
 }
 
 void add_into(const TensorView& src, const TensorView& dst) {
-  TPL_CHECK(src.rows() == dst.rows() && src.cols() == dst.cols(), kWhere, "add ",
-            src.describe(), " into ", dst.describe());
+  TPL_CHECK(src.rows() == dst.rows() && src.cols() == dst.cols(), kWhere, "add ", src.describe(),
+            " into ", dst.describe());
   if (src.dtype() == DType::kF32 && dst.dtype() == DType::kF32) {
     for (std::int64_t r = 0; r < src.rows(); ++r) {
       const float* s = static_cast<const float*>(src.at(r, 0));
@@ -169,8 +171,8 @@ void add_into(const TensorView& src, const TensorView& dst) {
 }
 
 void add_row_bias(const TensorView& v, const TensorView& bias) {
-  TPL_CHECK(bias.rows() == 1 && bias.cols() == v.cols(), kWhere, "bias ", bias.describe(),
-            " for ", v.describe());
+  TPL_CHECK(bias.rows() == 1 && bias.cols() == v.cols(), kWhere, "bias ", bias.describe(), " for ",
+            v.describe());
   for (std::int64_t r = 0; r < v.rows(); ++r) add_into(bias, v.row_slice(r, 1));
 }
 

@@ -36,8 +36,8 @@ void LayerShardSeries::finalize() {
     TPL_CHECK_EQ(layers_[i], layers_[i - 1] + 1, where(), "series layers must be consecutive");
   start_ = layers_.front();
   num_layers_ = static_cast<int>(layers_.size());
-  TPL_CHECK(k_ <= std::max(0, num_layers_ - 2), where(), "prefetch_step ", k_,
-            " too large for ", num_layers_, " layers (needs k <= max(0, L - 2))");
+  TPL_CHECK(k_ <= std::max(0, num_layers_ - 2), where(), "prefetch_step ", k_, " too large for ",
+            num_layers_, " layers (needs k <= max(0, L - 2))");
   // Drop what this member does not own.
   for (auto it = resident_.begin(); it != resident_.end();)
     it = is_source(it->first) ? std::next(it) : resident_.erase(it);
@@ -57,8 +57,12 @@ void LayerShardSeries::finalize() {
 bool LayerShardSeries::contains(int l) const {
   return std::find(layers_.begin(), layers_.end(), l) != layers_.end();
 }
-int LayerShardSeries::owner(int l) const { return (l - start_) % group_.size(); }
-bool LayerShardSeries::is_source(int l) const { return owner(l) == group_.rank(); }
+int LayerShardSeries::owner(int l) const {
+  return (l - start_) % group_.size();
+}
+bool LayerShardSeries::is_source(int l) const {
+  return owner(l) == group_.rank();
+}
 
 TensorView LayerShardSeries::buffer_for(int l, Window& w) {
   return is_source(l) ? resident_.at(l).view() : w.buf.view();

@@ -34,7 +34,8 @@ std::vector<ShardRange> qkv_rows(const QkvShape& s, int rank, int size, const Wh
 }
 
 std::vector<ShardRange> qkv_rows_of(const QkvShape& s, int rank, int size, const Where& w) {
-  TPL_CHECK(s.num_heads > 0 && s.num_kv_heads > 0 && s.head_dim > 0, w, "QKV shape must be positive");
+  TPL_CHECK(s.num_heads > 0 && s.num_kv_heads > 0 && s.head_dim > 0, w,
+            "QKV shape must be positive");
   TPL_CHECK_EQ(s.num_heads % s.num_kv_heads, 0, w, "num_heads must be a multiple of num_kv_heads");
   const std::int64_t hd = s.head_dim;
   const ShardRange q = shard_range_units(s.num_heads, hd, size, rank);
@@ -50,9 +51,9 @@ std::vector<ShardRange> qkv_rows_of(const QkvShape& s, int rank, int size, const
   const std::int64_t group = s.num_heads / s.num_kv_heads;
   for (std::int64_t h = q.offset / hd; h < (q.offset + q.size) / hd; ++h) {
     const std::int64_t kv = h / group;
-    TPL_CHECK(kv >= kv_heads.offset && kv < kv_heads.offset + kv_heads.size, w,
-              "QKV with ", s.num_heads, " heads and ", s.num_kv_heads, " KV heads cannot be split ",
-              "over ", size, " ranks: rank ", rank, "'s query head ", h, " needs KV head ", kv,
+    TPL_CHECK(kv >= kv_heads.offset && kv < kv_heads.offset + kv_heads.size, w, "QKV with ",
+              s.num_heads, " heads and ", s.num_kv_heads, " KV heads cannot be split ", "over ",
+              size, " ranks: rank ", rank, "'s query head ", h, " needs KV head ", kv,
               " which it does not hold; choose a TP size that keeps query groups whole");
   }
   const std::int64_t q_total = s.num_heads * hd, kv_total = s.num_kv_heads * hd;
@@ -161,14 +162,14 @@ WeightLoader LinearLayer::view_loader(TensorView weight, TensorView bias) {
 
 void LinearLayer::check_full(TensorView full_weight, TensorView full_bias, const Where& w) {
   std::int64_t out = spec_.out_features;
-  if (spec_.kind == LayerKind::kMergedColumn || spec_.kind == LayerKind::kQkv) out = full_out_features();
-  TPL_CHECK(full_weight.rows() == out && full_weight.cols() == spec_.in_features, w,
-            "full weight ", full_weight.describe(), " does not match [out=", out,
-            ", in=", spec_.in_features, "]");
+  if (spec_.kind == LayerKind::kMergedColumn || spec_.kind == LayerKind::kQkv)
+    out = full_out_features();
+  TPL_CHECK(full_weight.rows() == out && full_weight.cols() == spec_.in_features, w, "full weight ",
+            full_weight.describe(), " does not match [out=", out, ", in=", spec_.in_features, "]");
   TPL_CHECK_EQ(spec_.bias, !full_bias.empty(), w, "bias given iff spec.bias");
   if (spec_.bias)
-    TPL_CHECK(full_bias.rows() == 1 && full_bias.cols() == out, w, "bias ",
-              full_bias.describe(), " must be [1, ", out, "]");
+    TPL_CHECK(full_bias.rows() == 1 && full_bias.cols() == out, w, "bias ", full_bias.describe(),
+              " must be [1, ", out, "]");
 }
 
 LinearLayer::LinearLayer(const LayerSpec& spec, const Selector& selector, const OpEnv& env,
@@ -179,7 +180,6 @@ LinearLayer::LinearLayer(const LayerSpec& spec, const Selector& selector, const 
             "(make_w8a8_params does)");
   TPL_CHECK(spec.dtype == DType::kF32 || spec.dtype == DType::kBF16, w,
             "W8A8 outputs f32 or bf16, got ", spec.dtype);
-  TPL_CHECK(!env.layer_shard, w, "layer-sharded W8A8 weights are not supported");
   TPL_CHECK_EQ(quant.weight.dtype(), DType::kI8, w, "W8A8 weight dtype");
   check_full(quant.weight, {}, w);
   init(selector, env, backend, view_loader(quant.weight, {}), &quant);
@@ -228,8 +228,8 @@ void LinearLayer::init(const Selector& selector, const OpEnv& env, GemmBackend b
         shard_range_units(spec_.in_features / spec_.in_unit, spec_.in_unit, size, rank);
     weight_ = load.cols(cols);
     TPL_CHECK(weight_.rows() == spec_.out_features && weight_.cols() == cols.size, w,
-              "weight loader returned ", weight_.view().describe(), " for columns [",
-              cols.offset, ", ", cols.offset + cols.size, ")");
+              "weight loader returned ", weight_.view().describe(), " for columns [", cols.offset,
+              ", ", cols.offset + cols.size, ")");
   } else {
     if (spec_.kind != LayerKind::kReplicated && size > 1) out_cols = output_rows(spec_, rank, size);
     weight_ = take_rows(load, out_cols, quant ? DType::kI8 : spec_.dtype, spec_.in_features, w);
@@ -273,7 +273,9 @@ void LinearLayer::init(const Selector& selector, const OpEnv& env, GemmBackend b
   backend_ = backend;
   desc_ = desc;
   if (env.layer_shard && choice_.kind == OpKind::kFlashcomm2OProjRow) {
-    TPL_CHECK(name.layer_index.has_value(), w, "a layer-sharded o_proj needs a layer index in its name");
+    if (quant) TPL_THROW(Unsupported, w, "layer-sharded W8A8 o_proj weights are not supported");
+    TPL_CHECK(name.layer_index.has_value(), w,
+              "a layer-sharded o_proj needs a layer index in its name");
     // The series keeps the weight on its source member only; this layer plans its GEMM over
     // the window it receives, just before each forward.
     env.layer_shard->add_layer(*name.layer_index, weight_);
@@ -290,6 +292,7 @@ void LinearLayer::init(const Selector& selector, const OpEnv& env, GemmBackend b
   local_.full_out_features = size == 1 ? desc.n : full_out_features();
   if (spec_.bias) local_.bias = bias_.view();
   local_.skip_bias_add = spec_.flags.skip_bias_add;
+  local_.in_unit = spec_.kind == LayerKind::kRow ? spec_.in_unit : 1;
 }
 
 LinearOutput LinearLayer::forward(TensorView x, const ForwardContext& ctx) {

@@ -81,11 +81,13 @@ ActivationQuant calibrate_for(const std::string& kind, std::int64_t cols, std::u
 
 Tensor WeightProvider::get_rows(const std::string& name, std::int64_t rows, std::int64_t cols,
                                 DType dtype, float stddev, ShardRange block) const {
-  return Tensor::copy_of(get(name, rows, cols, dtype, stddev).view().row_slice(block.offset, block.size));
+  return Tensor::copy_of(
+      get(name, rows, cols, dtype, stddev).view().row_slice(block.offset, block.size));
 }
 Tensor WeightProvider::get_cols(const std::string& name, std::int64_t rows, std::int64_t cols,
                                 DType dtype, float stddev, ShardRange block) const {
-  return Tensor::copy_of(get(name, rows, cols, dtype, stddev).view().col_slice(block.offset, block.size));
+  return Tensor::copy_of(
+      get(name, rows, cols, dtype, stddev).view().col_slice(block.offset, block.size));
 }
 
 namespace {
@@ -103,7 +105,8 @@ WeightLoader stacked_loader(const WeightProvider& wp, std::vector<Part> parts,
     Tensor out(dt, r.size, cols);
     std::int64_t base = 0, at = 0;
     for (const Part& p : parts) {
-      const std::int64_t lo = std::max(r.offset, base), hi = std::min(r.offset + r.size, base + p.rows);
+      const std::int64_t lo = std::max(r.offset, base),
+                         hi = std::min(r.offset + r.size, base + p.rows);
       if (lo < hi) {
         Tensor b = wp.get_rows(p.name, p.rows, cols, dt, stddev, {lo - base, hi - lo});
         copy_into(b, out.view().row_slice(at, hi - lo));
@@ -129,7 +132,8 @@ WeightLoader stacked_loader(const WeightProvider& wp, std::vector<Part> parts,
       Tensor out(dt, 1, r.size);
       std::int64_t base = 0, at = 0;
       for (const Part& p : bias_parts) {
-        const std::int64_t lo = std::max(r.offset, base), hi = std::min(r.offset + r.size, base + p.rows);
+        const std::int64_t lo = std::max(r.offset, base),
+                           hi = std::min(r.offset + r.size, base + p.rows);
         if (lo < hi) {
           copy_into(wp.get_cols(p.name, 1, p.rows, dt, 0.1f, {lo - base, hi - lo}),
                     out.view().col_slice(at, hi - lo));
@@ -157,7 +161,9 @@ struct DecoderStack::Layer {
 
 DecoderStack::~DecoderStack() = default;
 
-int DecoderStack::dp_rank() const { return coord_of(config_.layout, world_.rank()).d; }
+int DecoderStack::dp_rank() const {
+  return coord_of(config_.layout, world_.rank()).d;
+}
 
 std::size_t DecoderStack::layer_shard_bytes() const {
   return series_ ? series_->memory_bytes() : 0;
@@ -174,7 +180,11 @@ DecoderStack::DecoderStack(Communicator& world, const ModelSpec& model, const Co
   env_ = std::make_unique<OpEnv>(OpEnv{config_, features_, *groups_});
   env_->overlap = worker_.get();
   if (features_.flashcomm2_oshard) {
-    series_ = std::make_unique<LayerShardSeries>(groups_->shard_weight(), options.prefetch_step);
+    // Auto (-1): prefetch one layer ahead when the series is long enough (k <= L - 2).
+    const int k = options.prefetch_step >= 0 ? options.prefetch_step
+                                             : static_cast<int>(std::min<std::int64_t>(
+                                                   1, std::max<std::int64_t>(0, model.layers - 2)));
+    series_ = std::make_unique<LayerShardSeries>(groups_->shard_weight(), k);
     env_->oshard = series_.get();
     env_->layer_shard = series_.get();
   }
@@ -215,9 +225,11 @@ DecoderStack::DecoderStack(Communicator& world, const ModelSpec& model, const Co
     const std::string a = p + "self_attn.";
     std::vector<Part> qkv_bias;
     if (model.qkv_bias)
-      qkv_bias = {{a + "q_proj.bias", q_out}, {a + "k_proj.bias", kv_out}, {a + "v_proj.bias", kv_out}};
+      qkv_bias = {
+          {a + "q_proj.bias", q_out}, {a + "k_proj.bias", kv_out}, {a + "v_proj.bias", kv_out}};
     L->qkv = make(qkv,
-                  {{a + "q_proj.weight", q_out}, {a + "k_proj.weight", kv_out},
+                  {{a + "q_proj.weight", q_out},
+                   {a + "k_proj.weight", kv_out},
                    {a + "v_proj.weight", kv_out}},
                   qkv_bias, s_in, "qkv");
     L->qkv_rows = LinearLayer::output_rows(L->qkv->spec(), L->qkv->tp_rank(), L->qkv->tp_size());
@@ -255,7 +267,9 @@ DecoderStack::DecoderStack(Communicator& world, const ModelSpec& model, const Co
     L->down = make(dn, {{mlp + "down_proj.weight", h}}, {}, 1.f / std::sqrt(float(inter)), "down");
     layers_.push_back(std::move(L));
   }
-  if (series_) series_->finalize();
+  // No o_proj may have registered (e.g. matmul-allreduce took the row layers); an empty series
+  // has nothing to prefetch.
+  if (series_ && !series_->empty()) series_->finalize();
   for (const auto& L : layers_)
     for (const LinearLayer* ll : {L->qkv.get(), L->o.get(), L->gate_up.get(), L->down.get()}) {
       if (!ll) continue;

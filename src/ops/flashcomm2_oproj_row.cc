@@ -57,7 +57,7 @@ class Flashcomm2OProjRowOp final : public LinearOp {
   Tensor forward(TensorView x, const ForwardContext& ctx, const LocalGemm& g) override {
     const Where w = where();
     const int t = tp_.size();
-    TensorView xin = input_parallel(x, flags_, tp_size(), tp_rank());
+    TensorView xin = input_parallel(x, flags_, tp_size(), tp_rank(), g.in_unit);
     // The context's pad makes every replica's N' equal; without FC1 a local pad to a multiple of
     // T is enough because this op unpads its own output (fixes seed §16 item 16).
     std::int64_t pad = ctx.pad_size;

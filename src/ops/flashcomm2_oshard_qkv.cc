@@ -12,7 +12,10 @@ namespace {
 class Flashcomm2OshardQkvOp final : public LinearOp {
  public:
   Flashcomm2OshardQkvOp(const LayerName& n, const LinearFlags& f, const OpEnv& env)
-      : LinearOp(n, f, env.groups.world_rank()), tp_(env.groups.tp()), sp_(env.features.enable_sp), trigger_(env.oshard) {}
+      : LinearOp(n, f, env.groups.world_rank()),
+        tp_(env.groups.tp()),
+        sp_(env.features.enable_sp),
+        trigger_(env.oshard) {}
   OpKind kind() const override { return OpKind::kFlashcomm2OshardQkv; }
   int tp_rank() const override { return tp_.rank(); }
   int tp_size() const override { return tp_.size(); }
@@ -26,8 +29,9 @@ class Flashcomm2OshardQkvOp final : public LinearOp {
   Tensor forward(TensorView x, const ForwardContext& ctx, const LocalGemm& g) override {
     // The trigger goes first so the weight broadcast overlaps the gather, GEMM and attention.
     if (trigger_) trigger_->reach_layer(name_);
-    Tensor y = sp_ && ctx.flash_comm_v1_enabled ? all_gather_gemm(g, x, tp_, ctx.pad_size, kColumnBias)
-                                                : g.run(x, kColumnBias);
+    Tensor y = sp_ && ctx.flash_comm_v1_enabled
+                   ? all_gather_gemm(g, x, tp_, ctx.pad_size, kColumnBias)
+                   : g.run(x, kColumnBias);
     if (flags_.gather_output && tp_size() > 1) return gather_features(tp_, y, g.full_out_features);
     return y;
   }

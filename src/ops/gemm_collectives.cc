@@ -6,7 +6,8 @@
 namespace tpl::ops {
 
 int fused_chunk_count(std::int64_t rows, int configured) {
-  if (configured > 0) return static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(configured, rows)));
+  if (configured > 0)
+    return static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(configured, rows)));
   return static_cast<int>(std::clamp<std::int64_t>(rows / 512, 1, 4));
 }
 

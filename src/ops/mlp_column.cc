@@ -26,8 +26,8 @@ class MlpColumnOp final : public LinearOp {
     return Placement::shard_features();
   }
   Tensor forward(TensorView x, const ForwardContext& ctx, const LocalGemm& g) override {
-    const auto counts = module_group_tokens(ctx, env_.config.layout, env_.groups.world_rank(),
-                                            comm_.size());
+    const auto counts =
+        module_group_tokens(ctx, env_.config.layout, env_.groups.world_rank(), comm_.size());
     TPL_CHECK_EQ(x.rows(), counts[comm_.rank()], where(),
                  "input rows must equal this replica's token count");
     const std::int64_t bmax = *std::max_element(counts.begin(), counts.end());

@@ -26,12 +26,12 @@ class MlpRowOp final : public LinearOp {
     return Placement::shard_tokens();
   }
   Tensor forward(TensorView x, const ForwardContext& ctx, const LocalGemm& g) override {
-    const auto counts = module_group_tokens(ctx, env_.config.layout, env_.groups.world_rank(),
-                                            comm_.size());
+    const auto counts =
+        module_group_tokens(ctx, env_.config.layout, env_.groups.world_rank(), comm_.size());
     const std::int64_t bmax = *std::max_element(counts.begin(), counts.end());
     TPL_CHECK_EQ(x.rows(), bmax * comm_.size(), where(),
                  "input must hold every group member's (padded) tokens");
-    TensorView xp = input_parallel(x, flags_, tp_size(), tp_rank());
+    TensorView xp = input_parallel(x, flags_, tp_size(), tp_rank(), g.in_unit);
     Tensor y = gemm_reduce_scatter(g, xp, comm_, row_bias(tp_rank()), false);
     const std::int64_t mine = counts[comm_.rank()];
     if (mine == bmax) return y;

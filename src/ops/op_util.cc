@@ -14,9 +14,10 @@ Tensor pad_rows(TensorView x, std::int64_t pad) {
   return out;
 }
 
-TensorView input_parallel(TensorView x, const LinearFlags& f, int size, int rank) {
+TensorView input_parallel(TensorView x, const LinearFlags& f, int size, int rank,
+                          std::int64_t unit) {
   if (f.input_is_parallel || size == 1) return x;
-  const ShardRange r = shard_range(x.cols(), size, rank);
+  const ShardRange r = shard_range_units(x.cols() / unit, unit, size, rank);
   return x.col_slice(r.offset, r.size);
 }
 

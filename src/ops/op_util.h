@@ -12,13 +12,16 @@ namespace tpl::ops {
 // Column ops: every rank, since nothing is summed.
 constexpr bool kColumnBias = true;
 // Row ops: the reducing group's rank 0 only, so a sum counts the bias once.
-inline bool row_bias(int group_rank) { return group_rank == 0; }
+inline bool row_bias(int group_rank) {
+  return group_rank == 0;
+}
 
 // [rows + pad, cols]: x followed by `pad` zero rows.
 Tensor pad_rows(TensorView x, std::int64_t pad);
 // Row ops' get_input_parallel: x itself when input_is_parallel, else this rank's block of
-// features (uneven split rule of shard_range).
-TensorView input_parallel(TensorView x, const LinearFlags& f, int size, int rank);
+// features, split in whole units of `unit` features like the layer's weight (LayerSpec::in_unit).
+TensorView input_parallel(TensorView x, const LinearFlags& f, int size, int rank,
+                          std::int64_t unit = 1);
 // all-gather along tokens: [R, C] -> [size*R, C].
 Tensor gather_tokens(Communicator& comm, TensorView x);
 // all-gather along features of shards that follow shard_range(total_cols, size, .): members

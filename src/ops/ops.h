@@ -11,8 +11,7 @@ using OpPtr = std::unique_ptr<LinearOp>;
 // `unsharded`: the layer runs on a size-1 group (the seed's (None, 0, 1)).
 OpPtr make_standard_column(const LayerName& n, const LinearFlags& f, const OpEnv& env,
                            bool unsharded);
-OpPtr make_standard_row(const LayerName& n, const LinearFlags& f, const OpEnv& env,
-                        bool unsharded);
+OpPtr make_standard_row(const LayerName& n, const LinearFlags& f, const OpEnv& env, bool unsharded);
 OpPtr make_replicated(const LayerName& n, const LinearFlags& f, const OpEnv& env);
 OpPtr make_mlp_column(const LayerName& n, const LinearFlags& f, const OpEnv& env);
 OpPtr make_mlp_row(const LayerName& n, const LinearFlags& f, const OpEnv& env);

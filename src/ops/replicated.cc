@@ -10,7 +10,9 @@ namespace {
 class ReplicatedOp final : public LinearOp {
  public:
   ReplicatedOp(const LayerName& n, const LinearFlags& f, const OpEnv& env)
-      : LinearOp(n, f, env.groups.world_rank()), rank_(env.groups.tp().rank()), size_(env.groups.tp().size()) {}
+      : LinearOp(n, f, env.groups.world_rank()),
+        rank_(env.groups.tp().rank()),
+        size_(env.groups.tp().size()) {}
   OpKind kind() const override { return OpKind::kReplicated; }
   int tp_rank() const override { return rank_; }
   int tp_size() const override { return size_; }

@@ -39,7 +39,7 @@ class SequenceRowOp final : public LinearOp {
     return ctx.flash_comm_v1_enabled ? Placement::shard_tokens() : Placement::replicated();
   }
   Tensor forward(TensorView x, const ForwardContext& ctx, const LocalGemm& g) override {
-    TensorView xp = input_parallel(x, flags_, tp_size(), tp_rank());
+    TensorView xp = input_parallel(x, flags_, tp_size(), tp_rank(), g.in_unit);
     if (!reduces()) return g.run(xp, row_bias(tp_rank()));
     if (!ctx.flash_comm_v1_enabled) return gemm_all_reduce(g, xp, tp_, row_bias(tp_rank()));
     Tensor padded;

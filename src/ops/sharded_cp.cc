@@ -37,15 +37,13 @@ OpPtr make_sharded_cp_row(const LayerName& n, const LinearFlags& f, const OpEnv&
   LinearFlags fixed = f;
   fixed.reduce_results = false;
   fixed.input_is_parallel = true;
-  return std::make_unique<ShardedCpOp>(n, fixed, OpKind::kShardedCpRow,
-                                       env.groups.world_rank());
+  return std::make_unique<ShardedCpOp>(n, fixed, OpKind::kShardedCpRow, env.groups.world_rank());
 }
 
 OpPtr make_sharded_cp_column(const LayerName& n, const LinearFlags& f, const OpEnv& env) {
   LinearFlags fixed = f;
   fixed.gather_output = false;
-  return std::make_unique<ShardedCpOp>(n, fixed, OpKind::kShardedCpColumn,
-                                       env.groups.world_rank());
+  return std::make_unique<ShardedCpOp>(n, fixed, OpKind::kShardedCpColumn, env.groups.world_rank());
 }
 
 }  // namespace tpl::ops

@@ -23,7 +23,8 @@ class StandardColumnOp final : public LinearOp {
   }
   Tensor forward(TensorView x, const ForwardContext&, const LocalGemm& g) override {
     Tensor y = g.run(x, kColumnBias);
-    if (flags_.gather_output && tp_size() > 1) return gather_features(*comm_, y, g.full_out_features);
+    if (flags_.gather_output && tp_size() > 1)
+      return gather_features(*comm_, y, g.full_out_features);
     return y;
   }
 

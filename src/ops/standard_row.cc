@@ -22,7 +22,7 @@ class StandardRowOp final : public LinearOp {
     return reduces() || tp_size() == 1 ? Placement::replicated() : Placement::partial();
   }
   Tensor forward(TensorView x, const ForwardContext&, const LocalGemm& g) override {
-    TensorView xp = input_parallel(x, flags_, tp_size(), tp_rank());
+    TensorView xp = input_parallel(x, flags_, tp_size(), tp_rank(), g.in_unit);
     const bool bias = row_bias(tp_rank());
     if (reduces()) return gemm_all_reduce(g, xp, *comm_, bias);
     return g.run(xp, bias);

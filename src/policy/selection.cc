@@ -9,37 +9,62 @@ namespace tpl {
 
 const char* layer_role_name(LayerRole r) {
   switch (r) {
-    case LayerRole::kQBProj: return "q_b_proj";
-    case LayerRole::kKvBProj: return "kv_b_proj";
-    case LayerRole::kQkvProj: return "qkv_proj";
-    case LayerRole::kGateUpProj: return "gate_up_proj";
-    case LayerRole::kQueryKeyValue: return "query_key_value";
-    case LayerRole::kAttentionDense: return "attention.dense";
-    case LayerRole::kInProj: return "in_proj";
-    case LayerRole::kConv1d: return "conv1d";
-    case LayerRole::kOutProj: return "out_proj";
-    case LayerRole::kOProj: return "o_proj";
-    case LayerRole::kDownProj: return "down_proj";
-    case LayerRole::kOther: return "other";
+    case LayerRole::kQBProj:
+      return "q_b_proj";
+    case LayerRole::kKvBProj:
+      return "kv_b_proj";
+    case LayerRole::kQkvProj:
+      return "qkv_proj";
+    case LayerRole::kGateUpProj:
+      return "gate_up_proj";
+    case LayerRole::kQueryKeyValue:
+      return "query_key_value";
+    case LayerRole::kAttentionDense:
+      return "attention.dense";
+    case LayerRole::kInProj:
+      return "in_proj";
+    case LayerRole::kConv1d:
+      return "conv1d";
+    case LayerRole::kOutProj:
+      return "out_proj";
+    case LayerRole::kOProj:
+      return "o_proj";
+    case LayerRole::kDownProj:
+      return "down_proj";
+    case LayerRole::kOther:
+      return "other";
   }
   return "?";
 }
 
 const char* op_kind_name(OpKind k) {
   switch (k) {
-    case OpKind::kStandardColumn: return "StandardColumn";
-    case OpKind::kStandardRow: return "StandardRow";
-    case OpKind::kReplicated: return "Replicated";
-    case OpKind::kMlpColumn: return "MLPColumn";
-    case OpKind::kMlpRow: return "MLPRow";
-    case OpKind::kOProjRow: return "OProjRow";
-    case OpKind::kFlashcomm2OProjRow: return "Flashcomm2OProjRow";
-    case OpKind::kMatmulAllreduceRow: return "MatmulAllreduceRow";
-    case OpKind::kSequenceColumn: return "SequenceColumn";
-    case OpKind::kFlashcomm2OshardQkv: return "Flashcomm2OshardQKV";
-    case OpKind::kSequenceRow: return "SequenceRow";
-    case OpKind::kShardedCpRow: return "ShardedCPRow";
-    case OpKind::kShardedCpColumn: return "ShardedCPColumn";
+    case OpKind::kStandardColumn:
+      return "StandardColumn";
+    case OpKind::kStandardRow:
+      return "StandardRow";
+    case OpKind::kReplicated:
+      return "Replicated";
+    case OpKind::kMlpColumn:
+      return "MLPColumn";
+    case OpKind::kMlpRow:
+      return "MLPRow";
+    case OpKind::kOProjRow:
+      return "OProjRow";
+    case OpKind::kFlashcomm2OProjRow:
+      return "Flashcomm2OProjRow";
+    case OpKind::kMatmulAllreduceRow:
+      return "MatmulAllreduceRow";
+    case OpKind::kSequenceColumn:
+      return "SequenceColumn";
+    case OpKind::kFlashcomm2OshardQkv:
+      return "Flashcomm2OshardQKV";
+    case OpKind::kSequenceRow:
+      return "SequenceRow";
+    case OpKind::kShardedCpRow:
+      return "ShardedCPRow";
+    case OpKind::kShardedCpColumn:
+      return "ShardedCPColumn";
   }
   return "?";
 }
@@ -85,39 +110,85 @@ using R = LayerRole;
 // column/row functions are dead code (§16 item 12) and are not repeated here.
 const std::vector<Rule>& rule_table() {
   static const std::vector<Rule> kRules = {
-      {"dsa-cp-column", Direction::kColumn, {R::kQBProj, R::kKvBProj}, "DSA-CP enabled",
-       [](const RuleInput& in) { return in.f.dsa_cp; }, OpKind::kShardedCpColumn},
-      {"mlp-tp-column", Direction::kColumn, {R::kGateUpProj}, "MLP TP enabled and dense layer",
+      {"dsa-cp-column",
+       Direction::kColumn,
+       {R::kQBProj, R::kKvBProj},
+       "DSA-CP enabled",
+       [](const RuleInput& in) { return in.f.dsa_cp; },
+       OpKind::kShardedCpColumn},
+      {"mlp-tp-column",
+       Direction::kColumn,
+       {R::kGateUpProj},
+       "MLP TP enabled and dense layer",
        [](const RuleInput& in) { return in.f.mlp_tp && !in.model.is_moe_layer(in.name.prefix); },
        OpKind::kMlpColumn},
-      {"fc2-oshard-qkv", Direction::kColumn, {R::kQkvProj, R::kConv1d, R::kQueryKeyValue},
+      {"fc2-oshard-qkv",
+       Direction::kColumn,
+       {R::kQkvProj, R::kConv1d, R::kQueryKeyValue},
        "FlashComm2 with o_proj layer sharding",
-       [](const RuleInput& in) { return in.f.flashcomm2_oshard; }, OpKind::kFlashcomm2OshardQkv},
-      {"fc1-column", Direction::kColumn,
+       [](const RuleInput& in) { return in.f.flashcomm2_oshard; },
+       OpKind::kFlashcomm2OshardQkv},
+      {"fc1-column",
+       Direction::kColumn,
        {R::kGateUpProj, R::kInProj, R::kQkvProj, R::kConv1d, R::kQueryKeyValue},
        "FlashComm1 (sequence parallelism) enabled",
-       [](const RuleInput& in) { return in.f.enable_sp; }, OpKind::kSequenceColumn},
-      {"default-column", Direction::kColumn, {}, "always",
-       [](const RuleInput&) { return true; }, OpKind::kStandardColumn},
+       [](const RuleInput& in) { return in.f.enable_sp; },
+       OpKind::kSequenceColumn},
+      {"default-column",
+       Direction::kColumn,
+       {},
+       "always",
+       [](const RuleInput&) { return true; },
+       OpKind::kStandardColumn},
 
-      {"dsa-cp-row", Direction::kRow, {R::kOProj}, "DSA-CP with layer shard (prefill node)",
-       [](const RuleInput& in) { return in.f.dsa_cp_with_layer_shard; }, OpKind::kShardedCpRow},
-      {"mlp-tp-row", Direction::kRow, {R::kDownProj}, "MLP TP enabled and dense layer",
+      {"dsa-cp-row",
+       Direction::kRow,
+       {R::kOProj},
+       "DSA-CP with layer shard (prefill node)",
+       [](const RuleInput& in) { return in.f.dsa_cp_with_layer_shard; },
+       OpKind::kShardedCpRow},
+      {"mlp-tp-row",
+       Direction::kRow,
+       {R::kDownProj},
+       "MLP TP enabled and dense layer",
        [](const RuleInput& in) { return in.f.mlp_tp && !in.model.is_moe_layer(in.name.prefix); },
        OpKind::kMlpRow},
-      {"oproj-tp-row", Direction::kRow, {R::kOProj}, "O-proj TP enabled",
-       [](const RuleInput& in) { return in.f.oproj_tp; }, OpKind::kOProjRow},
-      {"matmul-allreduce-row", Direction::kRow, {}, "matmul-allreduce enabled",
-       [](const RuleInput& in) { return in.f.matmul_allreduce; }, OpKind::kMatmulAllreduceRow},
-      {"fc2-oproj-row", Direction::kRow, {R::kOProj, R::kOutProj}, "FlashComm2 enabled",
-       [](const RuleInput& in) { return in.f.flashcomm2; }, OpKind::kFlashcomm2OProjRow},
-      {"fc1-row", Direction::kRow, {R::kOProj, R::kOutProj, R::kDownProj, R::kAttentionDense},
+      {"oproj-tp-row",
+       Direction::kRow,
+       {R::kOProj},
+       "O-proj TP enabled",
+       [](const RuleInput& in) { return in.f.oproj_tp; },
+       OpKind::kOProjRow},
+      {"matmul-allreduce-row",
+       Direction::kRow,
+       {},
+       "matmul-allreduce enabled",
+       [](const RuleInput& in) { return in.f.matmul_allreduce; },
+       OpKind::kMatmulAllreduceRow},
+      {"fc2-oproj-row",
+       Direction::kRow,
+       {R::kOProj, R::kOutProj},
+       "FlashComm2 enabled",
+       [](const RuleInput& in) { return in.f.flashcomm2; },
+       OpKind::kFlashcomm2OProjRow},
+      {"fc1-row",
+       Direction::kRow,
+       {R::kOProj, R::kOutProj, R::kDownProj, R::kAttentionDense},
        "FlashComm1 (sequence parallelism) enabled",
-       [](const RuleInput& in) { return in.f.enable_sp; }, OpKind::kSequenceRow},
-      {"default-row", Direction::kRow, {}, "always", [](const RuleInput&) { return true; },
+       [](const RuleInput& in) { return in.f.enable_sp; },
+       OpKind::kSequenceRow},
+      {"default-row",
+       Direction::kRow,
+       {},
+       "always",
+       [](const RuleInput&) { return true; },
        OpKind::kStandardRow},
 
-      {"replicated", Direction::kReplicated, {}, "always", [](const RuleInput&) { return true; },
+      {"replicated",
+       Direction::kReplicated,
+       {},
+       "always",
+       [](const RuleInput&) { return true; },
        OpKind::kReplicated},
   };
   return kRules;
@@ -172,7 +243,8 @@ OpChoice Selector::choose(const std::string& prefix, Direction direction, bool d
     choice.explanation = why.str();
     return choice;
   }
-  TPL_THROW(Error, Where{"selection"}, "no rule matched '", prefix, "' (the table ends in defaults)");
+  TPL_THROW(Error, Where{"selection"}, "no rule matched '", prefix,
+            "' (the table ends in defaults)");
 }
 
 ShardCoord shard_coord(const OpChoice& choice, const Config& config, int world_rank) {

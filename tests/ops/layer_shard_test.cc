@@ -14,7 +14,9 @@ using testing::compare;
 using testing::expect_agreed;
 using testing::world;
 
-Tensor layer_weight(int l) { return testing::random_ints(6, 10, 50, 700 + l, DType::kBF16); }
+Tensor layer_weight(int l) {
+  return testing::random_ints(6, 10, 50, 700 + l, DType::kBF16);
+}
 
 TEST(LayerShard, RingDeliversEveryLayerOverManyPasses) {
   Communicator& w = world();
@@ -33,7 +35,7 @@ TEST(LayerShard, RingDeliversEveryLayerOverManyPasses) {
                 std::to_string(own) + " + k+1 windows) x " + std::to_string(per);
         for (int pass = 0; pass < 3 && msg.empty(); ++pass)
           for (int l = start; l < start + layers && msg.empty(); ++l) {
-            series.reach_layer_index(l);           // QKV of layer l
+            series.reach_layer_index(l);  // QKV of layer l
             Tensor expect = layer_weight(l);
             msg = compare(series.wait_weight(l), expect, 0, 0,  // o_proj of layer l
                           "start=" + std::to_string(start) + " k=" + std::to_string(k) +
@@ -109,9 +111,8 @@ TEST(LayerShard, ShardedOprojEqualsResidentWeights) {
                                                     w_qkv.back(), TensorView()));
         o_sharded.push_back(std::make_unique<LinearLayer>(so, sel, sharded, GemmBackend::kOneDnn,
                                                           w_o.back(), TensorView()));
-        o_resident.push_back(std::make_unique<LinearLayer>(so, sel, resident,
-                                                           GemmBackend::kOneDnn, w_o.back(),
-                                                           TensorView()));
+        o_resident.push_back(std::make_unique<LinearLayer>(so, sel, resident, GemmBackend::kOneDnn,
+                                                           w_o.back(), TensorView()));
       }
       series.finalize();
       std::string msg;

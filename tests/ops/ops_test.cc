@@ -37,7 +37,9 @@ const char* data_name(Data d) {
 const char* bias_name(BiasMode b) {
   return b == BiasMode::kNone ? "no-bias" : b == BiasMode::kAdded ? "bias" : "skip-bias";
 }
-DType dtype_of(Data d) { return d == Data::kIntF32 ? DType::kF32 : DType::kBF16; }
+DType dtype_of(Data d) {
+  return d == Data::kIntF32 ? DType::kF32 : DType::kBF16;
+}
 
 Tensor make_data(Data d, std::int64_t rows, std::int64_t cols, std::uint64_t seed, float scale) {
   if (d == Data::kNormalBF16) return testing::random_normal(rows, cols, scale, seed, DType::kBF16);
@@ -122,7 +124,8 @@ std::string run_case(Case c) {
                                             l.dp > 1 ? across : std::vector<std::int64_t>{});
   // Global problem: replica d's activations and reference output (bias added unless skipped).
   auto x_of = [&](int d) {
-    if (c.w8a8) return testing::random_normal(across[d], spec.in_features, 1.f, 3000 + d, spec.dtype);
+    if (c.w8a8)
+      return testing::random_normal(across[d], spec.in_features, 1.f, 3000 + d, spec.dtype);
     return make_data(c.data, across[d], spec.in_features, 3000 + d, 1.0f);
   };
   TensorView ref_bias = spec.bias && !spec.flags.skip_bias_add ? bias.view() : TensorView();
@@ -136,9 +139,9 @@ std::string run_case(Case c) {
   Tensor x = x_of(me.d);
   const int T = l.tp, t = me.t;
   const OpKind kind = layer.choice().kind;
-  Tensor input;          // this rank's input
+  Tensor input;  // this rank's input
   TensorView in_view;
-  Tensor expected;       // what this rank must hold
+  Tensor expected;               // what this rank must hold
   std::int64_t valid_rows = -1;  // compare only the first valid_rows rows (-1: all)
   const Placement in_pl = layer.op().input_placement(ctx);
   const Placement out_pl = layer.op().output_placement(ctx);
@@ -278,7 +281,8 @@ std::string run_case(Case c) {
       return describe(c) + ": output rows " + std::to_string(y.rows()) + " expected " +
              std::to_string(expected.rows());
     return compare(y.view().row_slice(0, valid_rows), expected.view().row_slice(0, valid_rows),
-                   atol, rtol, describe(c) + " in " + in_pl.to_string() + " out " + out_pl.to_string());
+                   atol, rtol,
+                   describe(c) + " in " + in_pl.to_string() + " out " + out_pl.to_string());
   }
   return compare(y, expected, atol, rtol,
                  describe(c) + " in " + in_pl.to_string() + " out " + out_pl.to_string());
@@ -341,7 +345,9 @@ const char* kO = "model.layers.0.self_attn.o_proj";
 const char* kGateUp = "model.layers.0.mlp.gate_up_proj";
 const char* kDown = "model.layers.0.mlp.down_proj";
 
-int W() { return world().size(); }
+int W() {
+  return world().size();
+}
 
 TEST(Ops, StandardColumnAndRow) {
   Case c{"standard column", tp_config(W()), {}, column(kQkv, 16, 13), OpKind::kStandardColumn};
@@ -375,7 +381,10 @@ TEST(Ops, StandardRowPartialWhenNotReducing) {
 }
 
 TEST(Ops, Replicated) {
-  Case c{"replicated", tp_config(W()), {}, column("model.layers.0.mlp.gate", 16, 5),
+  Case c{"replicated",
+         tp_config(W()),
+         {},
+         column("model.layers.0.mlp.gate", 16, 5),
          OpKind::kReplicated};
   c.spec.kind = LayerKind::kReplicated;
   sweep(c, {1, 7, 1001});
@@ -402,7 +411,8 @@ TEST(Ops, SequenceParallelFlashComm1) {
       cfg.flashcomm1_threshold = threshold;
       ModelInfo model;
       model.is_moe = moe;
-      const std::string tag = std::string(moe ? " moe" : " dense") + " thr=" + std::to_string(threshold);
+      const std::string tag =
+          std::string(moe ? " moe" : " dense") + " thr=" + std::to_string(threshold);
       sweep({"fc1 column" + tag, cfg, model, column(kQkv, 16, 13), OpKind::kSequenceColumn});
       sweep({"fc1 row" + tag, cfg, model, row(kO, 13, 16), OpKind::kSequenceRow});
     }
@@ -503,7 +513,10 @@ TEST(Ops, SharedExpertsRunUnshardedUnderSharedExpertDp) {
   if (W() < 2) GTEST_SKIP();
   Config cfg = tp_config(W());
   cfg.flashcomm1 = true;
-  Case c{"shared expert down", cfg, {}, row("model.layers.5.mlp.shared_experts.down_proj", 13, 16),
+  Case c{"shared expert down",
+         cfg,
+         {},
+         row("model.layers.5.mlp.shared_experts.down_proj", 13, 16),
          OpKind::kStandardRow};
   sweep(c, {1, 7, 1001});
 }
@@ -546,7 +559,10 @@ void sweep_w8a8(Case base, std::vector<std::int64_t> tokens = {1, 7, 1001}) {
 TEST(OpsW8A8, EveryOp) {
   sweep_w8a8({"std column", tp_config(W()), {}, column(kQkv, 16, 13), OpKind::kStandardColumn});
   sweep_w8a8({"std row", tp_config(W()), {}, row(kO, 13, 16), OpKind::kStandardRow});
-  Case rep{"replicated", tp_config(W()), {}, column("model.layers.0.mlp.gate", 16, 5),
+  Case rep{"replicated",
+           tp_config(W()),
+           {},
+           column("model.layers.0.mlp.gate", 16, 5),
            OpKind::kReplicated};
   rep.spec.kind = LayerKind::kReplicated;
   sweep_w8a8(rep);
@@ -562,7 +578,8 @@ TEST(OpsW8A8, EveryOp) {
         fc1.fc1_quantized_allgather = int8_gather;
         ModelInfo model;
         model.is_moe = moe;  // MoE: unfused reduce-scatter
-        const std::string tag = std::string(moe ? " moe" : " dense") + (int8_gather ? " int8-gather" : "");
+        const std::string tag =
+            std::string(moe ? " moe" : " dense") + (int8_gather ? " int8-gather" : "");
         sweep_w8a8({"fc1 column" + tag, fc1, model, column(kQkv, 16, 13), OpKind::kSequenceColumn});
         sweep_w8a8({"fc1 row" + tag, fc1, model, row(kO, 13, 16), OpKind::kSequenceRow});
       }
@@ -570,7 +587,10 @@ TEST(OpsW8A8, EveryOp) {
       if (W() % p) continue;
       Config fc2 = tp_config(W());
       fc2.flashcomm2_p = p;
-      sweep_w8a8({"fc2 o_proj P=" + std::to_string(p), fc2, {}, row(kO, 24, 16),
+      sweep_w8a8({"fc2 o_proj P=" + std::to_string(p),
+                  fc2,
+                  {},
+                  row(kO, 24, 16),
                   OpKind::kFlashcomm2OProjRow});
     }
     Config dsa = tp_config(W());
@@ -629,7 +649,8 @@ TEST(OpsW8A8, ExactOnOneRankAndQuantizationError) {
     }
   const double rel = std::sqrt(num / den);
   RecordProperty("w8a8_rel_l2_error", std::to_string(rel));
-  if (world().rank() == 0) std::printf("W8A8 vs float relative L2 error (K=%lld): %.3e\n", (long long)k, rel);
+  if (world().rank() == 0)
+    std::printf("W8A8 vs float relative L2 error (K=%lld): %.3e\n", (long long)k, rel);
   EXPECT_LT(rel, 2e-2);
 }
 
@@ -742,9 +763,9 @@ TEST(Ops, FusedPathsMatchUnfused) {
           Tensor a = l_plain.forward(xs, ctx).output;
           Tensor c = l_fused.forward(xs, ctx).output;
           const bool exact = W() == 2 || data != Data::kNormalBF16;
-          std::string label = std::string(op_kind_name(l_fused.choice().kind)) + " fused vs unfused " +
-                              data_name(data) + " chunks=" + std::to_string(chunks) +
-                              " tokens=" + std::to_string(n);
+          std::string label = std::string(op_kind_name(l_fused.choice().kind)) +
+                              " fused vs unfused " + data_name(data) +
+                              " chunks=" + std::to_string(chunks) + " tokens=" + std::to_string(n);
           expect_agreed(world(), compare(c, a, exact ? 0 : 0.02, exact ? 0 : 0.01, label));
         }
 }

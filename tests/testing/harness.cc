@@ -5,8 +5,8 @@
 
 namespace tpl::testing {
 
-std::string compare(const TensorView& actual, const TensorView& expected, double atol,
-                    double rtol, const std::string& label) {
+std::string compare(const TensorView& actual, const TensorView& expected, double atol, double rtol,
+                    const std::string& label) {
   std::ostringstream os;
   if (actual.rows() != expected.rows() || actual.cols() != expected.cols()) {
     os << label << ": shape " << actual.describe() << " != expected " << expected.describe();
@@ -30,8 +30,8 @@ std::string compare(const TensorView& actual, const TensorView& expected, double
   if (bad == 0) return {};
   os.precision(9);
   os << label << ": " << bad << " of " << actual.numel() << " elements differ (atol " << atol
-     << ", rtol " << rtol << "); first at index (" << first_r << ", " << first_c
-     << "): expected " << first_e << ", actual " << first_a << "; max abs error " << max_abs;
+     << ", rtol " << rtol << "); first at index (" << first_r << ", " << first_c << "): expected "
+     << first_e << ", actual " << first_a << "; max abs error " << max_abs;
   return os.str();
 }
 

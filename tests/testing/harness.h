@@ -24,8 +24,8 @@ Communicator& world();
 // Empty when equal within |a - e| <= atol + rtol * |e| everywhere (atol = rtol = 0: bit-exact,
 // with -0 == +0). Otherwise a message naming `label`, the count of mismatches, the first bad
 // (row, col), expected and actual values, and the largest absolute error.
-std::string compare(const TensorView& actual, const TensorView& expected, double atol,
-                    double rtol, const std::string& label);
+std::string compare(const TensorView& actual, const TensorView& expected, double atol, double rtol,
+                    const std::string& label);
 
 // Gathers every member's message; if any is non-empty, records a gtest failure on every rank
 // listing "[rank r] message" for each failing rank.

@@ -12,7 +12,9 @@ namespace tpl::testing {
 namespace {
 Communicator* g_world = nullptr;  // test-program scope only; the library has no globals
 }
-Communicator& world() { return *g_world; }
+Communicator& world() {
+  return *g_world;
+}
 }  // namespace tpl::testing
 
 int main(int argc, char** argv) {

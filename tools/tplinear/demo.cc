@@ -56,8 +56,8 @@ struct BlockResult {
 };
 
 // gate_up-like column layer -> SiLU -> down-like row layer, for one configuration.
-BlockResult run_block(Communicator& world, const Config& cfg, const DemoOptions& o,
-                      TensorView w1, TensorView w2, TensorView x_full) {
+BlockResult run_block(Communicator& world, const Config& cfg, const DemoOptions& o, TensorView w1,
+                      TensorView w2, TensorView x_full) {
   ModelInfo model;
   const Features f = Features::derive(cfg, model);
   ProcessGroups groups(world, cfg.layout, group_sizes(cfg, f));
@@ -132,9 +132,10 @@ int run_demo(Communicator& world, const DemoOptions& o) {
   errs.ptr<float>()[0] = static_cast<float>(rel);
   world.all_gather(errs, all_errs, 0);
   if (world.rank() == 0) {
-    fmt::print("tplinear demo: MLP block over {} ranks, strategy {}, {} tokens, hidden {}, "
-               "intermediate {}, {}\n",
-               world.size(), o.strategy, o.tokens, o.hidden, o.intermediate, o.dtype);
+    fmt::print(
+        "tplinear demo: MLP block over {} ranks, strategy {}, {} tokens, hidden {}, "
+        "intermediate {}, {}\n",
+        world.size(), o.strategy, o.tokens, o.hidden, o.intermediate, o.dtype);
     fmt::print("  gate_up_proj -> {:<16} down_proj -> {:<16} output {}\n", par.column_op,
                par.row_op, par.placement.to_string());
     fmt::print("  {:>5} {:>14}\n", "rank", "max rel error");

@@ -29,7 +29,8 @@ int maybe_relaunch(int argc, char** argv) {
     if (a == "--np" && i + 1 < argc) {
       np = std::atoi(argv[++i]);
       if (np < 1) {
-        std::fprintf(stderr, "tplinear: error: --np needs a positive rank count, got '%s'\n", argv[i]);
+        std::fprintf(stderr, "tplinear: error: --np needs a positive rank count, got '%s'\n",
+                     argv[i]);
         return 2;
       }
     } else if (a.rfind("--np=", 0) == 0) {
@@ -86,11 +87,14 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"standard", "fc1", "matmul-allreduce"}));
 
   tpl::cli::RunOptions run;
-  auto* r = app.add_subcommand("run", "run a model's decoder stack across the ranks and verify it "
-                                      "against one rank");
+  auto* r = app.add_subcommand("run",
+                               "run a model's decoder stack across the ranks and verify it "
+                               "against one rank");
   tpl::cli::add_model_options(*r, run);
-  r->add_option("--tokens", run.tokens, "prefill tokens per DP replica")->check(CLI::Range(1, 1 << 20));
-  r->add_option("--dump", run.dump, "write input, output and reference as .npy into this directory");
+  r->add_option("--tokens", run.tokens, "prefill tokens per DP replica")
+      ->check(CLI::Range(1, 1 << 20));
+  r->add_option("--dump", run.dump,
+                "write input, output and reference as .npy into this directory");
 
   tpl::cli::RunOptions ex;
   auto* e = app.add_subcommand("explain", "list every linear layer with its op, group and rule");
@@ -101,12 +105,15 @@ int main(int argc, char** argv) {
   e->add_flag("-v,--verbose", ex.verbose, "print every rule considered");
 
   tpl::cli::BenchOptions bo;
-  auto* b = app.add_subcommand("bench", "time token counts x strategies per linear-layer kind "
-                                        "(docs/bench.md)");
+  auto* b = app.add_subcommand("bench",
+                               "time token counts x strategies per linear-layer kind "
+                               "(docs/bench.md)");
   tpl::cli::add_model_options(*b, bo.model);
   b->add_option("--tokens", bo.tokens, "comma list of token counts per DP replica");
-  b->add_option("--strategies", bo.strategies, "comma list of: " + tpl::cli::bench_strategy_names());
-  b->add_option("--iters", bo.iters, "timed forwards per point (median)")->check(CLI::Range(1, 1000));
+  b->add_option("--strategies", bo.strategies,
+                "comma list of: " + tpl::cli::bench_strategy_names());
+  b->add_option("--iters", bo.iters, "timed forwards per point (median)")
+      ->check(CLI::Range(1, 1000));
   b->add_option("--warmup", bo.warmup, "untimed forwards per point")->check(CLI::Range(0, 100));
   b->add_option("--json", bo.json, "write every row as JSON");
   b->add_option("--csv", bo.csv, "write every row as CSV");

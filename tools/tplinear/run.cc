@@ -31,13 +31,13 @@ class CheckpointWeights final : public WeightProvider {
     return as(dir_.read(name), dtype);
   }
   // Only the block this rank needs is read from the file.
-  Tensor get_rows(const std::string& name, std::int64_t rows, std::int64_t cols, DType dtype,
-                  float, ShardRange b) const override {
+  Tensor get_rows(const std::string& name, std::int64_t rows, std::int64_t cols, DType dtype, float,
+                  ShardRange b) const override {
     check(name, rows, cols);
     return as(dir_.read_rows(name, b.offset, b.size), dtype);
   }
-  Tensor get_cols(const std::string& name, std::int64_t rows, std::int64_t cols, DType dtype,
-                  float, ShardRange b) const override {
+  Tensor get_cols(const std::string& name, std::int64_t rows, std::int64_t cols, DType dtype, float,
+                  ShardRange b) const override {
     check(name, rows, cols);
     return as(dir_.read_cols(name, b.offset, b.size), dtype);
   }
@@ -58,7 +58,6 @@ class CheckpointWeights final : public WeightProvider {
   }
 
  public:
-
  private:
   SafetensorsDir dir_;
 };
@@ -72,7 +71,8 @@ class RecordingWeights final : public WeightProvider {
     DType dtype;
     float stddev;
   };
-  Tensor get(const std::string& n, std::int64_t r, std::int64_t c, DType d, float s) const override {
+  Tensor get(const std::string& n, std::int64_t r, std::int64_t c, DType d,
+             float s) const override {
     seen_[n] = {r, c, d, s};
     return inner_.get(n, r, c, d, s);
   }
@@ -105,7 +105,8 @@ std::vector<std::string> split_list(const std::string& s) {
 }
 
 ModelSpec load_model(const RunOptions& o) {
-  ModelSpec m = o.hf_config.empty() ? ModelSpec::preset(o.model) : ModelSpec::from_file(o.hf_config);
+  ModelSpec m =
+      o.hf_config.empty() ? ModelSpec::preset(o.model) : ModelSpec::from_file(o.hf_config);
   if (o.layers > 0) m.layers = std::min(m.layers, o.layers);
   return m;
 }
@@ -120,28 +121,37 @@ std::string human_bytes(double b) {
 }  // namespace
 
 void add_model_options(CLI::App& app, RunOptions& o) {
-  app.add_option("--model", o.model, "built-in preset: " + [] {
-    std::string s;
-    for (const auto& p : ModelSpec::presets()) s += (s.empty() ? "" : ", ") + p;
-    return s;
-  }());
+  app.add_option(
+      "--model", o.model, "built-in preset: " + [] {
+        std::string s;
+        for (const auto& p : ModelSpec::presets()) s += (s.empty() ? "" : ", ") + p;
+        return s;
+      }());
   app.add_option("--hf-config", o.hf_config, "a Hugging Face config.json (instead of --model)");
-  app.add_option("--weights", o.weights, "safetensors file or checkpoint directory (default: seeded random)");
-  app.add_option("--config", o.config_file, "tplinear JSON config (docs/config.md); flags override it");
-  app.add_option("--layers", o.layers, "run only the first N decoder layers")->check(CLI::Range(1, 1000));
+  app.add_option("--weights", o.weights,
+                 "safetensors file or checkpoint directory (default: seeded random)");
+  app.add_option("--config", o.config_file,
+                 "tplinear JSON config (docs/config.md); flags override it");
+  app.add_option("--layers", o.layers, "run only the first N decoder layers")
+      ->check(CLI::Range(1, 1000));
   app.add_option("--dtype", o.dtype, "f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}));
   app.add_option("--quant", o.quant, "none or w8a8")->check(CLI::IsMember({"none", "w8a8"}));
-  app.add_option("--dp", o.dp, "data-parallel replicas (TP = ranks / DP)")->check(CLI::Range(1, 4096));
+  app.add_option("--dp", o.dp, "data-parallel replicas (TP = ranks / DP)")
+      ->check(CLI::Range(1, 4096));
   app.add_flag("--fc1", o.fc1, "FlashComm1 sequence parallelism");
-  app.add_option("--fc1-threshold", o.fc1_threshold, "FC1 only above this many tokens (dense models)")
+  app.add_option("--fc1-threshold", o.fc1_threshold,
+                 "FC1 only above this many tokens (dense models)")
       ->check(CLI::Range(0, 1 << 30));
-  app.add_option("--fc2", o.fc2, "FlashComm2 with O-proj TP size P (0 = off)")->check(CLI::Range(0, 4096));
+  app.add_option("--fc2", o.fc2, "FlashComm2 with O-proj TP size P (0 = off)")
+      ->check(CLI::Range(0, 4096));
   app.add_option("--mlp-tp", o.mlp_tp, "MLP-TP group size (0 = off)")->check(CLI::Range(0, 4096));
-  app.add_option("--oproj-tp", o.oproj_tp, "O-proj TP group size (0 = off)")->check(CLI::Range(0, 4096));
+  app.add_option("--oproj-tp", o.oproj_tp, "O-proj TP group size (0 = off)")
+      ->check(CLI::Range(0, 4096));
   app.add_flag("--matmul-allreduce", o.matmul_allreduce, "fused GEMM + all-reduce row ops");
-  app.add_option("--layer-sharding", o.layer_sharding, "comma-separated layer suffixes, e.g. o_proj");
+  app.add_option("--layer-sharding", o.layer_sharding,
+                 "comma-separated layer suffixes, e.g. o_proj");
   app.add_option("--prefetch-step", o.prefetch_step, "layer-sharding prefetch distance k")
-      ->check(CLI::Range(0, 64));
+      ->check(CLI::Range(-1, 64));
   app.add_option("--deployment", o.deployment, "mixed, prefill or decode")
       ->check(CLI::IsMember({"mixed", "prefill", "decode"}));
   app.add_option("--seed", o.seed, "seed of random weights and inputs");
@@ -155,7 +165,8 @@ Config make_config(const RunOptions& o, int world_size) {
     try {
       j = nlohmann::json::parse(in);
     } catch (const nlohmann::json::exception& e) {
-      TPL_THROW(ConfigError, (Where{"config"}), "'", o.config_file, "' is not valid JSON: ", e.what());
+      TPL_THROW(ConfigError, (Where{"config"}), "'", o.config_file,
+                "' is not valid JSON: ", e.what());
     }
   }
   if (!j.is_object()) TPL_THROW(ConfigError, (Where{"config"}), "config must be a JSON object");
@@ -190,8 +201,9 @@ int run_model(Communicator& world, const RunOptions& o) {
   RecordingWeights recorded(*source);
   const WeightProvider* weights = &recorded;
   if (cfg.layout.tp > model.heads)
-    TPL_THROW(ConfigError, (Where{"run"}), "more ranks than the model can shard: TP = ",
-              cfg.layout.tp, " exceeds the ", model.heads, " attention heads");
+    TPL_THROW(ConfigError, (Where{"run"}),
+              "more ranks than the model can shard: TP = ", cfg.layout.tp, " exceeds the ",
+              model.heads, " attention heads");
 
   DecoderStack stack(world, model, cfg, *weights, so);
   const int d = stack.dp_rank();
@@ -257,12 +269,12 @@ int run_model(Communicator& world, const RunOptions& o) {
       bytes += r.bytes_sent;
       ms += r.ms;
     }
-    fmt::print("{:<44} {:<20} {:<10} {:>9} {:>12} {:>9.2f}\n", "total (linear layers)", "", "",
-               "", human_bytes(bytes), ms);
+    fmt::print("{:<44} {:<20} {:<10} {:>9} {:>12} {:>9.2f}\n", "total (linear layers)", "", "", "",
+               human_bytes(bytes), ms);
     fmt::print("forward (whole stack, incl. attention and norms): {:.2f} ms on rank 0\n", total_ms);
     if (stack.layer_shard_bytes())
       fmt::print("layer-sharded o_proj: {} resident per rank (own layers + {} windows)\n",
-                 human_bytes(double(stack.layer_shard_bytes())), o.prefetch_step + 1);
+                 human_bytes(double(stack.layer_shard_bytes())), stack.layer_shard_windows());
     for (const auto& s : stack.skipped()) fmt::print("skipped: {}\n", s);
     for (int r = 0; r < world.size(); ++r)
       if (errs.ptr<float>()[2 * r] >= 0)
@@ -287,8 +299,8 @@ int explain_model(Communicator& world, const RunOptions& o) {
   fmt::print("{:<46} {:<20} {:<10} {:>9}  {}\n", "layer", "op", "group", "rank/size", "rule");
   for (std::int64_t l = 0; l < model.layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
-    std::vector<std::pair<std::string, Direction>> names{{p + "self_attn.qkv_proj", Direction::kColumn},
-                                                         {p + "self_attn.o_proj", Direction::kRow}};
+    std::vector<std::pair<std::string, Direction>> names{
+        {p + "self_attn.qkv_proj", Direction::kColumn}, {p + "self_attn.o_proj", Direction::kRow}};
     const bool moe = model.layer_is_moe(l);
     if (!moe) {
       names.push_back({p + "mlp.gate_up_proj", Direction::kColumn});

@@ -16,7 +16,7 @@ struct RunOptions {
   std::string weights;         // safetensors file or checkpoint directory ("" = seeded random)
   std::string config_file;     // tplinear JSON config (docs/config.md); flags then override
   std::int64_t tokens = 1001;
-  std::int64_t layers = 0;     // 0 = the model's own count
+  std::int64_t layers = 0;  // 0 = the model's own count
   std::string dtype = "f32";
   std::string quant = "none";  // none or w8a8
   int dp = 1;
@@ -27,13 +27,13 @@ struct RunOptions {
   int oproj_tp = 0;
   bool matmul_allreduce = false;
   std::string layer_sharding;  // comma separated, e.g. "o_proj"
-  int prefetch_step = 1;
+  int prefetch_step = -1;      // -1 = automatic
   std::string deployment;      // mixed, prefill, decode
   std::string dump;            // directory for .npy dumps
   std::uint64_t seed = 1;
-  bool verbose = false;        // explain: print every rule considered
-  int rank = 0;                // explain: the rank whose coordinates are shown
-  int world = 0;               // explain: world size (0 = the job's)
+  bool verbose = false;  // explain: print every rule considered
+  int rank = 0;          // explain: the rank whose coordinates are shown
+  int world = 0;         // explain: world size (0 = the job's)
 };
 
 // Adds the model and config flags shared by run, explain and bench.
