@@ -91,7 +91,6 @@ class Tensor {
   std::int64_t cols() const { return view_.cols(); }
   std::int64_t numel() const { return view_.numel(); }
   std::size_t nbytes() const { return view_.nbytes(); }
-  bool defined() const { return static_cast<bool>(buf_) || view_.numel() == 0; }
 
  private:
   struct Free {

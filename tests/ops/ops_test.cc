@@ -288,6 +288,17 @@ std::string run_case(Case c) {
                  describe(c) + " in " + in_pl.to_string() + " out " + out_pl.to_string());
 }
 
+// Runs a case and reports it collectively; an exception is a failure naming the case.
+void check(const Case& c) {
+  std::string msg;
+  try {
+    msg = run_case(c);
+  } catch (const std::exception& e) {
+    msg = describe(c) + ": threw " + e.what();
+  }
+  expect_agreed(world(), msg);
+}
+
 const std::vector<std::int64_t> kTokens{1, 7, 8, 1000, 1001, 1537};
 
 // Runs the case over tokens x bias x data and reports collectively.
@@ -299,25 +310,13 @@ void sweep(Case base, std::vector<std::int64_t> tokens = kTokens) {
         c.tokens = n;
         c.bias = b;
         c.data = d;
-        std::string msg;
-        try {
-          msg = run_case(c);
-        } catch (const std::exception& e) {
-          msg = describe(c) + ": threw " + e.what();
-        }
-        expect_agreed(world(), msg);
+        check(c);
       }
   Case c = base;  // random data, bf16, tolerance
   c.tokens = 257;
   c.bias = BiasMode::kAdded;
   c.data = Data::kNormalBF16;
-  std::string msg;
-  try {
-    msg = run_case(c);
-  } catch (const std::exception& e) {
-    msg = describe(c) + ": threw " + e.what();
-  }
-  expect_agreed(world(), msg);
+  check(c);
 }
 
 Config tp_config(int tp) {
@@ -370,13 +369,7 @@ TEST(Ops, StandardRowPartialWhenNotReducing) {
       Case c = r;
       c.tokens = n;
       c.bias = b;
-      std::string msg;
-      try {
-        msg = run_case(c);
-      } catch (const std::exception& e) {
-        msg = describe(c) + ": threw " + e.what();
-      }
-      expect_agreed(world(), msg);
+      check(c);
     }
 }
 
@@ -546,13 +539,7 @@ void sweep_w8a8(Case base, std::vector<std::int64_t> tokens = {1, 7, 1001}) {
         c.tokens = n;
         c.bias = b;
         c.data = d;
-        std::string msg;
-        try {
-          msg = run_case(c);
-        } catch (const std::exception& e) {
-          msg = describe(c) + ": threw " + e.what();
-        }
-        expect_agreed(world(), msg);
+        check(c);
       }
 }
 

@@ -84,14 +84,6 @@ const Strategy& find_strategy(const std::string& name) {
   return *it;
 }
 
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> v;
-  std::stringstream ss(s);
-  for (std::string item; std::getline(ss, item, ',');)
-    if (!item.empty()) v.push_back(item);
-  return v;
-}
-
 std::vector<std::int64_t> parse_tokens(const std::string& s) {
   std::vector<std::int64_t> v;
   for (const auto& item : split_list(s)) {

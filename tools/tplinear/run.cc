@@ -96,14 +96,6 @@ class RecordingWeights final : public WeightProvider {
   mutable std::map<std::string, Use> seen_;
 };
 
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> v;
-  std::stringstream ss(s);
-  for (std::string item; std::getline(ss, item, ',');)
-    if (!item.empty()) v.push_back(item);
-  return v;
-}
-
 ModelSpec load_model(const RunOptions& o) {
   ModelSpec m =
       o.hf_config.empty() ? ModelSpec::preset(o.model) : ModelSpec::from_file(o.hf_config);
@@ -119,6 +111,14 @@ std::string human_bytes(double b) {
 }
 
 }  // namespace
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> v;
+  std::stringstream ss(s);
+  for (std::string item; std::getline(ss, item, ',');)
+    if (!item.empty()) v.push_back(item);
+  return v;
+}
 
 void add_model_options(CLI::App& app, RunOptions& o) {
   app.add_option(

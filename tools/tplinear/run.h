@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "tpl/communicator.h"
 #include "tpl/config.h"
@@ -35,6 +36,9 @@ struct RunOptions {
   int rank = 0;          // explain: the rank whose coordinates are shown
   int world = 0;         // explain: world size (0 = the job's)
 };
+
+// "a,b,,c" -> {"a", "b", "c"}.
+std::vector<std::string> split_list(const std::string& s);
 
 // Adds the model and config flags shared by run, explain and bench.
 void add_model_options(CLI::App& app, RunOptions& o);
