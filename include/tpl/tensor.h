@@ -104,6 +104,8 @@ class Tensor {
 std::vector<float> to_f32_vector(const TensorView& v);  // row-major, rows*cols values
 float get_f32(const TensorView& v, std::int64_t r, std::int64_t c);
 void set_f32(const TensorView& v, std::int64_t r, std::int64_t c, float value);
+// Whether the memory spans of two host views intersect.
+bool views_overlap(const TensorView& a, const TensorView& b);
 // Copies src into dst; shapes and dtypes must match (strides may differ).
 void copy_into(const TensorView& src, const TensorView& dst);
 // dst (any float dtype) = src converted; shapes must match.

@@ -74,22 +74,10 @@ void unstage_from_f32(const float* src, const TensorView& v) {
     convert_from_f32(src + r * v.cols(), v.at(r, 0), v.dtype(), static_cast<std::size_t>(v.cols()));
 }
 
-// Whether the memory spans of two views intersect.
-bool overlaps(const TensorView& a, const TensorView& b) {
-  if (a.empty() || b.empty()) return false;
-  const auto span = [](const TensorView& v) {
-    const char* begin = static_cast<const char*>(v.data());
-    return std::pair(begin, static_cast<const char*>(v.at(v.rows() - 1, v.cols())));
-  };
-  const auto [a0, a1] = span(a);
-  const auto [b0, b1] = span(b);
-  return a0 < b1 && b0 < a1;
-}
-
 // Source pointer for MPI: the view itself when contiguous and not overlapping the output,
 // else a contiguous copy kept in st (MPI forbids aliased send and receive buffers).
 const void* contiguous_source(const TensorView& v, const TensorView& out, Staged& st) {
-  if (v.contiguous() && !overlaps(v, out)) return v.data();
+  if (v.contiguous() && !views_overlap(v, out)) return v.data();
   st.buffers.push_back(Tensor::copy_of(v));
   return st.buffers.back().data();
 }

@@ -129,6 +129,15 @@ std::vector<float> to_f32_vector(const TensorView& v) {
   return out;
 }
 
+bool views_overlap(const TensorView& a, const TensorView& b) {
+  if (a.empty() || b.empty()) return false;
+  const auto* a0 = static_cast<const char*>(a.data());
+  const auto* a1 = static_cast<const char*>(a.at(a.rows() - 1, a.cols()));
+  const auto* b0 = static_cast<const char*>(b.data());
+  const auto* b1 = static_cast<const char*>(b.at(b.rows() - 1, b.cols()));
+  return a0 < b1 && b0 < a1;
+}
+
 void copy_into(const TensorView& src, const TensorView& dst) {
   TPL_CHECK(src.rows() == dst.rows() && src.cols() == dst.cols() && src.dtype() == dst.dtype(),
             kWhere, "copy ", src.describe(), " into ", dst.describe());

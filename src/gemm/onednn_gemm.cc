@@ -82,15 +82,6 @@ memory::data_type to_dnnl(DType t) {
   }
 }
 
-bool overlaps(const TensorView& a, const TensorView& b) {
-  if (a.empty() || b.empty()) return false;
-  const auto* a0 = static_cast<const char*>(a.data());
-  const auto* a1 = static_cast<const char*>(a.at(a.rows() - 1, a.cols()));
-  const auto* b0 = static_cast<const char*>(b.data());
-  const auto* b1 = static_cast<const char*>(b.at(b.rows() - 1, b.cols()));
-  return a0 < b1 && b0 < a1;
-}
-
 class OneDnnGemm final : public Gemm {
  public:
   OneDnnGemm(const GemmDesc& desc, TensorView weight, TensorView bias) : desc_(desc) {
@@ -164,7 +155,7 @@ class OneDnnGemm final : public Gemm {
     TPL_CHECK(y.rows() == x.rows() && y.cols() == n && y.dtype() == desc_.out, kWhere, "y must be ",
               dtype_name(desc_.out), "[M=", x.rows(), ", n=", n, "], got ", y.describe());
     TPL_CHECK(!with_bias || has_bias_, kWhere, "run(with_bias=true) but no bias was planned");
-    TPL_CHECK(!overlaps(x, y), kWhere, "x and y must not overlap");
+    TPL_CHECK(!views_overlap(x, y), kWhere, "x and y must not overlap");
     const std::int64_t m = x.rows();
     if (m == 0) return;
 

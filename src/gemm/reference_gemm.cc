@@ -81,15 +81,6 @@ void store_rounded(const TensorView& y, std::int64_t r, std::int64_t c, double v
   }
 }
 
-bool overlaps(const TensorView& a, const TensorView& b) {
-  if (a.empty() || b.empty()) return false;
-  const auto* a0 = static_cast<const char*>(a.data());
-  const auto* a1 = static_cast<const char*>(a.at(a.rows() - 1, a.cols()));
-  const auto* b0 = static_cast<const char*>(b.data());
-  const auto* b1 = static_cast<const char*>(b.at(b.rows() - 1, b.cols()));
-  return a0 < b1 && b0 < a1;
-}
-
 class ReferenceGemm final : public Gemm {
  public:
   ReferenceGemm(const GemmDesc& desc, TensorView weight, TensorView bias) : desc_(desc) {
@@ -144,7 +135,7 @@ class ReferenceGemm final : public Gemm {
     TPL_CHECK(y.rows() == x.rows() && y.cols() == n && y.dtype() == desc_.out, kWhere, "y must be ",
               dtype_name(desc_.out), "[M=", x.rows(), ", n=", n, "], got ", y.describe());
     TPL_CHECK(!with_bias || has_bias(), kWhere, "run(with_bias=true) but no bias was planned");
-    TPL_CHECK(!overlaps(x, y), kWhere, "x and y must not overlap");
+    TPL_CHECK(!views_overlap(x, y), kWhere, "x and y must not overlap");
     if (int8_) return run_int8(x, y);
     std::vector<double> xr(static_cast<std::size_t>(k)), acc(static_cast<std::size_t>(n));
     for (std::int64_t m = 0; m < x.rows(); ++m) {
