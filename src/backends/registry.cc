@@ -4,6 +4,9 @@
 #include "tpl/backends.h"
 #include "tpl/build_config.h"
 #include "tpl/error.h"
+#if TPL_WITH_CUDA
+#include "tpl/cuda.h"
+#endif
 
 namespace tpl {
 
@@ -46,11 +49,15 @@ std::unique_ptr<Gemm> make_gemm(GemmBackend backend, const GemmDesc& desc, Tenso
     case GemmBackend::kOneDnn:
       return make_onednn_gemm(desc, weight, bias);
     case GemmBackend::kCublasLt:
+#if TPL_WITH_CUDA
+      // Runs on device tensors (x, y on Device::kCuda); weight and bias are copied to the GPU.
+      return cuda::make_cublaslt_gemm(desc, weight, bias);
+#else
       break;
+#endif
   }
   TPL_THROW(Unsupported, Where{"make_gemm"}, "GEMM backend ", gemm_backend_name(backend),
-            " is not usable for host tensors in this build (built: ",
-            TPL_WITH_CUDA ? "cuda" : "no cuda", ")");
+            " is not built (this build has no CUDA backend)");
 }
 
 std::vector<std::string> built_backends() {
