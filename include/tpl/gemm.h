@@ -35,6 +35,12 @@ class Gemm {
   virtual void run(TensorView x, TensorView y, bool with_bias) = 0;
 };
 
+// The argument checks every Gemm::run performs: x [M, k] of desc.act and y [M, n] of desc.out on
+// `device`, a planned bias when with_bias, and no overlap of x and y (host views). Throws
+// InvalidArgument naming `where`.
+void check_gemm_run(const Gemm& g, const TensorView& x, const TensorView& y, bool with_bias,
+                    Device device, const char* where);
+
 // Naive triple loop accumulating in double: the test oracle. Inputs of any float dtype.
 std::unique_ptr<Gemm> make_reference_gemm(const GemmDesc& desc, TensorView weight, TensorView bias);
 

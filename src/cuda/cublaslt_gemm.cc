@@ -98,13 +98,7 @@ class CublasLtGemm final : public Gemm {
   bool has_bias() const override { return bias_.data() != nullptr; }
 
   void run(TensorView x, TensorView y, bool with_bias) override {
-    const Where w{"cublaslt gemm"};
-    TPL_CHECK(x.device() == Device::kCuda && y.device() == Device::kCuda, w,
-              "x and y must be device tensors, got ", x.describe(), " and ", y.describe());
-    TPL_CHECK(x.dtype() == desc_.act && x.cols() == desc_.k && y.dtype() == desc_.out &&
-                  y.cols() == desc_.n && y.rows() == x.rows(),
-              w, "x ", x.describe(), " y ", y.describe(), " for k=", desc_.k, " n=", desc_.n);
-    TPL_CHECK(!with_bias || has_bias(), w, "run(with_bias=true) but no bias was planned");
+    check_gemm_run(*this, x, y, with_bias, Device::kCuda, "cublaslt gemm");
     const std::int64_t m = x.rows();
     if (m == 0) return;
     const int b = with_bias ? 1 : 0;

@@ -128,14 +128,7 @@ class ReferenceGemm final : public Gemm {
 
   void run(TensorView x, TensorView y, bool with_bias) override {
     const std::int64_t k = desc_.k, n = desc_.n;
-    TPL_CHECK(x.device() == Device::kHost && y.device() == Device::kHost, kWhere,
-              "x and y must be host tensors");
-    TPL_CHECK(x.cols() == k && x.dtype() == desc_.act, kWhere, "x must be ", dtype_name(desc_.act),
-              "[M, k=", k, "], got ", x.describe());
-    TPL_CHECK(y.rows() == x.rows() && y.cols() == n && y.dtype() == desc_.out, kWhere, "y must be ",
-              dtype_name(desc_.out), "[M=", x.rows(), ", n=", n, "], got ", y.describe());
-    TPL_CHECK(!with_bias || has_bias(), kWhere, "run(with_bias=true) but no bias was planned");
-    TPL_CHECK(!views_overlap(x, y), kWhere, "x and y must not overlap");
+    check_gemm_run(*this, x, y, with_bias, Device::kHost, "reference_gemm");
     if (int8_) return run_int8(x, y);
     std::vector<double> xr(static_cast<std::size_t>(k)), acc(static_cast<std::size_t>(n));
     for (std::int64_t m = 0; m < x.rows(); ++m) {

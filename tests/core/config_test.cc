@@ -1,6 +1,8 @@
 // Config (seed-spec §2.2, §3), Features (§3.3), group_sizes (§2.4) and ForwardContext (§4).
 #include <gtest/gtest.h>
 
+#include "expect_throw.h"
+
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -14,18 +16,7 @@ namespace {
 
 using nlohmann::json;
 
-template <typename Exc, typename Fn>
-void expect_throw_with(Fn&& fn, const std::string& needle) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected an exception containing '" << needle << "'";
-  } catch (const Exc& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos)
-        << "message '" << e.what() << "' lacks '" << needle << "'";
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "wrong exception type: " << e.what();
-  }
-}
+using tpl::testing::expect_throw_with;
 
 Config base(int dp, int tp) {
   Config c;

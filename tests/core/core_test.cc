@@ -2,6 +2,8 @@
 // LinearLayer::output_rows (seed-spec §10).
 #include <gtest/gtest.h>
 
+#include "expect_throw.h"
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -18,18 +20,7 @@
 namespace tpl {
 namespace {
 
-template <typename Exc, typename Fn>
-void expect_throw_with(Fn&& fn, const std::string& needle) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected an exception containing '" << needle << "'";
-  } catch (const Exc& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos)
-        << "message '" << e.what() << "' lacks '" << needle << "'";
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "wrong exception type: " << e.what();
-  }
-}
+using tpl::testing::expect_throw_with;
 
 float bits_to_f32(std::uint32_t u) {
   float f;

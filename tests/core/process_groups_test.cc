@@ -2,6 +2,8 @@
 // table of §7.1, checked against the spec's worked examples.
 #include <gtest/gtest.h>
 
+#include "expect_throw.h"
+
 #include <algorithm>
 #include <set>
 #include <string>
@@ -16,19 +18,7 @@ namespace {
 
 using Groups = std::vector<std::vector<int>>;
 
-// Runs `fn`, expects an exception of type Exc whose message contains `needle`.
-template <typename Exc, typename Fn>
-void expect_throw_with(Fn&& fn, const std::string& needle) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected an exception containing '" << needle << "'";
-  } catch (const Exc& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos)
-        << "message '" << e.what() << "' lacks '" << needle << "'";
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "wrong exception type: " << e.what();
-  }
-}
+using tpl::testing::expect_throw_with;
 
 std::set<std::vector<int>> as_set(const Groups& g) {
   return {g.begin(), g.end()};

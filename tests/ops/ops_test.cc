@@ -684,6 +684,32 @@ TEST(Ops, WeightPrefetchHookRunsAfterRowOps) {
 // results must be bit-identical for random data; with 3-4 ranks MPI may pick a different
 // summation order for a different message size, so random data gets a 1-ulp-scale bound and
 // small-integer data (exact sums) must still be bit-identical.
+// Runs one layer with and without a CommWorker on the same input; returns (unfused, fused).
+// x_of(ctx) builds this rank's input for the batch.
+struct FusedRun {
+  Tensor plain, fused;
+  std::string op;
+};
+template <typename XOf>
+FusedRun run_fused_pair(const Config& cfg, LayerSpec s, Data data, std::int64_t n,
+                        CommWorker& worker, XOf&& x_of) {
+  const Features f = Features::derive(cfg, {});
+  ProcessGroups groups(world(), cfg.layout, group_sizes(cfg, f));
+  Selector sel(cfg, {});
+  s.dtype = dtype_of(data);
+  s.bias = true;
+  Tensor w = make_data(data, s.out_features, s.in_features, 11, 0.15f);
+  Tensor b = make_data(data, 1, s.out_features, 12, 1.f);
+  OpEnv plain{cfg, f, groups, nullptr, nullptr};
+  OpEnv fused{cfg, f, groups, nullptr, &worker};
+  LinearLayer l_plain(s, sel, plain, GemmBackend::kOneDnn, w, b);
+  LinearLayer l_fused(s, sel, fused, GemmBackend::kOneDnn, w, b);
+  const ForwardContext ctx = ForwardContext::make(cfg, f, {}, n);
+  Tensor x = x_of(ctx);
+  return {l_plain.forward(x, ctx).output, l_fused.forward(x, ctx).output,
+          op_kind_name(l_fused.choice().kind)};
+}
+
 TEST(Ops, FusedAllGatherGemmMatchesUnfused) {
   if (W() < 2) GTEST_SKIP() << "fusion needs a group";
   CommWorker worker;
@@ -694,28 +720,17 @@ TEST(Ops, FusedAllGatherGemmMatchesUnfused) {
         cfg.flashcomm1 = true;
         cfg.flashcomm1_threshold = 0;
         cfg.fused_chunks = chunks;
-        const Features f = Features::derive(cfg, {});
-        ProcessGroups groups(world(), cfg.layout, group_sizes(cfg, f));
-        Selector sel(cfg, {});
-        LayerSpec s = column(kQkv, 40, 24);
-        s.dtype = dtype_of(data);
-        s.bias = true;
-        Tensor w = make_data(data, 24, 40, 21, 0.15f);
-        Tensor b = make_data(data, 1, 24, 22, 1.f);
-        OpEnv plain{cfg, f, groups, nullptr, nullptr};
-        OpEnv fused{cfg, f, groups, nullptr, &worker};
-        LinearLayer l_plain(s, sel, plain, GemmBackend::kOneDnn, w, b);
-        LinearLayer l_fused(s, sel, fused, GemmBackend::kOneDnn, w, b);
-        const ForwardContext ctx = ForwardContext::make(cfg, f, {}, n);
-        const std::int64_t blk = (n + ctx.pad_size) / W();
-        Tensor xs = make_data(data, blk, 40, 23 + world().rank(), 1.f);
-        Tensor a = l_plain.forward(xs, ctx).output;
-        Tensor c = l_fused.forward(xs, ctx).output;
+        // Input: this rank's sequence shard of the padded batch.
+        const FusedRun r = run_fused_pair(
+            cfg, column(kQkv, 40, 24), data, n, worker, [&](const ForwardContext& ctx) {
+              return make_data(data, (n + ctx.pad_size) / W(), 40, 23 + world().rank(), 1.f);
+            });
         // No reduction: every output row is one GEMM row, so the results are bit-identical.
-        expect_agreed(world(), compare(c, a, 0, 0,
-                                       std::string("all-gather+GEMM fused vs unfused ") +
-                                           data_name(data) + " chunks=" + std::to_string(chunks) +
-                                           " tokens=" + std::to_string(n)));
+        expect_agreed(
+            world(),
+            compare(r.fused, r.plain, 0, 0,
+                    "all-gather+GEMM fused vs unfused " + std::string(data_name(data)) +
+                        " chunks=" + std::to_string(chunks) + " tokens=" + std::to_string(n)));
       }
 }
 
@@ -731,29 +746,18 @@ TEST(Ops, FusedPathsMatchUnfused) {
           cfg.flashcomm1_threshold = 0;
           cfg.matmul_allreduce = !fc1;
           cfg.fused_chunks = chunks;
-          const Features f = Features::derive(cfg, {});
-          ProcessGroups groups(world(), cfg.layout, group_sizes(cfg, f));
-          Selector sel(cfg, {});
-          LayerSpec s = row(kO, 40, 24);
-          s.dtype = dtype_of(data);
-          s.bias = true;
-          Tensor w = make_data(data, 24, 40, 11, 0.15f);
-          Tensor b = make_data(data, 1, 24, 12, 1.f);
-          OpEnv plain{cfg, f, groups, nullptr, nullptr};
-          OpEnv fused{cfg, f, groups, nullptr, &worker};
-          LinearLayer l_plain(s, sel, plain, GemmBackend::kOneDnn, w, b);
-          LinearLayer l_fused(s, sel, fused, GemmBackend::kOneDnn, w, b);
-          const ForwardContext ctx = ForwardContext::make(cfg, f, {}, n);
-          Tensor x = make_data(data, n, 40, 13, 1.f);
-          const ShardRange cols = shard_range(40, W(), world().rank());
-          Tensor xs = Tensor::copy_of(x.view().col_slice(cols.offset, cols.size));
-          Tensor a = l_plain.forward(xs, ctx).output;
-          Tensor c = l_fused.forward(xs, ctx).output;
+          // Input: all tokens, this rank's feature block.
+          const FusedRun r =
+              run_fused_pair(cfg, row(kO, 40, 24), data, n, worker, [&](const ForwardContext&) {
+                Tensor x = make_data(data, n, 40, 13, 1.f);
+                const ShardRange cols = shard_range(40, W(), world().rank());
+                return Tensor::copy_of(x.view().col_slice(cols.offset, cols.size));
+              });
           const bool exact = W() == 2 || data != Data::kNormalBF16;
-          std::string label = std::string(op_kind_name(l_fused.choice().kind)) +
-                              " fused vs unfused " + data_name(data) +
-                              " chunks=" + std::to_string(chunks) + " tokens=" + std::to_string(n);
-          expect_agreed(world(), compare(c, a, exact ? 0 : 0.02, exact ? 0 : 0.01, label));
+          expect_agreed(world(), compare(r.fused, r.plain, exact ? 0 : 0.02, exact ? 0 : 0.01,
+                                         r.op + " fused vs unfused " + data_name(data) +
+                                             " chunks=" + std::to_string(chunks) +
+                                             " tokens=" + std::to_string(n)));
         }
 }
 
