@@ -2,5 +2,7 @@
 # Configures and builds tplinear (library, CLI, tests, benchmarks) into ./build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@"
+# The main build requires MPI and oneDNN (AUTO would quietly build less); pass -DTPL_MPI=AUTO etc.
+# to override.
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTPL_MPI=ON -DTPL_ONEDNN=ON "$@"
 cmake --build build -j "$(nproc)"

@@ -8,7 +8,7 @@ PKGS=(
   build-essential cmake ninja-build git pkg-config
   openmpi-bin libopenmpi-dev
   libdnnl-dev ocl-icd-opencl-dev
-  nlohmann-json3-dev libcli11-dev libfmt-dev libspdlog-dev
+  nlohmann-json3-dev libcli11-dev libfmt-dev
   googletest libgtest-dev libgmock-dev libbenchmark-dev
   clang-format
 )

@@ -73,7 +73,7 @@ struct LayerReport {
 struct StackOptions {
   DType dtype = DType::kF32;
   bool w8a8 = false;
-  GemmBackend backend = GemmBackend::kOneDnn;
+  GemmBackend backend = default_cpu_gemm_backend();
   int prefetch_step = -1;  // layer sharding; -1 = min(1, layers - 2)
 };
 

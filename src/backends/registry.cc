@@ -1,9 +1,13 @@
 // The only file that knows which backends were compiled in (#if on the generated config).
-#include "comm/mpi_communicator.h"
-#include "gemm/onednn_gemm.h"
 #include "tpl/backends.h"
 #include "tpl/build_config.h"
 #include "tpl/error.h"
+#if TPL_WITH_MPI
+#include "comm/mpi_communicator.h"
+#endif
+#if TPL_WITH_ONEDNN
+#include "gemm/onednn_gemm.h"
+#endif
 #if TPL_WITH_CUDA
 #include "tpl/cuda.h"
 #endif
@@ -30,7 +34,10 @@ GemmBackend parse_gemm_backend(const std::string& s) {
 }
 
 std::vector<GemmBackend> available_gemm_backends() {
-  std::vector<GemmBackend> v{GemmBackend::kReference, GemmBackend::kOneDnn};
+  std::vector<GemmBackend> v{GemmBackend::kReference};
+#if TPL_WITH_ONEDNN
+  v.push_back(GemmBackend::kOneDnn);
+#endif
 #if TPL_WITH_CUDA
   v.push_back(GemmBackend::kCublasLt);
 #endif
@@ -38,7 +45,11 @@ std::vector<GemmBackend> available_gemm_backends() {
 }
 
 GemmBackend default_cpu_gemm_backend() {
+#if TPL_WITH_ONEDNN
   return GemmBackend::kOneDnn;
+#else
+  return GemmBackend::kReference;
+#endif
 }
 
 std::unique_ptr<Gemm> make_gemm(GemmBackend backend, const GemmDesc& desc, TensorView weight,
@@ -47,7 +58,13 @@ std::unique_ptr<Gemm> make_gemm(GemmBackend backend, const GemmDesc& desc, Tenso
     case GemmBackend::kReference:
       return make_reference_gemm(desc, weight, bias);
     case GemmBackend::kOneDnn:
+#if TPL_WITH_ONEDNN
       return make_onednn_gemm(desc, weight, bias);
+#else
+      TPL_THROW(Unsupported, Where{"make_gemm"},
+                "GEMM backend onednn is not built (this build has no oneDNN; configure with "
+                "TPL_ONEDNN=ON where oneDNN is installed, or use the reference backend)");
+#endif
     case GemmBackend::kCublasLt:
 #if TPL_WITH_CUDA
       // Runs on device tensors (x, y on Device::kCuda); weight and bias are copied to the GPU.
@@ -61,7 +78,14 @@ std::unique_ptr<Gemm> make_gemm(GemmBackend backend, const GemmDesc& desc, Tenso
 }
 
 std::vector<std::string> built_backends() {
-  std::vector<std::string> v{"local", "mpi", "reference", "onednn"};
+  std::vector<std::string> v{"local"};
+#if TPL_WITH_MPI
+  v.push_back("mpi");
+#endif
+  v.push_back("reference");
+#if TPL_WITH_ONEDNN
+  v.push_back("onednn");
+#endif
 #if TPL_WITH_CUDA
   v.push_back("cuda");
 #endif

@@ -1,4 +1,5 @@
 // GEMM backends: the reference oracle on hand-checked cases, and oneDNN against the reference.
+// The oneDNN tests go through the registry (make_gemm) and skip in builds without oneDNN.
 //
 // Accuracy bounds (relative L2 error ||y - ref|| / ||ref||, ref = reference GEMM in double on
 // the same, already-rounded inputs):
@@ -11,27 +12,54 @@
 //    uniform int8 data covering the full range [-128, 127] for both operands.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <ostream>
 #include <random>
 #include <string>
 #include <tuple>
 #include <vector>
 
-#include "gemm/onednn_gemm.h"
 #include "harness.h"
+#include "tpl/backends.h"
 #include "tpl/error.h"
 #include "tpl/gemm.h"
 
 namespace tpl {
+
+// Test names and failure messages show the backend's name (found by ADL from gtest).
+[[maybe_unused]] static void PrintTo(GemmBackend b, std::ostream* os) {
+  *os << gemm_backend_name(b);
+}
+
 namespace {
 
 using testing::compare;
 using testing::random_ints;
 using testing::random_normal;
+
+bool onednn_built() {
+  const std::vector<GemmBackend> v = available_gemm_backends();
+  return std::find(v.begin(), v.end(), GemmBackend::kOneDnn) != v.end();
+}
+
+constexpr const char* kNoOneDnn = "oneDNN is not built (TPL_ONEDNN)";
+
+std::unique_ptr<Gemm> make_onednn(const GemmDesc& desc, TensorView weight, TensorView bias) {
+  return make_gemm(GemmBackend::kOneDnn, desc, weight, bias);
+}
+
+// The CPU backends of this build (the reference, and oneDNN when built).
+std::vector<GemmBackend> cpu_gemm_backends() {
+  std::vector<GemmBackend> v;
+  for (GemmBackend b : available_gemm_backends())
+    if (b != GemmBackend::kCublasLt) v.push_back(b);
+  return v;
+}
 
 double rel_l2(const TensorView& actual, const TensorView& expected) {
   double num = 0, den = 0;
@@ -139,6 +167,9 @@ std::string param_name(const ::testing::TestParamInfo<Param>& info) {
 
 class OneDnnVsReference : public ::testing::TestWithParam<Param> {
  protected:
+  void SetUp() override {
+    if (!onednn_built()) GTEST_SKIP() << kNoOneDnn;
+  }
   GemmDesc desc() const {
     const auto& [c, k, n] = GetParam();
     return GemmDesc{k, n, c.act, c.weight, c.out};
@@ -149,7 +180,7 @@ TEST_P(OneDnnVsReference, RandomNormalAllM) {
   const GemmDesc d = desc();
   Tensor w = random_normal(d.n, d.k, 1.f, 11, d.weight);
   Tensor b = random_normal(1, d.n, 1.f, 12, DType::kF32);
-  auto g = make_onednn_gemm(d, w, b);
+  auto g = make_onednn(d, w, b);
   EXPECT_EQ(g->name(), "onednn");
   EXPECT_TRUE(g->has_bias());
   for (bool with_bias : {false, true}) {
@@ -171,7 +202,7 @@ TEST_P(OneDnnVsReference, SmallIntegersBitExact) {
   const GemmDesc d = desc();
   Tensor w = random_ints(d.n, d.k, 3, 21, d.weight);
   Tensor b = random_ints(1, d.n, 50, 22, DType::kF32);
-  auto g = make_onednn_gemm(d, w, b);
+  auto g = make_onednn(d, w, b);
   GemmDesc rd = d;  // the reference rounds once into the same output dtype
   auto ref = make_reference_gemm(rd, w, b);
   for (bool with_bias : {false, true}) {
@@ -192,7 +223,7 @@ TEST_P(OneDnnVsReference, StridedViews) {
   const GemmDesc d = desc();
   Tensor w = random_normal(d.n, d.k, 1.f, 31, d.weight);
   Tensor b = random_normal(1, d.n, 1.f, 32, DType::kF32);
-  auto g = make_onednn_gemm(d, w, b);
+  auto g = make_onednn(d, w, b);
   for (std::int64_t m : {1, 7, 16, 1001}) {
     SCOPED_TRACE("M=" + std::to_string(m));
     Tensor xbuf = random_normal(m, d.k + 5, 1.f, 300 + m, d.act);
@@ -218,7 +249,7 @@ TEST_P(OneDnnVsReference, WeightCopiedOnceAndReusedAcrossM) {
   const GemmDesc d = desc();
   auto w = std::make_unique<Tensor>(random_normal(d.n, d.k, 1.f, 41, d.weight));
   Tensor w_keep = Tensor::copy_of(*w);
-  auto g = make_onednn_gemm(d, *w, TensorView());
+  auto g = make_onednn(d, *w, TensorView());
   EXPECT_FALSE(g->has_bias());
   std::memset(w->data(), 0x7f, w->nbytes());  // garbage (large finite values / NaN)
   w.reset();
@@ -331,13 +362,16 @@ using Int8Param = std::tuple<std::int64_t, std::int64_t>;  // k, n
 
 class OneDnnInt8VsReference : public ::testing::TestWithParam<Int8Param> {
  protected:
+  void SetUp() override {
+    if (!onednn_built()) GTEST_SKIP() << kNoOneDnn;
+  }
   GemmDesc desc() const { return int8_desc(std::get<0>(GetParam()), std::get<1>(GetParam())); }
 };
 
 TEST_P(OneDnnInt8VsReference, FullRangeAllMBitExact) {
   const GemmDesc d = desc();
   Tensor w = random_int8(d.n, d.k, 51);
-  auto g = make_onednn_gemm(d, w, TensorView());
+  auto g = make_onednn(d, w, TensorView());
   auto ref = make_reference_gemm(d, w, TensorView());
   EXPECT_EQ(g->name(), "onednn");
   EXPECT_FALSE(g->has_bias());
@@ -359,7 +393,7 @@ TEST_P(OneDnnInt8VsReference, ExtremeValuesBitExact) {
   for (std::uint8_t fill : {std::uint8_t{0x80}, std::uint8_t{0x7f}}) {
     SCOPED_TRACE("x = " + std::to_string(static_cast<std::int8_t>(fill)));
     std::memset(x.data(), fill, x.nbytes());
-    make_onednn_gemm(d, w, TensorView())->run(x, y, false);
+    make_onednn(d, w, TensorView())->run(x, y, false);
     const std::int32_t expected =
         static_cast<std::int32_t>(d.k) * -128 * static_cast<std::int8_t>(fill);
     bool all = true;
@@ -372,7 +406,7 @@ TEST_P(OneDnnInt8VsReference, ExtremeValuesBitExact) {
 TEST_P(OneDnnInt8VsReference, StridedViews) {
   const GemmDesc d = desc();
   Tensor w = random_int8(d.n, d.k, 61);
-  auto g = make_onednn_gemm(d, w, TensorView());
+  auto g = make_onednn(d, w, TensorView());
   auto ref = make_reference_gemm(d, w, TensorView());
   for (std::int64_t m : {1, 7, 16, 1001}) {
     SCOPED_TRACE("M=" + std::to_string(m));
@@ -400,7 +434,7 @@ TEST_P(OneDnnInt8VsReference, WeightCopiedOnceAndReusedAcrossM) {
   const GemmDesc d = desc();
   auto w = std::make_unique<Tensor>(random_int8(d.n, d.k, 71));
   auto ref = make_reference_gemm(d, *w, TensorView());
-  auto g = make_onednn_gemm(d, *w, TensorView());
+  auto g = make_onednn(d, *w, TensorView());
   std::memset(w->data(), 0x55, w->nbytes());
   w.reset();
   Tensor x = random_int8(1001, d.k, 72);
@@ -424,13 +458,16 @@ INSTANTIATE_TEST_SUITE_P(
     });
 
 // ---------------------------------------------------------------------------------------------
-// Invalid arguments, for both backends.
+// Invalid arguments, for every CPU backend of the build.
 
-using Factory = std::unique_ptr<Gemm> (*)(const GemmDesc&, TensorView, TensorView);
-class GemmErrors : public ::testing::TestWithParam<Factory> {};
+class GemmErrors : public ::testing::TestWithParam<GemmBackend> {
+ protected:
+  std::unique_ptr<Gemm> make(const GemmDesc& desc, TensorView weight, TensorView bias) const {
+    return make_gemm(GetParam(), desc, weight, bias);
+  }
+};
 
 TEST_P(GemmErrors, CreationRejectsBadWeightAndBias) {
-  const Factory make = GetParam();
   const GemmDesc d{13, 129, DType::kF32, DType::kF32, DType::kF32};
   Tensor w(DType::kF32, 129, 13), w_t(DType::kF32, 13, 129), w_bf(DType::kBF16, 129, 13);
   Tensor b_bad(DType::kF32, 1, 128);
@@ -450,7 +487,6 @@ TEST_P(GemmErrors, CreationRejectsBadWeightAndBias) {
 
 // int8 is served only as int8 x int8 -> int32, without bias, by both backends.
 TEST_P(GemmErrors, Int8DtypeCombinations) {
-  const Factory make = GetParam();
   Tensor w8(DType::kI8, 129, 13), w32(DType::kF32, 129, 13);
   const auto msg = [&](DType a, DType wt, DType o, const TensorView& w, const TensorView& b) {
     return message_of([&] { make(GemmDesc{13, 129, a, wt, o}, w, b); });
@@ -498,7 +534,6 @@ TEST_P(GemmErrors, Int8DtypeCombinations) {
 }
 
 TEST_P(GemmErrors, RunRejectsBadShapes) {
-  const Factory make = GetParam();
   const GemmDesc d{13, 129, DType::kF32, DType::kF32, DType::kF32};
   Tensor w = random_normal(129, 13, 1.f, 1);
   auto g = make(d, w, TensorView());
@@ -525,36 +560,57 @@ TEST_P(GemmErrors, RunRejectsBadShapes) {
   EXPECT_NO_THROW(g->run(x, y, false));
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, GemmErrors,
-                         ::testing::Values(&make_reference_gemm, &make_onednn_gemm),
-                         [](const ::testing::TestParamInfo<Factory>& info) {
-                           return std::string(info.index == 0 ? "reference" : "onednn");
+INSTANTIATE_TEST_SUITE_P(Backends, GemmErrors, ::testing::ValuesIn(cpu_gemm_backends()),
+                         [](const ::testing::TestParamInfo<GemmBackend>& info) {
+                           return std::string(gemm_backend_name(info.param));
                          });
 
-TEST(OneDnnGemm, RejectsUnsupportedDtypePairs) {
+// The registry and the build agree on oneDNN; without it, asking for it names what is missing.
+TEST(GemmRegistry, OneDnnAvailabilityIsConsistent) {
+  const GemmDesc d{13, 129, DType::kF32, DType::kF32, DType::kF32};
+  Tensor w = random_normal(129, 13, 1.f, 1);
+  if (onednn_built()) {
+    EXPECT_EQ(default_cpu_gemm_backend(), GemmBackend::kOneDnn);
+    EXPECT_EQ(make_onednn(d, w, TensorView())->name(), "onednn");
+  } else {
+    EXPECT_EQ(default_cpu_gemm_backend(), GemmBackend::kReference);
+    EXPECT_THROW(make_onednn(d, w, TensorView()), Unsupported);
+    const std::string m = message_of([&] { make_onednn(d, w, TensorView()); });
+    EXPECT_NE(m.find("onednn is not built"), std::string::npos) << m;
+  }
+}
+
+class OneDnnGemm : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!onednn_built()) GTEST_SKIP() << kNoOneDnn;
+  }
+};
+
+TEST_F(OneDnnGemm, RejectsUnsupportedDtypePairs) {
   Tensor w32(DType::kF32, 4, 8), wbf(DType::kBF16, 4, 8), w16(DType::kF16, 4, 8);
   const auto unsupported = [](DType a, DType wt, DType o, const TensorView& w) {
-    return message_of([&] { make_onednn_gemm(GemmDesc{8, 4, a, wt, o}, w, TensorView()); });
+    return message_of([&] { make_onednn(GemmDesc{8, 4, a, wt, o}, w, TensorView()); });
   };
   EXPECT_THROW(
-      make_onednn_gemm(GemmDesc{8, 4, DType::kF16, DType::kF16, DType::kF16}, w16, TensorView()),
+      make_onednn(GemmDesc{8, 4, DType::kF16, DType::kF16, DType::kF16}, w16, TensorView()),
       Unsupported);
   EXPECT_THROW(
-      make_onednn_gemm(GemmDesc{8, 4, DType::kF32, DType::kBF16, DType::kF32}, wbf, TensorView()),
+      make_onednn(GemmDesc{8, 4, DType::kF32, DType::kBF16, DType::kF32}, wbf, TensorView()),
       Unsupported);
   EXPECT_THROW(
-      make_onednn_gemm(GemmDesc{8, 4, DType::kF32, DType::kF32, DType::kBF16}, w32, TensorView()),
+      make_onednn(GemmDesc{8, 4, DType::kF32, DType::kF32, DType::kBF16}, w32, TensorView()),
       Unsupported);
   const std::string msg = unsupported(DType::kF32, DType::kBF16, DType::kF32, wbf);
   EXPECT_NE(msg.find("supported: f32 x f32 -> f32, bf16 x bf16 -> bf16 or f32"), std::string::npos)
       << msg;
 }
 
-TEST(OneDnnGemm, ZeroRowsIsANoOp) {
+TEST_F(OneDnnGemm, ZeroRowsIsANoOp) {
   const GemmDesc d{13, 129, DType::kBF16, DType::kBF16, DType::kBF16};
   Tensor w = random_normal(129, 13, 1.f, 5, DType::kBF16);
   Tensor b = random_normal(1, 129, 1.f, 6, DType::kBF16);
-  auto g = make_onednn_gemm(d, w, b);
+  auto g = make_onednn(d, w, b);
   g->run(TensorView(nullptr, DType::kBF16, 0, 13), TensorView(nullptr, DType::kBF16, 0, 129), true);
   // ...and the first real call afterwards still works.
   Tensor x = random_normal(3, 13, 1.f, 7, DType::kBF16);

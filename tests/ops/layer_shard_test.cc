@@ -107,12 +107,12 @@ TEST(LayerShard, ShardedOprojEqualsResidentWeights) {
         LayerSpec so{base + "o_proj", LayerKind::kRow, attn, hidden};
         w_qkv.push_back(testing::random_ints(attn, hidden, 2, 100 + l));
         w_o.push_back(testing::random_ints(hidden, attn, 2, 200 + l));
-        qkv.push_back(std::make_unique<LinearLayer>(sq, sel, sharded, GemmBackend::kOneDnn,
+        qkv.push_back(std::make_unique<LinearLayer>(sq, sel, sharded, default_cpu_gemm_backend(),
                                                     w_qkv.back(), TensorView()));
-        o_sharded.push_back(std::make_unique<LinearLayer>(so, sel, sharded, GemmBackend::kOneDnn,
-                                                          w_o.back(), TensorView()));
-        o_resident.push_back(std::make_unique<LinearLayer>(so, sel, resident, GemmBackend::kOneDnn,
-                                                           w_o.back(), TensorView()));
+        o_sharded.push_back(std::make_unique<LinearLayer>(
+            so, sel, sharded, default_cpu_gemm_backend(), w_o.back(), TensorView()));
+        o_resident.push_back(std::make_unique<LinearLayer>(
+            so, sel, resident, default_cpu_gemm_backend(), w_o.back(), TensorView()));
       }
       series.finalize();
       std::string msg;

@@ -109,9 +109,9 @@ std::string run_case(Case c) {
                           calibrate_activation(calib));
   }
   std::unique_ptr<LinearLayer> layer_ptr =
-      c.w8a8 ? std::make_unique<LinearLayer>(spec, selector, env, GemmBackend::kOneDnn, qp)
-             : std::make_unique<LinearLayer>(spec, selector, env, GemmBackend::kOneDnn, weight,
-                                             spec.bias ? bias.view() : TensorView());
+      c.w8a8 ? std::make_unique<LinearLayer>(spec, selector, env, default_cpu_gemm_backend(), qp)
+             : std::make_unique<LinearLayer>(spec, selector, env, default_cpu_gemm_backend(),
+                                             weight, spec.bias ? bias.view() : TensorView());
   LinearLayer& layer = *layer_ptr;
   if (layer.choice().kind != c.expect_kind)
     return describe(c) + ": selected " + op_kind_name(layer.choice().kind) + ", expected " +
@@ -524,7 +524,7 @@ TEST(Ops, RowWithoutReductionRejectsAnAddedBias) {
   s.bias = true;
   s.flags.reduce_results = false;
   Tensor w(DType::kF32, 4, 8), b(DType::kF32, 1, 4);
-  EXPECT_THROW(LinearLayer(s, sel, env, GemmBackend::kOneDnn, w, b), InvalidArgument);
+  EXPECT_THROW(LinearLayer(s, sel, env, default_cpu_gemm_backend(), w, b), InvalidArgument);
 }
 
 // Every op with W8A8 layers: quantize, int8 GEMM (int32 accumulation), dequantize; against the
@@ -621,7 +621,7 @@ TEST(OpsW8A8, ExactOnOneRankAndQuantizationError) {
   Tensor x = testing::random_normal(m, k, 1.f, 7);
   const W8A8Params qp = make_w8a8_params(w, b, calibrate_activation(x));
   LayerSpec s = column(kQkv, k, n);
-  LinearLayer lq(s, sel, env, GemmBackend::kOneDnn, qp);
+  LinearLayer lq(s, sel, env, default_cpu_gemm_backend(), qp);
   Tensor y = lq.forward(x, ForwardContext::make(cfg, f, {}, m)).output;
   Tensor ref(DType::kF32, m, n);
   w8a8_reference(quantize(x, qp.input_scale, qp.input_offset), qp, true, ref);
@@ -669,8 +669,8 @@ TEST(Ops, WeightPrefetchHookRunsAfterRowOps) {
   OpEnv env{cfg, f, groups, nullptr, nullptr, &hook};
   LayerSpec up = column(kGateUp, 8, 8), down = row(kDown, 8, 8);
   Tensor w1 = testing::random_ints(8, 8, 2, 1), w2 = testing::random_ints(8, 8, 2, 2);
-  LinearLayer l1(up, sel, env, GemmBackend::kOneDnn, w1, {});
-  LinearLayer l2(down, sel, env, GemmBackend::kOneDnn, w2, {});
+  LinearLayer l1(up, sel, env, default_cpu_gemm_backend(), w1, {});
+  LinearLayer l2(down, sel, env, default_cpu_gemm_backend(), w2, {});
   const ForwardContext ctx = ForwardContext::make(cfg, f, {}, 5);
   Tensor x = testing::random_ints(5, 8, 2, 3);
   Tensor h = l1.forward(x, ctx).output;
@@ -702,8 +702,8 @@ FusedRun run_fused_pair(const Config& cfg, LayerSpec s, Data data, std::int64_t 
   Tensor b = make_data(data, 1, s.out_features, 12, 1.f);
   OpEnv plain{cfg, f, groups, nullptr, nullptr};
   OpEnv fused{cfg, f, groups, nullptr, &worker};
-  LinearLayer l_plain(s, sel, plain, GemmBackend::kOneDnn, w, b);
-  LinearLayer l_fused(s, sel, fused, GemmBackend::kOneDnn, w, b);
+  LinearLayer l_plain(s, sel, plain, default_cpu_gemm_backend(), w, b);
+  LinearLayer l_fused(s, sel, fused, default_cpu_gemm_backend(), w, b);
   const ForwardContext ctx = ForwardContext::make(cfg, f, {}, n);
   Tensor x = x_of(ctx);
   return {l_plain.forward(x, ctx).output, l_fused.forward(x, ctx).output,
