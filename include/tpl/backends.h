@@ -8,6 +8,7 @@
 
 #include "tpl/communicator.h"
 #include "tpl/gemm.h"
+#include "tpl/runtime.h"
 
 namespace tpl {
 
@@ -19,9 +20,19 @@ std::vector<GemmBackend> available_gemm_backends();
 // The fastest CPU backend of this build (oneDNN when built, else the reference).
 GemmBackend default_cpu_gemm_backend();
 
-// weight: [desc.n, desc.k]; bias: [1, desc.n] or an empty view (no bias).
+// weight: [desc.n, desc.k]; bias: [1, desc.n] or an empty view (no bias). `rt`: the runtime
+// whose tensors the GEMM will run on; cuBLASLt enqueues on the CUDA runtime's stream (stream 0
+// when rt is null), the host backends ignore it.
 std::unique_ptr<Gemm> make_gemm(GemmBackend backend, const GemmDesc& desc, TensorView weight,
-                                TensorView bias);
+                                TensorView bias, Runtime* rt = nullptr);
+
+// The runtime for `device`: the host runtime, or a CUDA runtime on the current device (its own
+// compute stream and memory pool). Unsupported when the device's backend is not built.
+std::unique_ptr<Runtime> make_runtime(Device device);
+// Communicator for tensors of `rt`'s device over the ranks of `bootstrap`: for the host, a
+// duplicate of `bootstrap` itself; for CUDA, an NCCL communicator ordered with rt's stream (the
+// call is collective over `bootstrap`, which carries the NCCL id).
+std::unique_ptr<Communicator> make_device_communicator(Communicator& bootstrap, Runtime& rt);
 
 // Owns MPI's lifetime for a program: MPI_Init_thread on construction (requesting
 // MPI_THREAD_MULTIPLE), MPI_Finalize on destruction. Create exactly one, in main().

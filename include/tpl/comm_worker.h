@@ -29,6 +29,8 @@ class CommWorker {
   // Blocks until the task with this ticket (and every earlier one) has run; rethrows the first
   // exception a task threw.
   void wait(std::uint64_t ticket);
+  // Whether the task with this ticket has run (does not block, does not rethrow).
+  bool finished(std::uint64_t ticket);
   // Blocks until every submitted task has run; rethrows the first exception a task threw.
   void drain();
 

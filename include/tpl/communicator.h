@@ -12,6 +12,10 @@
 //  * Views may be strided; implementations stage through contiguous buffers when needed.
 //  * Async variants return a Work handle; the buffers must stay alive and untouched until
 //    wait() returns or test() returns true. Destroying an unfinished Work waits for it.
+//  * Device communicators (NCCL) are stream-ordered: a collective runs after everything already
+//    enqueued on its runtime's stream, and "complete" (a blocking call's return, wait()) means
+//    that later work on that stream sees the result; the host does not block. Host code that
+//    reads the result synchronizes the runtime first.
 //  * A Communicator is used by one thread at a time.
 #pragma once
 
@@ -61,6 +65,9 @@ class Communicator {
   virtual std::string name() const = 0;
   // Whether `c` on `dtype` is available.
   bool supports(Collective c, DType dtype) const;
+  // Whether async collectives make progress without further calls (NCCL, on its stream). MPI's
+  // nonblocking collectives progress only inside MPI calls, so overlap needs a CommWorker.
+  virtual bool progresses_async() const { return false; }
 
   // inout <- sum over members of inout.
   void all_reduce(TensorView inout);

@@ -7,11 +7,13 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 
 #include "tpl/communicator.h"
 #include "tpl/gemm.h"
 #include "tpl/quant.h"
+#include "tpl/runtime.h"
 #include "tpl/tensor.h"
 
 namespace tpl::cuda {
@@ -78,11 +80,58 @@ void quantize(TensorView x, TensorView q, float input_scale, std::int32_t input_
 void w8a8_dequantize(TensorView acc, TensorView quant_bias, TensorView deq_scale,
                      bool add_quant_bias, TensorView y, const Stream* stream = nullptr);
 
-// NCCL communicator over the same ranks as `mpi` (a communicator whose name() is "mpi"; the
-// call is collective over it). Selects device (node-local rank % device_count()), creates the
-// NCCL communicator (unique id broadcast over MPI) and its own communication stream.
-// Collectives take Device::kCuda views; work is ordered after everything already enqueued on
-// stream 0, and Work::wait() blocks the host until the collective has completed.
-std::unique_ptr<Communicator> make_nccl_communicator(Communicator& mpi);
+// Makes the device of this rank current: its index among the ranks on its host (compared by
+// host name over `bootstrap`), modulo the device count. Collective over `bootstrap`; call it
+// before make_cuda_runtime(). Unsupported (on every rank) if any rank has no device.
+int select_device(Communicator& bootstrap);
+
+// NCCL communicator over the ranks of `bootstrap` (any communicator of host tensors: MPI, or
+// LocalCommunicator for one rank; the call is collective over it). Creates the NCCL
+// communicator (rank 0's unique id is broadcast over `bootstrap`) and its own communication
+// stream, on the current device. Collectives take Device::kCuda views, stream-ordered with `rt` (a
+// CUDA runtime): each starts after everything already enqueued on rt's stream, and wait() (or a
+// blocking call's return) makes rt's stream wait for it, without blocking the host. split()
+// splits `bootstrap` and builds a new NCCL communicator on the same runtime.
+std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, Runtime& rt);
+
+// The CUDA runtime (tpl/runtime.h) on the current device. Everything is enqueued on its own
+// non-blocking compute stream. Memory comes from a caching pool: a freed block goes back to the
+// pool and is reused, stream-ordered, by a later request of the same size class, so a forward
+// allocates device memory only the first time it sees a shape (no cudaMalloc after warm-up).
+class CudaRuntime : public Runtime {
+ public:
+  struct PoolStats {
+    std::int64_t device_allocations = 0;  // cudaMalloc calls so far
+    std::size_t bytes_reserved = 0;       // held by the pool, in use or free
+    std::size_t bytes_in_use = 0;
+  };
+  virtual const Stream& stream() const = 0;
+  virtual PoolStats pool_stats() const = 0;
+};
+std::unique_ptr<Runtime> make_cuda_runtime();
+// `rt` as a CUDA runtime; InvalidArgument if it is another runtime.
+CudaRuntime& as_cuda(Runtime& rt);
+
+// A CUDA graph captured from the work `body` enqueues on a CUDA runtime's stream (and on the
+// streams that join it through events, such as NCCL's). replay() relaunches it on that stream:
+// the same kernels on the same addresses, so inputs are changed in place between replays and
+// outputs are read from the tensors the captured forward returned (keep them alive). body must
+// not allocate new device memory (run it once before capturing, to warm the pool; the pool
+// throws BackendError otherwise) and must not synchronise the host.
+class Graph {
+ public:
+  Graph(CudaRuntime& rt, const std::function<void()>& body);
+  ~Graph();
+  Graph(const Graph&) = delete;
+  Graph& operator=(const Graph&) = delete;
+  void replay();
+  std::size_t num_nodes() const { return nodes_; }
+
+ private:
+  CudaRuntime& rt_;
+  void* graph_ = nullptr;  // cudaGraph_t
+  void* exec_ = nullptr;   // cudaGraphExec_t
+  std::size_t nodes_ = 0;
+};
 
 }  // namespace tpl::cuda

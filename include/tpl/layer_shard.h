@@ -32,8 +32,9 @@ class WeightSource {
 
 class LayerShardSeries final : public OShardTrigger, public WeightSource {
  public:
-  // group: the shard-weight group; prefetch_step: k >= 0.
-  LayerShardSeries(Communicator& group, int prefetch_step);
+  // group: the shard-weight group; prefetch_step: k >= 0; rt: where the resident layers and the
+  // windows live (nullptr = host), the device of `group`'s tensors.
+  LayerShardSeries(Communicator& group, int prefetch_step, Runtime* rt = nullptr);
 
   // Registration (construction time): every member calls it for every layer of the series, in
   // any order, with the layer's local weight; only the source keeps a copy.
@@ -68,6 +69,7 @@ class LayerShardSeries final : public OShardTrigger, public WeightSource {
   Where where() const { return Where{"layer shard series", group_.rank()}; }
 
   Communicator& group_;
+  Runtime& rt_;
   int k_;
   bool finalized_ = false;
   std::map<int, Tensor> resident_;  // layers this member is the source of

@@ -96,6 +96,8 @@ class LinearLayer {
   const LinearOp& op() const { return *op_; }
   int tp_rank() const { return op_->tp_rank(); }
   int tp_size() const { return op_->tp_size(); }
+  // This rank's weight shard (host; the GEMM keeps its own copy, on the device for cuBLASLt)
+  // and float bias (on the runtime's device).
   TensorView local_weight() const { return weight_; }
   TensorView local_bias() const { return bias_; }
   std::int64_t full_out_features() const;
@@ -124,6 +126,7 @@ class LinearLayer {
   int layer_index_ = -1;
   GemmBackend backend_ = GemmBackend::kReference;
   GemmDesc desc_;
+  Runtime* rt_ = nullptr;  // env.runtime: where bias_ and the W8A8 vectors live
 };
 
 }  // namespace tpl

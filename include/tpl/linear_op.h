@@ -17,6 +17,7 @@
 #include "tpl/gemm.h"
 #include "tpl/placement.h"
 #include "tpl/process_groups.h"
+#include "tpl/runtime.h"
 #include "tpl/selection.h"
 
 namespace tpl {
@@ -31,6 +32,7 @@ struct LinearFlags {
 };
 
 // W8A8 parameters of this rank's shard (see quant.h).
+// The vectors live on the layer's runtime device.
 struct W8A8Local {
   float input_scale = 1.f;
   std::int32_t input_offset = 0;
@@ -54,7 +56,11 @@ struct LocalGemm {
   bool skip_bias_add = false;
   std::int64_t in_unit = 1;          // row layers: input split granularity (LayerSpec)
   const W8A8Local* quant = nullptr;  // non-null for W8A8 layers
+  // Where x, y, the bias and the W8A8 vectors live and where the non-GEMM steps run; the ops
+  // allocate their temporaries here too. nullptr means the host runtime.
+  Runtime* rt = nullptr;
 
+  Runtime& runtime() const { return rt ? *rt : host_runtime(); }
   bool quantized() const { return quant != nullptr; }
   // W8A8: the int8 activations the GEMM consumes (any float x; int8 x is returned as a copy).
   Tensor quantize(TensorView x) const;
@@ -102,6 +108,10 @@ struct OpEnv {
   // Layer-sharded o_proj weights (§7b): FlashComm2 o_proj layers register their weight here and
   // take it from here before each GEMM. Usually the same object as `oshard`.
   LayerShardSeries* layer_shard = nullptr;
+  // Device of the layers' tensors; nullptr = the host runtime. Its communicators (groups) and
+  // GEMM backend must be of the same device: host with MPI and oneDNN/reference, CUDA with NCCL
+  // and cuBLASLt.
+  Runtime* runtime = nullptr;
 };
 
 class LinearOp {

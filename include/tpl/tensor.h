@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -67,6 +68,9 @@ class Tensor {
   Tensor() = default;
   // Zero-initialised host tensor.
   Tensor(DType dtype, std::int64_t rows, std::int64_t cols);
+  // Takes ownership of the memory behind `view` (any device): `release(view.data())` runs
+  // when the tensor is destroyed. Runtimes use this to hand out pooled device memory.
+  Tensor(TensorView view, std::function<void(void*)> release);
   Tensor(Tensor&&) noexcept = default;
   Tensor& operator=(Tensor&&) noexcept = default;
   Tensor(const Tensor&) = delete;
@@ -81,6 +85,7 @@ class Tensor {
 
   TensorView view() const { return view_; }
   operator TensorView() const { return view_; }  // NOLINT: views are the common currency
+  Device device() const { return view_.device(); }
   void* data() const { return view_.data(); }
   template <typename T>
   T* ptr() const {
@@ -93,10 +98,7 @@ class Tensor {
   std::size_t nbytes() const { return view_.nbytes(); }
 
  private:
-  struct Free {
-    void operator()(void* p) const;
-  };
-  std::unique_ptr<void, Free> buf_;
+  std::unique_ptr<void, std::function<void(void*)>> buf_;
   TensorView view_;
 };
 

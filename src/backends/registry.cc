@@ -53,7 +53,7 @@ GemmBackend default_cpu_gemm_backend() {
 }
 
 std::unique_ptr<Gemm> make_gemm(GemmBackend backend, const GemmDesc& desc, TensorView weight,
-                                TensorView bias) {
+                                TensorView bias, Runtime* rt) {
   switch (backend) {
     case GemmBackend::kReference:
       return make_reference_gemm(desc, weight, bias);
@@ -68,13 +68,39 @@ std::unique_ptr<Gemm> make_gemm(GemmBackend backend, const GemmDesc& desc, Tenso
     case GemmBackend::kCublasLt:
 #if TPL_WITH_CUDA
       // Runs on device tensors (x, y on Device::kCuda); weight and bias are copied to the GPU.
-      return cuda::make_cublaslt_gemm(desc, weight, bias);
+      return cuda::make_cublaslt_gemm(desc, weight, bias,
+                                      rt ? &cuda::as_cuda(*rt).stream() : nullptr);
 #else
       break;
 #endif
   }
   TPL_THROW(Unsupported, Where{"make_gemm"}, "GEMM backend ", gemm_backend_name(backend),
             " is not built (this build has no CUDA backend)");
+}
+
+std::unique_ptr<Runtime> make_runtime(Device device) {
+  switch (device) {
+    case Device::kHost:
+      return make_host_runtime();
+    case Device::kCuda:
+#if TPL_WITH_CUDA
+      return cuda::make_cuda_runtime();
+#else
+      break;
+#endif
+  }
+  TPL_THROW(Unsupported, Where{"make_runtime"},
+            "the CUDA runtime is not built (this build has no CUDA backend)");
+}
+
+std::unique_ptr<Communicator> make_device_communicator(Communicator& bootstrap, Runtime& rt) {
+  if (rt.device() == Device::kHost) return bootstrap.split(0, bootstrap.rank());
+#if TPL_WITH_CUDA
+  return cuda::make_nccl_communicator(bootstrap, rt);
+#else
+  TPL_THROW(Unsupported, Where{"make_device_communicator"},
+            "NCCL is not built (this build has no CUDA backend)");
+#endif
 }
 
 std::vector<std::string> built_backends() {

@@ -36,6 +36,11 @@ void CommWorker::wait(std::uint64_t ticket) {
   }
 }
 
+bool CommWorker::finished(std::uint64_t ticket) {
+  std::lock_guard<std::mutex> lk(mu_);
+  return completed_ > ticket;
+}
+
 void CommWorker::drain() {
   std::unique_lock<std::mutex> lk(mu_);
   cv_.wait(lk, [this] { return pending_ == 0; });

@@ -53,9 +53,8 @@ TensorView TensorView::reshape(std::int64_t rows, std::int64_t cols) const {
   return TensorView(data_, dtype_, rows, cols, cols, device_);
 }
 
-void Tensor::Free::operator()(void* p) const {
-  std::free(p);
-}
+Tensor::Tensor(TensorView view, std::function<void(void*)> release)
+    : buf_(view.data(), std::move(release)), view_(view) {}
 
 Tensor::Tensor(DType dtype, std::int64_t rows, std::int64_t cols) {
   TPL_CHECK(rows >= 0 && cols >= 0, kWhere, "negative shape [", rows, ", ", cols, "]");
@@ -65,7 +64,7 @@ Tensor::Tensor(DType dtype, std::int64_t rows, std::int64_t cols) {
   void* p = std::aligned_alloc(64, alloc);
   if (!p) TPL_THROW(Error, kWhere, "out of host memory allocating ", bytes, " bytes");
   std::memset(p, 0, alloc);
-  buf_.reset(p);
+  buf_ = std::unique_ptr<void, std::function<void(void*)>>(p, [](void* q) { std::free(q); });
   view_ = TensorView(p, dtype, rows, cols);
 }
 

@@ -1,4 +1,5 @@
-// CUDA kernels of the backend: W8A8 activation quantization and the dequantization epilogue.
+// CUDA kernels of the backend: W8A8 activation quantization, the dequantization epilogue and
+// the bias additions of the CUDA runtime.
 // Both reproduce the host definitions in src/core/quant.cc bit for bit: f32 multiply by the
 // reciprocal, round half to even (rintf), add the offset, saturate; int64 sum converted to f32
 // (round to nearest), one f32 multiply, one rounding to the output type.
@@ -60,6 +61,32 @@ __global__ void dequantize_kernel(const std::int32_t* acc, std::int64_t ldacc,
   }
 }
 
+// Both additions use __fadd_rn/__fmul_rn so nvcc cannot contract them into an FMA: the host
+// code (ISO C++, no FMA contraction) rounds the product and the sum separately.
+__global__ void add_row_bias_kernel(void* y, int y_type, std::int64_t ldy, const float* bias,
+                                    std::int64_t rows, std::int64_t cols) {
+  const std::int64_t total = rows * cols;
+  for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += std::int64_t(gridDim.x) * blockDim.x) {
+    const std::int64_t r = i / cols, c = i % cols;
+    const std::int64_t at = r * ldy + c;
+    store(y, y_type, at, __fadd_rn(load(y, y_type, at), bias[c]));
+  }
+}
+
+__global__ void add_dequantized_bias_kernel(void* y, int y_type, std::int64_t ldy,
+                                            const std::int32_t* quant_bias, const float* deq_scale,
+                                            std::int64_t rows, std::int64_t cols) {
+  const std::int64_t total = rows * cols;
+  for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += std::int64_t(gridDim.x) * blockDim.x) {
+    const std::int64_t r = i / cols, c = i % cols;
+    const std::int64_t at = r * ldy + c;
+    const float b = __fmul_rn(__int2float_rn(quant_bias[c]), deq_scale[c]);
+    store(y, y_type, at, __fadd_rn(load(y, y_type, at), b));
+  }
+}
+
 unsigned grid_for(std::int64_t total) {
   const std::int64_t blocks = (total + 255) / 256;
   return static_cast<unsigned>(blocks < 65535 ? (blocks > 0 ? blocks : 1) : 65535);
@@ -83,6 +110,22 @@ cudaError_t w8a8_dequantize(const std::int32_t* acc, std::int64_t ldacc,
   if (rows * cols == 0) return cudaSuccess;
   dequantize_kernel<<<grid_for(rows * cols), 256, 0, stream>>>(acc, ldacc, quant_bias, deq_scale, y,
                                                                y_type, ldy, rows, cols);
+  return cudaGetLastError();
+}
+
+cudaError_t add_row_bias(void* y, int y_type, std::int64_t ldy, const float* bias,
+                         std::int64_t rows, std::int64_t cols, cudaStream_t stream) {
+  if (rows * cols == 0) return cudaSuccess;
+  add_row_bias_kernel<<<grid_for(rows * cols), 256, 0, stream>>>(y, y_type, ldy, bias, rows, cols);
+  return cudaGetLastError();
+}
+
+cudaError_t add_dequantized_bias(void* y, int y_type, std::int64_t ldy,
+                                 const std::int32_t* quant_bias, const float* deq_scale,
+                                 std::int64_t rows, std::int64_t cols, cudaStream_t stream) {
+  if (rows * cols == 0) return cudaSuccess;
+  add_dequantized_bias_kernel<<<grid_for(rows * cols), 256, 0, stream>>>(y, y_type, ldy, quant_bias,
+                                                                         deq_scale, rows, cols);
   return cudaGetLastError();
 }
 

@@ -20,4 +20,13 @@ cudaError_t w8a8_dequantize(const std::int32_t* acc, std::int64_t ldacc,
                             int y_type, std::int64_t ldy, std::int64_t rows, std::int64_t cols,
                             cudaStream_t stream);
 
+// y[r, c] = y[r, c] + bias[c] (f32 add, one rounding into y's type)
+cudaError_t add_row_bias(void* y, int y_type, std::int64_t ldy, const float* bias,
+                         std::int64_t rows, std::int64_t cols, cudaStream_t stream);
+
+// y[r, c] = y[r, c] + float(quant_bias[c]) * deq_scale[c] (f32 multiply, then f32 add)
+cudaError_t add_dequantized_bias(void* y, int y_type, std::int64_t ldy,
+                                 const std::int32_t* quant_bias, const float* deq_scale,
+                                 std::int64_t rows, std::int64_t cols, cudaStream_t stream);
+
 }  // namespace tpl::cuda::kernels

@@ -1,34 +1,71 @@
-// NcclCommunicator: tpl::Communicator over NCCL for Device::kCuda tensors.
-//  * Bootstrap over MPI: rank 0 calls ncclGetUniqueId, MPI_Bcast sends it, every rank calls
-//    ncclCommInitRank on device (node-local rank % device count). The communicator keeps its own
-//    duplicate of the MPI communicator for split(), all_true() and barrier().
-//  * Every collective runs on the communicator's own non-blocking stream, after an event
-//    recorded on the legacy default stream (so it sees everything enqueued there before), and
-//    ends with an event that the Work handle waits on (wait = cudaEventSynchronize, test =
-//    cudaEventQuery).
+// NcclCommunicator: tpl::Communicator over NCCL for Device::kCuda tensors, stream-ordered with a
+// CUDA runtime.
+//  * Bootstrap over any host communicator: rank 0 calls ncclGetUniqueId and broadcasts it as
+//    bytes; every rank calls ncclCommInitRank on the runtime's device. Failures before the init
+//    are agreed over the bootstrap communicator, so no rank is left waiting. The bootstrap
+//    communicator (a private duplicate) also serves split(), all_true() and barrier().
+//  * Each collective runs on the communicator's own non-blocking stream, after an event recorded
+//    on the runtime's stream (so it sees every kernel enqueued before it), and ends with a
+//    "done" event. Work::wait() makes the runtime's stream wait for that event: the host never
+//    blocks, and the fork/join of the two streams is what a CUDA graph capture records.
 //  * Sums use NCCL's native types (bf16/f16 reduced in NCCL, not staged through f32 as the MPI
-//    backend does: see docs/gpu.md). Strided views are staged through contiguous device
-//    buffers owned by the Work; all-gather along dim 1 gathers rows then scatters the column
-//    blocks with cudaMemcpy2DAsync.
-#include <mpi.h>
+//    backend does: see docs/gpu.md). Strided views are staged through contiguous blocks of the
+//    runtime's pool, owned by the Work until the runtime's stream has waited for the collective;
+//    all-gather along dim 1 gathers rows, then scatters the column blocks with copies on the
+//    communication stream.
+#include <unistd.h>
 
+#include <cstring>
+#include <mutex>
 #include <vector>
 
-#include "comm/mpi_communicator.h"
 #include "cuda_check.h"
 
 namespace tpl::cuda {
 namespace {
 
+// Completion events, reused so a forward creates none after warm-up.
+class EventPool {
+ public:
+  ~EventPool() {
+    for (cudaEvent_t e : free_) (void)cudaEventDestroy(e);
+  }
+  cudaEvent_t take() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!free_.empty()) {
+      cudaEvent_t e = free_.back();
+      free_.pop_back();
+      return e;
+    }
+    cudaEvent_t e = nullptr;
+    TPL_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    return e;
+  }
+  void give_back(cudaEvent_t e) {
+    std::lock_guard<std::mutex> lock(mu_);
+    free_.push_back(e);
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<cudaEvent_t> free_;
+};
+
 class NcclWork final : public Work {
  public:
-  NcclWork(cudaEvent_t done, std::vector<DeviceTensor> staging)
-      : done_(done), staging_(std::move(staging)) {}
+  NcclWork(cudaEvent_t done, cudaStream_t compute, std::shared_ptr<EventPool> events,
+           std::vector<Tensor> staging)
+      : done_(done), compute_(compute), events_(std::move(events)), staging_(std::move(staging)) {}
   ~NcclWork() override {
-    (void)cudaEventSynchronize(done_);  // the buffers must outlive the collective
-    (void)cudaEventDestroy(done_);
+    // The staging blocks go back to the pool after this; the join orders their reuse.
+    if (!joined_) (void)cudaStreamWaitEvent(compute_, done_, 0);
+    staging_.clear();
+    events_->give_back(done_);
   }
-  void wait() override { TPL_CUDA_CHECK(cudaEventSynchronize(done_)); }
+  void wait() override {
+    TPL_CUDA_CHECK(cudaStreamWaitEvent(compute_, done_, 0));
+    joined_ = true;
+  }
   bool test() override {
     const cudaError_t st = cudaEventQuery(done_);
     if (st == cudaErrorNotReady) return false;
@@ -38,36 +75,30 @@ class NcclWork final : public Work {
 
  private:
   cudaEvent_t done_;
-  std::vector<DeviceTensor> staging_;
+  cudaStream_t compute_;
+  std::shared_ptr<EventPool> events_;
+  std::vector<Tensor> staging_;
+  bool joined_ = false;
 };
 
 class NcclCommunicator final : public Communicator {
  public:
-  explicit NcclCommunicator(std::unique_ptr<Communicator> mpi) : mpi_(std::move(mpi)) {
-    auto* m = dynamic_cast<MpiCommunicator*>(mpi_.get());
-    TPL_CHECK(m != nullptr, Where{"nccl"}, "needs an MPI communicator, got ", mpi_->name());
-    rank_ = m->rank();
-    size_ = m->size();
-    const int devices = device_count();
-    // Failures before ncclCommInitRank are agreed over MPI, so no rank is left waiting.
-    TPL_CHECK_T(mpi_->all_true(devices > 0), Unsupported, (Where{"nccl", rank_}),
-                "a rank of the group has no CUDA device (this rank has ", devices, ")");
-    MPI_Comm local = MPI_COMM_NULL;
-    TPL_MPI_CHECK(
-        MPI_Comm_split_type(m->handle(), MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &local),
-        rank_);
-    int local_rank = 0;
-    const int rc = MPI_Comm_rank(local, &local_rank);
-    MPI_Comm_free(&local);
-    TPL_MPI_CHECK(rc, rank_);
-    device_ = local_rank % devices;
-    TPL_CUDA_CHECK(cudaSetDevice(device_));
+  NcclCommunicator(std::unique_ptr<Communicator> boot, CudaRuntime& rt)
+      : boot_(std::move(boot)), rt_(rt), compute_(stream_of(&rt.stream())) {
+    rank_ = boot_->rank();
+    size_ = boot_->size();
+    const Where w{"nccl", rank_};
+    TPL_CUDA_CHECK(cudaGetDevice(&device_));
+    // Failures before ncclCommInitRank are agreed, so no rank is left waiting in it.
     ncclUniqueId id{};
     const ncclResult_t id_st = rank_ == 0 ? ncclGetUniqueId(&id) : ncclSuccess;
-    TPL_CHECK_T(mpi_->all_true(id_st == ncclSuccess), CommError, (Where{"nccl", rank_}),
+    TPL_CHECK_T(boot_->all_true(id_st == ncclSuccess), CommError, w,
                 "ncclGetUniqueId failed on rank 0", rank_ == 0 ? ": " : "",
                 rank_ == 0 ? ncclGetErrorString(id_st) : "");
-    TPL_MPI_CHECK(MPI_Bcast(&id, sizeof(id), MPI_BYTE, 0, m->handle()), rank_);
+    Tensor bytes(DType::kI8, 1, static_cast<std::int64_t>(sizeof(id)));
+    std::memcpy(bytes.data(), &id, sizeof(id));
+    boot_->broadcast(bytes, 0);
+    std::memcpy(&id, bytes.data(), sizeof(id));
     TPL_NCCL_CHECK(ncclCommInitRank(&comm_, size_, id, rank_), rank_);
     try {
       TPL_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
@@ -82,17 +113,19 @@ class NcclCommunicator final : public Communicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   std::string name() const override { return "nccl"; }
-  bool all_true(bool value) override { return mpi_->all_true(value); }
+  bool progresses_async() const override { return true; }
+  bool all_true(bool value) override { return boot_->all_true(value); }
   std::unique_ptr<Communicator> split(int color, int key) override {
-    auto sub = mpi_->split(color, key);
+    auto sub = boot_->split(color, key);
     if (!sub) return nullptr;
-    return std::make_unique<NcclCommunicator>(std::move(sub));
+    return std::make_unique<NcclCommunicator>(std::move(sub), rt_);
   }
 
  protected:
   void do_barrier() override {
+    rt_.synchronize();
     TPL_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    mpi_->barrier();
+    boot_->barrier();
   }
 
   WorkPtr do_iall_reduce(TensorView inout) override {
@@ -123,7 +156,7 @@ class NcclCommunicator final : public Communicator {
     }
     // dim 1: gather [size*R, C] row blocks, then block j -> columns [j*C, (j+1)*C) of out.
     op.check(out);
-    DeviceTensor rows(in.dtype(), in.rows() * size_, in.cols());
+    Tensor rows = rt_.empty(in.dtype(), in.rows() * size_, in.cols());
     TPL_NCCL_CHECK(
         ncclAllGather(src, rows.data(), count(in), nccl_type(in.dtype()), comm_, stream_), rank_);
     for (int j = 0; j < size_; ++j)
@@ -159,34 +192,34 @@ class NcclCommunicator final : public Communicator {
  private:
   static std::size_t count(const TensorView& v) { return static_cast<std::size_t>(v.numel()); }
 
-  // One enqueued collective: orders the comm stream after stream 0, stages strided views
-  // through contiguous device buffers (copy-in before, copy-out after the collective), and
+  // One enqueued collective: orders the comm stream after the runtime's stream, stages strided
+  // views through contiguous pool blocks (copy-in before, copy-out after the collective), and
   // ends with the completion event handed to the Work.
   class Op {
    public:
     explicit Op(NcclCommunicator& c) : c_(c) {
       check_device();
-      TPL_CUDA_CHECK(cudaEventRecord(c_.input_ready_, nullptr));
+      TPL_CUDA_CHECK(cudaEventRecord(c_.input_ready_, c_.compute_));
       TPL_CUDA_CHECK(cudaStreamWaitEvent(c_.stream_, c_.input_ready_, 0));
     }
     const void* input(const TensorView& v) {
       check(v);
       if (v.contiguous()) return v.data();
-      DeviceTensor t(v.dtype(), v.rows(), v.cols());
+      Tensor t = c_.rt_.empty(v.dtype(), v.rows(), v.cols());
       copy_async(v, t.view());
       return keep(std::move(t));
     }
     void* output(const TensorView& v) {
       check(v);
       if (v.contiguous()) return v.data();
-      DeviceTensor t(v.dtype(), v.rows(), v.cols());
+      Tensor t = c_.rt_.empty(v.dtype(), v.rows(), v.cols());
       copy_back_.emplace_back(t.view(), v);
       return keep(std::move(t));
     }
     void* in_place(const TensorView& v) {
       check(v);
       if (v.contiguous()) return v.data();
-      DeviceTensor t(v.dtype(), v.rows(), v.cols());
+      Tensor t = c_.rt_.empty(v.dtype(), v.rows(), v.cols());
       copy_async(v, t.view());
       copy_back_.emplace_back(t.view(), v);
       return keep(std::move(t));
@@ -197,18 +230,17 @@ class NcclCommunicator final : public Communicator {
                                        src.cols() * es, static_cast<std::size_t>(src.rows()),
                                        cudaMemcpyDeviceToDevice, c_.stream_));
     }
-    void* keep(DeviceTensor t) {
+    void* keep(Tensor t) {
       staging_.push_back(std::move(t));
       return staging_.back().data();
     }
     WorkPtr finish() {
       for (auto& [from, to] : copy_back_) copy_async(from, to);
-      cudaEvent_t done = nullptr;
-      TPL_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+      cudaEvent_t done = c_.events_->take();
       const cudaError_t st = cudaEventRecord(done, c_.stream_);
-      if (st != cudaSuccess) (void)cudaEventDestroy(done);
+      if (st != cudaSuccess) c_.events_->give_back(done);
       TPL_CUDA_CHECK(st);
-      return std::make_unique<NcclWork>(done, std::move(staging_));
+      return std::make_unique<NcclWork>(done, c_.compute_, c_.events_, std::move(staging_));
     }
 
     void check(const TensorView& v) const {
@@ -224,7 +256,7 @@ class NcclCommunicator final : public Communicator {
                 " is not the communicator's device ", c_.device_);
     }
     NcclCommunicator& c_;
-    std::vector<DeviceTensor> staging_;
+    std::vector<Tensor> staging_;
     std::vector<std::pair<TensorView, TensorView>> copy_back_;
   };
 
@@ -240,7 +272,10 @@ class NcclCommunicator final : public Communicator {
     comm_ = nullptr;
   }
 
-  std::unique_ptr<Communicator> mpi_;
+  std::unique_ptr<Communicator> boot_;
+  CudaRuntime& rt_;
+  cudaStream_t compute_;
+  std::shared_ptr<EventPool> events_ = std::make_shared<EventPool>();
   int rank_ = 0, size_ = 1, device_ = 0;
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
@@ -249,11 +284,32 @@ class NcclCommunicator final : public Communicator {
 
 }  // namespace
 
-std::unique_ptr<Communicator> make_nccl_communicator(Communicator& mpi) {
-  TPL_CHECK(mpi.name() == "mpi", Where{"make_nccl_communicator"},
-            "needs the MPI communicator, got '", mpi.name(), "'");
-  // A private duplicate, so the NCCL communicator outlives nothing it does not own.
-  return std::make_unique<NcclCommunicator>(mpi.split(0, mpi.rank()));
+int select_device(Communicator& bootstrap) {
+  const int rank = bootstrap.rank();
+  const int devices = device_count();
+  TPL_CHECK_T(bootstrap.all_true(devices > 0), Unsupported, (Where{"select_device", rank}),
+              "a rank of the group has no CUDA device (this rank has ", devices, ")");
+  // Node-local rank: how many lower ranks run on the same host.
+  constexpr std::int64_t kName = 64;
+  Tensor name(DType::kI8, 1, kName);
+  (void)gethostname(static_cast<char*>(name.data()), kName - 1);
+  Tensor all(DType::kI8, bootstrap.size(), kName);
+  bootstrap.all_gather(name, all, 0);
+  int local = 0;
+  for (int r = 0; r < rank; ++r)
+    if (std::memcmp(all.view().at(r, 0), name.data(), kName) == 0) ++local;
+  const int device = local % devices;
+  TPL_CUDA_CHECK(cudaSetDevice(device));
+  return device;
+}
+
+std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, Runtime& rt) {
+  CudaRuntime& cuda = as_cuda(rt);
+  // A private duplicate, so the NCCL communicator owns everything it uses.
+  auto boot = bootstrap.split(0, bootstrap.rank());
+  TPL_CHECK(boot != nullptr, (Where{"make_nccl_communicator", bootstrap.rank()}),
+            "splitting the bootstrap communicator failed");
+  return std::make_unique<NcclCommunicator>(std::move(boot), cuda);
 }
 
 }  // namespace tpl::cuda

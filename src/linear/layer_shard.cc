@@ -6,8 +6,8 @@
 
 namespace tpl {
 
-LayerShardSeries::LayerShardSeries(Communicator& group, int prefetch_step)
-    : group_(group), k_(prefetch_step) {
+LayerShardSeries::LayerShardSeries(Communicator& group, int prefetch_step, Runtime* rt)
+    : group_(group), rt_(rt ? *rt : host_runtime()), k_(prefetch_step) {
   TPL_CHECK_GE(prefetch_step, 0, where(), "prefetch_step must be >= 0");
 }
 
@@ -25,7 +25,7 @@ void LayerShardSeries::add_layer(int layer_index, TensorView weight) {
             " differs from the series shape; a series needs identical layers");
   layers_.push_back(layer_index);
   // Ownership is decided after finalize() knows `start`; keep every weight until then.
-  resident_.emplace(layer_index, Tensor::copy_of(weight));
+  resident_.emplace(layer_index, rt_.copy_of(weight));
 }
 
 void LayerShardSeries::finalize() {
@@ -43,7 +43,7 @@ void LayerShardSeries::finalize() {
     it = is_source(it->first) ? std::next(it) : resident_.erase(it);
   finalized_ = true;
   windows_.resize(k_ + 1);
-  for (int w = 0; w <= k_; ++w) windows_[w].buf = Tensor(dtype_, rows_, cols_);
+  for (int w = 0; w <= k_; ++w) windows_[w].buf = rt_.empty(dtype_, rows_, cols_);
   for (int step = 0; step < k_; ++step) {
     const int l = start_ + step;
     Window& w = windows_[step];

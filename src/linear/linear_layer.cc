@@ -255,13 +255,22 @@ void LinearLayer::init(const Selector& selector, const OpEnv& env, GemmBackend b
       at += r.size;
     }
   }
+  // The runtime's device and the GEMM backend's must agree (a cuBLASLt GEMM takes device
+  // activations, oneDNN and the reference host ones).
+  Runtime& rt = env.runtime ? *env.runtime : host_runtime();
+  rt_ = &rt;
+  const bool device_gemm = backend == GemmBackend::kCublasLt;
+  TPL_CHECK(device_gemm == (rt.device() == Device::kCuda), w, "GEMM backend ",
+            gemm_backend_name(backend), " does not run on the ", rt.name(),
+            " runtime's tensors (use cublaslt with the cuda runtime, onednn or reference with "
+            "the host runtime)");
   GemmDesc desc;
   desc.k = weight_.cols();
   desc.n = weight_.rows();
   desc.act = desc.weight = desc.out = spec_.dtype;
   if (quant) {
-    deq_scale_ = take_cols(quant->deq_scale, out_cols, DType::kF32);
-    quant_bias_ = take_cols(quant->quant_bias, out_cols, DType::kI32);
+    deq_scale_ = rt.copy_of(take_cols(quant->deq_scale, out_cols, DType::kF32));
+    quant_bias_ = rt.copy_of(take_cols(quant->quant_bias, out_cols, DType::kI32));
     quant_local_.input_scale = quant->input_scale;
     quant_local_.input_offset = quant->input_offset;
     quant_local_.deq_scale = deq_scale_.view();
@@ -283,8 +292,10 @@ void LinearLayer::init(const Selector& selector, const OpEnv& env, GemmBackend b
     layer_index_ = *name.layer_index;
     weight_ = Tensor();
   } else {
-    gemm_ = make_gemm(backend, desc, weight_, spec_.bias ? bias_.view() : TensorView());
+    gemm_ = make_gemm(backend, desc, weight_, spec_.bias ? bias_.view() : TensorView(), &rt);
   }
+  if (spec_.bias && rt.device() != Device::kHost) bias_ = rt.copy_of(bias_);
+  local_.rt = &rt;
   local_.gemm = gemm_.get();
   local_.out_dtype = spec_.dtype;
   local_.in_features = desc.k;
@@ -301,7 +312,7 @@ LinearOutput LinearLayer::forward(TensorView x, const ForwardContext& ctx) {
     // Re-plan over this layer's window (oneDNN reorders it once) and drop the plan afterwards,
     // so a rank holds k+1 windows, not a copy of every layer.
     gemm_ = make_gemm(backend_, desc_, layer_shard_->wait_weight(layer_index_),
-                      spec_.bias ? bias_.view() : TensorView());
+                      spec_.bias ? bias_.view() : TensorView(), rt_);
     local_.gemm = gemm_.get();
   }
   out.output = op_->forward(x, ctx, local_);

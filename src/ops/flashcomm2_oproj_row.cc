@@ -38,19 +38,19 @@ class Flashcomm2OProjRowOp final : public LinearOp {
   }
 
   // Steps 1-3 on a tensor of any dtype: [N', F] -> [N'/G, G*F].
-  Tensor exchange(TensorView xp) const {
+  Tensor exchange(Runtime& rt, TensorView xp) const {
     const int t = tp_.size(), g = odp_.size();
     const std::int64_t b = xp.rows() / t, f = xp.cols();
-    Tensor send(xp.dtype(), xp.rows(), f);
+    Tensor send = rt.empty(xp.dtype(), xp.rows(), f);
     for (int i = 0; i < g; ++i)
       for (int q = 0; q < p_; ++q)
-        copy_into(xp.row_slice(table_[i][q] * b, b), send.view().row_slice((i * p_ + q) * b, b));
-    Tensor recv(xp.dtype(), xp.rows(), f);  // [G, P*b, F]: source member, row, feature
+        rt.copy(xp.row_slice(table_[i][q] * b, b), send.view().row_slice((i * p_ + q) * b, b));
+    Tensor recv = rt.empty(xp.dtype(), xp.rows(), f);  // [G, P*b, F]: source, row, feature
     odp_.all_to_all(send, recv);
     const std::int64_t rows = static_cast<std::int64_t>(p_) * b;
-    Tensor out(xp.dtype(), rows, static_cast<std::int64_t>(g) * f);
+    Tensor out = rt.empty(xp.dtype(), rows, static_cast<std::int64_t>(g) * f);
     for (int s = 0; s < g; ++s)
-      copy_into(recv.view().row_slice(s * rows, rows), out.view().col_slice(s * f, f));
+      rt.copy(recv.view().row_slice(s * rows, rows), out.view().col_slice(s * f, f));
     return out;
   }
 
@@ -69,10 +69,11 @@ class Flashcomm2OProjRowOp final : public LinearOp {
     TPL_CHECK_EQ(xin.cols() * odp_.size(), g.in_features, w,
                  "FlashComm2 needs equal head slices: every rank's input width times G must be "
                  "the weight slice width");
-    Tensor xp = pad_rows(xin, pad);
+    Runtime& rt = g.runtime();
+    Tensor xp = pad_rows(rt, xin, pad);
     // W8A8 quantizes before the exchange, so the all-to-all moves int8 (§8.3): the activation
     // scale and offset are per tensor, identical on every rank.
-    Tensor gathered = g.quantized() ? exchange(g.quantize(xp)) : exchange(xp);
+    Tensor gathered = g.quantized() ? exchange(rt, g.quantize(xp)) : exchange(rt, xp);
     Tensor y;
     if (otp_) {
       y = gemm_reduce_scatter(g, gathered, *otp_, row_bias(tp_rank()), false);
@@ -80,9 +81,9 @@ class Flashcomm2OProjRowOp final : public LinearOp {
       y = g.run(gathered, row_bias(0));
     }
     if (ctx.flash_comm_v1_enabled) return y;
-    Tensor all = gather_tokens(tp_, y);
+    Tensor all = gather_tokens(rt, tp_, y);
     if (pad == 0) return all;
-    return Tensor::copy_of(all.view().row_slice(0, xin.rows()));
+    return first_rows(rt, all, xin.rows());
   }
 
  private:

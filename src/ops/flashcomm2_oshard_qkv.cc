@@ -32,7 +32,8 @@ class Flashcomm2OshardQkvOp final : public LinearOp {
     Tensor y = sp_ && ctx.flash_comm_v1_enabled
                    ? all_gather_gemm(g, x, tp_, ctx.pad_size, kColumnBias)
                    : g.run(x, kColumnBias);
-    if (flags_.gather_output && tp_size() > 1) return gather_features(tp_, y, g.full_out_features);
+    if (flags_.gather_output && tp_size() > 1)
+      return gather_features(g.runtime(), tp_, y, g.full_out_features);
     return y;
   }
 

@@ -1,9 +1,68 @@
 #include "ops/gemm_collectives.h"
 
 #include <algorithm>
+#include <functional>
 #include <vector>
 
 namespace tpl::ops {
+
+namespace {
+
+// Runs the collectives of a fused path in the background, in submission order: as the
+// communicator's own async collectives where they progress by themselves (NCCL, on its stream,
+// ordered after the GEMM chunk already enqueued), else on the CommWorker's thread (MPI).
+class Background {
+ public:
+  Background(Communicator& comm, CommWorker* worker) : comm_(comm), worker_(worker) {}
+  static bool available(const Communicator& comm, const CommWorker* worker) {
+    return comm.size() > 1 && (comm.progresses_async() || worker != nullptr);
+  }
+
+  std::size_t all_reduce(TensorView inout) {
+    return submit([this, inout] { comm_.all_reduce(inout); },
+                  [this, inout] { return comm_.iall_reduce(inout); });
+  }
+  std::size_t reduce_scatter(TensorView in, TensorView out) {
+    return submit([this, in, out] { comm_.reduce_scatter(in, out); },
+                  [this, in, out] { return comm_.ireduce_scatter(in, out); });
+  }
+  std::size_t all_gather(TensorView in, TensorView out) {
+    return submit([this, in, out] { comm_.all_gather(in, out, 0); },
+                  [this, in, out] { return comm_.iall_gather(in, out, 0); });
+  }
+  // The result of collective `i` is in place (for the caller's later work).
+  void wait(std::size_t i) {
+    if (async()) {
+      works_.at(i)->wait();
+    } else {
+      worker_->wait(tickets_.at(i));
+    }
+  }
+  void drain() {
+    if (async()) {
+      for (auto& w : works_) w->wait();
+    } else {
+      worker_->drain();
+    }
+  }
+
+ private:
+  bool async() const { return comm_.progresses_async(); }
+  std::size_t submit(std::function<void()> blocking, const std::function<WorkPtr()>& start) {
+    if (async()) {
+      works_.push_back(start());
+      return works_.size() - 1;
+    }
+    tickets_.push_back(worker_->submit(std::move(blocking)));
+    return tickets_.size() - 1;
+  }
+  Communicator& comm_;
+  CommWorker* worker_;
+  std::vector<WorkPtr> works_;
+  std::vector<std::uint64_t> tickets_;
+};
+
+}  // namespace
 
 int fused_chunk_count(std::int64_t rows, int configured) {
   if (configured > 0)
@@ -13,47 +72,49 @@ int fused_chunk_count(std::int64_t rows, int configured) {
 
 Tensor gemm_all_reduce(const LocalGemm& g, TensorView x, Communicator& comm, bool with_bias,
                        CommWorker* worker, int chunks) {
-  Tensor y(g.out_dtype, x.rows(), g.out_features);
-  if (!worker || chunks <= 1 || comm.size() == 1) {
+  Tensor y = g.runtime().empty(g.out_dtype, x.rows(), g.out_features);
+  if (chunks <= 1 || !Background::available(comm, worker)) {
     g.run_into(x, y, with_bias);
     comm.all_reduce(y);
     return y;
   }
+  Background bg(comm, worker);
   for (int i = 0; i < chunks; ++i) {
     const ShardRange r = shard_range(x.rows(), chunks, i);
     if (r.size == 0) continue;
     TensorView part = y.view().row_slice(r.offset, r.size);
     g.run_into(x.row_slice(r.offset, r.size), part, with_bias);
-    worker->submit([&comm, part] { comm.all_reduce(part); });
+    bg.all_reduce(part);
   }
-  worker->drain();
+  bg.drain();
   return y;
 }
 
 Tensor gemm_reduce_scatter(const LocalGemm& g, TensorView x, Communicator& comm, bool with_bias,
                            bool bias_after_reduce, CommWorker* worker, int chunks) {
+  Runtime& rt = g.runtime();
   const int n = comm.size();
   const std::int64_t block = x.rows() / n;
   const bool bias_in_gemm = with_bias && !bias_after_reduce;
-  Tensor out(g.out_dtype, block, g.out_features);
-  if (!worker || chunks <= 1 || n == 1) {
+  Tensor out = rt.empty(g.out_dtype, block, g.out_features);
+  if (chunks <= 1 || !Background::available(comm, worker)) {
     Tensor partial = g.run(x, bias_in_gemm);
     comm.reduce_scatter(partial, out);
   } else {
     std::vector<Tensor> parts;  // alive until drain()
     parts.reserve(chunks);
+    Background bg(comm, worker);
     for (int i = 0; i < chunks; ++i) {
       const ShardRange r = shard_range(block, chunks, i);
       if (r.size == 0) continue;
-      parts.emplace_back(g.out_dtype, r.size * n, g.out_features);
+      parts.push_back(rt.empty(g.out_dtype, r.size * n, g.out_features));
       TensorView part = parts.back().view();
       for (int k = 0; k < n; ++k)
         g.run_into(x.row_slice(k * block + r.offset, r.size), part.row_slice(k * r.size, r.size),
                    bias_in_gemm);
-      TensorView dst = out.view().row_slice(r.offset, r.size);
-      worker->submit([&comm, part, dst] { comm.reduce_scatter(part, dst); });
+      bg.reduce_scatter(part, out.view().row_slice(r.offset, r.size));
     }
-    worker->drain();
+    bg.drain();
   }
   if (bias_after_reduce && with_bias) g.add_bias_terms(out);
   return out;
@@ -61,29 +122,31 @@ Tensor gemm_reduce_scatter(const LocalGemm& g, TensorView x, Communicator& comm,
 
 Tensor all_gather_gemm(const LocalGemm& g, TensorView x, Communicator& comm, std::int64_t pad,
                        bool bias_here, CommWorker* worker, int chunks) {
+  Runtime& rt = g.runtime();
   const int n = comm.size();
   const std::int64_t b = x.rows(), keep = n * b - pad;
-  Tensor y(g.out_dtype, keep, g.out_features);
-  if (!worker || chunks <= 1 || n == 1) {
-    Tensor all(x.dtype(), n * b, x.cols());
+  Tensor y = rt.empty(g.out_dtype, keep, g.out_features);
+  if (chunks <= 1 || !Background::available(comm, worker)) {
+    Tensor all = rt.empty(x.dtype(), n * b, x.cols());
     comm.all_gather(x, all, 0);
     g.run_into(all.view().row_slice(0, keep), y, bias_here);
     return y;
   }
   std::vector<Tensor> send, recv;  // alive until every gather has run
-  std::vector<std::uint64_t> tickets;
   std::vector<ShardRange> parts;
+  send.reserve(chunks);
+  recv.reserve(chunks);
+  Background bg(comm, worker);
   for (int i = 0; i < chunks; ++i) {
     const ShardRange r = shard_range(b, chunks, i);
     if (r.size == 0) continue;
-    send.push_back(Tensor::copy_of(x.row_slice(r.offset, r.size)));
-    recv.emplace_back(x.dtype(), n * r.size, x.cols());
-    TensorView in = send.back(), out = recv.back();
-    tickets.push_back(worker->submit([&comm, in, out] { comm.all_gather(in, out, 0); }));
+    send.push_back(rt.copy_of(x.row_slice(r.offset, r.size)));
+    recv.push_back(rt.empty(x.dtype(), n * r.size, x.cols()));
+    bg.all_gather(send.back(), recv.back());
     parts.push_back(r);
   }
   for (std::size_t i = 0; i < parts.size(); ++i) {
-    worker->wait(tickets[i]);
+    bg.wait(i);
     const ShardRange r = parts[i];
     // recv[i] rows k*r.size.. are member k's rows k*b + r.offset.. of the padded batch.
     for (int k = 0; k < n; ++k) {
@@ -94,7 +157,7 @@ Tensor all_gather_gemm(const LocalGemm& g, TensorView x, Communicator& comm, std
                  bias_here);
     }
   }
-  worker->drain();
+  bg.drain();
   return y;
 }
 

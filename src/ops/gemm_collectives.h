@@ -1,5 +1,6 @@
 // GEMM followed by a reduction: the unfused form, and the fused form that splits the GEMM into
-// chunks and reduces chunk k on a CommWorker while chunk k+1 computes.
+// chunks and reduces chunk k in the background while chunk k+1 computes: on a CommWorker thread
+// for MPI, as stream-ordered async collectives for NCCL (Communicator::progresses_async).
 //
 // Chunking never changes which operands an element's reduction sums: chunks are row blocks and
 // a row's partial sums are the same whichever chunk computes them. (MPI chooses its summation
@@ -17,7 +18,8 @@ namespace tpl::ops {
 // chunk long enough to hide a collective; below 512 rows a collective is latency-bound).
 int fused_chunk_count(std::int64_t rows, int configured);
 
-// Partial -> Replicated: y = all_reduce(x·Wᵀ (+ bias on this rank if with_bias)). With a worker
+// Partial -> Replicated: y = all_reduce(x·Wᵀ (+ bias on this rank if with_bias)). With overlap
+// (a worker, or a communicator that progresses on its own)
 // and more than one chunk, chunks of rows overlap their all-reduce with the next GEMM.
 Tensor gemm_all_reduce(const LocalGemm& g, TensorView x, Communicator& comm, bool with_bias,
                        CommWorker* worker = nullptr, int chunks = 1);

@@ -31,8 +31,8 @@ class MlpColumnOp final : public LinearOp {
     TPL_CHECK_EQ(x.rows(), counts[comm_.rank()], where(),
                  "input rows must equal this replica's token count");
     const std::int64_t bmax = *std::max_element(counts.begin(), counts.end());
-    Tensor padded = pad_rows(x, bmax - x.rows());
-    Tensor all = gather_tokens(comm_, padded);  // [m*bmax, H], member 0's rows first
+    Tensor padded = pad_rows(g.runtime(), x, bmax - x.rows());
+    Tensor all = gather_tokens(g.runtime(), comm_, padded);  // [m*bmax, H], member 0's rows first
     return g.run(all, kColumnBias);
   }
 

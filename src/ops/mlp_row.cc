@@ -35,7 +35,7 @@ class MlpRowOp final : public LinearOp {
     Tensor y = gemm_reduce_scatter(g, xp, comm_, row_bias(tp_rank()), false);
     const std::int64_t mine = counts[comm_.rank()];
     if (mine == bmax) return y;
-    return Tensor::copy_of(y.view().row_slice(0, mine));
+    return first_rows(g.runtime(), y, mine);
   }
 
  private:

@@ -8,10 +8,15 @@ namespace tpl {
 
 namespace ops {
 
-Tensor pad_rows(TensorView x, std::int64_t pad) {
-  Tensor out(x.dtype(), x.rows() + pad, x.cols());
-  copy_into(x, out.view().row_slice(0, x.rows()));
+Tensor pad_rows(Runtime& rt, TensorView x, std::int64_t pad) {
+  Tensor out = rt.empty(x.dtype(), x.rows() + pad, x.cols());
+  rt.copy(x, out.view().row_slice(0, x.rows()));
+  rt.fill_zero(out.view().row_slice(x.rows(), pad));
   return out;
+}
+
+Tensor first_rows(Runtime& rt, TensorView x, std::int64_t rows) {
+  return rt.copy_of(x.row_slice(0, rows));
 }
 
 TensorView input_parallel(TensorView x, const LinearFlags& f, int size, int rank,
@@ -21,32 +26,32 @@ TensorView input_parallel(TensorView x, const LinearFlags& f, int size, int rank
   return x.col_slice(r.offset, r.size);
 }
 
-Tensor gather_tokens(Communicator& comm, TensorView x) {
-  Tensor out(x.dtype(), x.rows() * comm.size(), x.cols());
+Tensor gather_tokens(Runtime& rt, Communicator& comm, TensorView x) {
+  Tensor out = rt.empty(x.dtype(), x.rows() * comm.size(), x.cols());
   comm.all_gather(x, out, 0);
   return out;
 }
 
-Tensor gather_features(Communicator& comm, TensorView x, std::int64_t total_cols) {
+Tensor gather_features(Runtime& rt, Communicator& comm, TensorView x, std::int64_t total_cols) {
   const int n = comm.size();
   if (total_cols <= 0) total_cols = x.cols() * n;
   const ShardRange mine = shard_range(total_cols, n, comm.rank());
   TPL_CHECK_EQ(mine.size, x.cols(), (Where{"gather_features", comm.rank()}),
                "local shard width does not follow the uneven split of ", total_cols);
-  Tensor out(x.dtype(), x.rows(), total_cols);
+  Tensor out = rt.empty(x.dtype(), x.rows(), total_cols);
   if (total_cols % n == 0) {
     comm.all_gather(x, out, 1);
     return out;
   }
   // Uneven shards: gather equal-width (padded) blocks, then compact.
   const std::int64_t w = shard_range(total_cols, n, 0).size;
-  Tensor padded(x.dtype(), x.rows(), w);
-  copy_into(x, padded.view().col_slice(0, x.cols()));
-  Tensor all(x.dtype(), x.rows(), w * n);
+  Tensor padded = rt.zeros(x.dtype(), x.rows(), w);
+  rt.copy(x, padded.view().col_slice(0, x.cols()));
+  Tensor all = rt.empty(x.dtype(), x.rows(), w * n);
   comm.all_gather(padded, all, 1);
   for (int k = 0; k < n; ++k) {
     const ShardRange r = shard_range(total_cols, n, k);
-    copy_into(all.view().col_slice(k * w, r.size), out.view().col_slice(r.offset, r.size));
+    rt.copy(all.view().col_slice(k * w, r.size), out.view().col_slice(r.offset, r.size));
   }
   return out;
 }

@@ -16,17 +16,19 @@ inline bool row_bias(int group_rank) {
   return group_rank == 0;
 }
 
-// [rows + pad, cols]: x followed by `pad` zero rows.
-Tensor pad_rows(TensorView x, std::int64_t pad);
+// [rows + pad, cols]: x followed by `pad` zero rows, on `rt`.
+Tensor pad_rows(Runtime& rt, TensorView x, std::int64_t pad);
+// A contiguous copy of rows [0, rows) of x (dropping padding), on `rt`.
+Tensor first_rows(Runtime& rt, TensorView x, std::int64_t rows);
 // Row ops' get_input_parallel: x itself when input_is_parallel, else this rank's block of
 // features, split in whole units of `unit` features like the layer's weight (LayerSpec::in_unit).
 TensorView input_parallel(TensorView x, const LinearFlags& f, int size, int rank,
                           std::int64_t unit = 1);
 // all-gather along tokens: [R, C] -> [size*R, C].
-Tensor gather_tokens(Communicator& comm, TensorView x);
+Tensor gather_tokens(Runtime& rt, Communicator& comm, TensorView x);
 // all-gather along features of shards that follow shard_range(total_cols, size, .): members
 // may hold different widths; the result is [R, total_cols] in member order.
-Tensor gather_features(Communicator& comm, TensorView x, std::int64_t total_cols);
+Tensor gather_features(Runtime& rt, Communicator& comm, TensorView x, std::int64_t total_cols);
 // Tokens held by each member of a module group (MLP-TP, O-proj-TP) that spans DP replicas:
 // entry k = tokens of DP replica (block*m + k). Equal to ctx.num_tokens when the context has no
 // per-replica counts.

@@ -40,14 +40,17 @@ class OProjRowOp final : public LinearOp {
     TPL_CHECK_EQ(c, g.in_features, w, "weight slice width");
     const std::int64_t b = *std::max_element(counts.begin(), counts.end());
     // send[k] = feature slice k of my b (padded) tokens: [m, b, c].
-    Tensor send(x.dtype(), m * b, c);
-    for (int k = 0; k < m; ++k)
-      copy_into(x.col_slice(k * c, c), send.view().row_slice(k * b, x.rows()));
-    Tensor recv(x.dtype(), m * b, c);  // rows s*b.. = member s's tokens, my slice
+    Runtime& rt = g.runtime();
+    Tensor send = rt.empty(x.dtype(), m * b, c);
+    for (int k = 0; k < m; ++k) {
+      rt.copy(x.col_slice(k * c, c), send.view().row_slice(k * b, x.rows()));
+      rt.fill_zero(send.view().row_slice(k * b + x.rows(), b - x.rows()));
+    }
+    Tensor recv = rt.empty(x.dtype(), m * b, c);  // rows s*b.. = member s's tokens, my slice
     comm_.all_to_all(send, recv);
     Tensor y = gemm_reduce_scatter(g, recv, comm_, row_bias(tp_rank()), false);
     if (x.rows() == b) return y;
-    return Tensor::copy_of(y.view().row_slice(0, x.rows()));
+    return first_rows(rt, y, x.rows());
   }
 
  private:

@@ -45,7 +45,8 @@ class SequenceColumnOp final : public LinearOp {
     } else {
       y = g.run(x, kColumnBias);
     }
-    if (flags_.gather_output && tp_size() > 1) return gather_features(tp_, y, g.full_out_features);
+    if (flags_.gather_output && tp_size() > 1)
+      return gather_features(g.runtime(), tp_, y, g.full_out_features);
     return y;
   }
 

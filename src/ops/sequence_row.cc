@@ -45,7 +45,7 @@ class SequenceRowOp final : public LinearOp {
     Tensor padded;
     TensorView in = xp;
     if (ctx.pad_size > 0 && !skip_pad_) {
-      padded = pad_rows(xp, ctx.pad_size);
+      padded = pad_rows(g.runtime(), xp, ctx.pad_size);
       in = padded.view();
     }
     TPL_CHECK_EQ(in.rows() % tp_size(), 0, where(),

@@ -24,7 +24,7 @@ class StandardColumnOp final : public LinearOp {
   Tensor forward(TensorView x, const ForwardContext&, const LocalGemm& g) override {
     Tensor y = g.run(x, kColumnBias);
     if (flags_.gather_output && tp_size() > 1)
-      return gather_features(*comm_, y, g.full_out_features);
+      return gather_features(g.runtime(), *comm_, y, g.full_out_features);
     return y;
   }
 

@@ -140,8 +140,10 @@ TEST(Quantize, SaturatesAndRoundsHalfToEven) {
 // all-to-all are copies. Inputs are small integers, so every dtype is exact.
 TEST(Nccl, SizeOneCollectivesAreCopies) {
   SKIP_WITHOUT_GPU();
-  auto self = testing::world().split(testing::world().rank(), 0);  // size-1 MPI group
-  auto nccl = cuda::make_nccl_communicator(*self);
+  LocalCommunicator boot;
+  auto rt = cuda::make_cuda_runtime();
+  auto nccl = cuda::make_nccl_communicator(boot, *rt);
+  EXPECT_TRUE(nccl->progresses_async());
   ASSERT_EQ(nccl->size(), 1);
   EXPECT_EQ(nccl->name(), "nccl");
   for (DType t : {DType::kF32, DType::kBF16, DType::kI32, DType::kI8}) {
@@ -150,25 +152,26 @@ TEST(Nccl, SizeOneCollectivesAreCopies) {
     cuda::DeviceTensor a = cuda::to_device(h), b(t, 6, 10);
     if (t != DType::kI8) {
       nccl->all_reduce(a);
-      EXPECT_EQ(compare(cuda::to_host(a), h, 0, 0, "all_reduce"), "");
+      EXPECT_EQ(compare(rt->to_host(a), h, 0, 0, "all_reduce"), "");
       nccl->reduce_scatter(a, b);
-      EXPECT_EQ(compare(cuda::to_host(b), h, 0, 0, "reduce_scatter"), "");
+      EXPECT_EQ(compare(rt->to_host(b), h, 0, 0, "reduce_scatter"), "");
       // Strided in-place all-reduce through staging.
       auto w = nccl->iall_reduce(a.view().col_slice(2, 5));
       w->wait();
+      rt->synchronize();  // wait() orders the runtime's stream; the host syncs to read
       EXPECT_TRUE(w->test());
-      EXPECT_EQ(compare(cuda::to_host(a), h, 0, 0, "strided all_reduce"), "");
+      EXPECT_EQ(compare(rt->to_host(a), h, 0, 0, "strided all_reduce"), "");
     }
     for (int dim : {0, 1}) {
       cuda::DeviceTensor c(t, 6, 10);
       nccl->all_gather(a, c, dim);
-      EXPECT_EQ(compare(cuda::to_host(c), h, 0, 0, "all_gather"), "") << dim;
+      EXPECT_EQ(compare(rt->to_host(c), h, 0, 0, "all_gather"), "") << dim;
     }
     cuda::DeviceTensor d(t, 10, 6);
     nccl->all_to_all(a, d);
-    EXPECT_EQ(compare(cuda::to_host(d).view().reshape(6, 10), h, 0, 0, "all_to_all"), "");
+    EXPECT_EQ(compare(rt->to_host(d).view().reshape(6, 10), h, 0, 0, "all_to_all"), "");
     nccl->broadcast(a, 0);
-    EXPECT_EQ(compare(cuda::to_host(a), h, 0, 0, "broadcast"), "");
+    EXPECT_EQ(compare(rt->to_host(a), h, 0, 0, "broadcast"), "");
   }
   EXPECT_TRUE(nccl->all_true(true));
   nccl->barrier();
@@ -180,8 +183,9 @@ TEST(Nccl, SizeOneCollectivesAreCopies) {
 
 TEST(Nccl, RejectsHostTensors) {
   SKIP_WITHOUT_GPU();
-  auto self = testing::world().split(testing::world().rank(), 0);
-  auto nccl = cuda::make_nccl_communicator(*self);
+  LocalCommunicator boot;
+  auto rt = cuda::make_cuda_runtime();
+  auto nccl = cuda::make_nccl_communicator(boot, *rt);
   Tensor h(DType::kF32, 2, 2);
   EXPECT_THROW(nccl->broadcast(h, 0), InvalidArgument);
 }

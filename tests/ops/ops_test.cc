@@ -17,6 +17,7 @@
 #include <sstream>
 
 #include "harness.h"
+#include "progressing_communicator.h"
 #include "tpl/backends.h"
 #include "tpl/linear.h"
 #include "tpl/quant.h"
@@ -684,81 +685,111 @@ TEST(Ops, WeightPrefetchHookRunsAfterRowOps) {
 // results must be bit-identical for random data; with 3-4 ranks MPI may pick a different
 // summation order for a different message size, so random data gets a 1-ulp-scale bound and
 // small-integer data (exact sums) must still be bit-identical.
-// Runs one layer with and without a CommWorker on the same input; returns (unfused, fused).
-// x_of(ctx) builds this rank's input for the batch.
+// Runs one layer unfused and fused on the same input; returns (unfused, fused). The fused layer
+// overlaps its collectives on `worker` (the MPI way) or, with worker == nullptr, through a
+// communicator whose async collectives progress on their own (the NCCL way; see
+// progressing_communicator.h). x_of(ctx) builds this rank's input for the batch.
 struct FusedRun {
   Tensor plain, fused;
   std::string op;
+  std::int64_t fused_collectives = 0;  // TP collectives the fused forward issued
 };
 template <typename XOf>
 FusedRun run_fused_pair(const Config& cfg, LayerSpec s, Data data, std::int64_t n,
-                        CommWorker& worker, XOf&& x_of) {
+                        CommWorker* worker, XOf&& x_of) {
   const Features f = Features::derive(cfg, {});
   ProcessGroups groups(world(), cfg.layout, group_sizes(cfg, f));
+  std::unique_ptr<Communicator> async_world;
+  std::unique_ptr<ProcessGroups> async_groups;
+  if (!worker) {
+    async_world =
+        std::make_unique<testing::ProgressingCommunicator>(world().split(0, world().rank()));
+    async_groups = std::make_unique<ProcessGroups>(*async_world, cfg.layout, group_sizes(cfg, f));
+  }
   Selector sel(cfg, {});
   s.dtype = dtype_of(data);
   s.bias = true;
   Tensor w = make_data(data, s.out_features, s.in_features, 11, 0.15f);
   Tensor b = make_data(data, 1, s.out_features, 12, 1.f);
   OpEnv plain{cfg, f, groups, nullptr, nullptr};
-  OpEnv fused{cfg, f, groups, nullptr, &worker};
+  OpEnv fused{cfg, f, worker ? groups : *async_groups, nullptr, worker};
   LinearLayer l_plain(s, sel, plain, default_cpu_gemm_backend(), w, b);
   LinearLayer l_fused(s, sel, fused, default_cpu_gemm_backend(), w, b);
   const ForwardContext ctx = ForwardContext::make(cfg, f, {}, n);
   Tensor x = x_of(ctx);
-  return {l_plain.forward(x, ctx).output, l_fused.forward(x, ctx).output,
-          op_kind_name(l_fused.choice().kind)};
+  FusedRun r;
+  r.plain = l_plain.forward(x, ctx).output;
+  Communicator& tp = fused.groups.tp();
+  const std::int64_t before = tp.stats().calls;
+  r.fused = l_fused.forward(x, ctx).output;
+  r.fused_collectives = tp.stats().calls - before;
+  r.op = op_kind_name(l_fused.choice().kind);
+  return r;
 }
 
 TEST(Ops, FusedAllGatherGemmMatchesUnfused) {
   if (W() < 2) GTEST_SKIP() << "fusion needs a group";
   CommWorker worker;
-  for (Data data : {Data::kIntF32, Data::kNormalBF16})
-    for (int chunks : {2, 3, 4})
-      for (std::int64_t n : {7, 1001, 1537}) {
-        Config cfg = tp_config(W());
-        cfg.flashcomm1 = true;
-        cfg.flashcomm1_threshold = 0;
-        cfg.fused_chunks = chunks;
-        // Input: this rank's sequence shard of the padded batch.
-        const FusedRun r = run_fused_pair(
-            cfg, column(kQkv, 40, 24), data, n, worker, [&](const ForwardContext& ctx) {
-              return make_data(data, (n + ctx.pad_size) / W(), 40, 23 + world().rank(), 1.f);
-            });
-        // No reduction: every output row is one GEMM row, so the results are bit-identical.
-        expect_agreed(
-            world(),
-            compare(r.fused, r.plain, 0, 0,
-                    "all-gather+GEMM fused vs unfused " + std::string(data_name(data)) +
-                        " chunks=" + std::to_string(chunks) + " tokens=" + std::to_string(n)));
-      }
+  for (bool async : {false, true})
+    for (Data data : {Data::kIntF32, Data::kNormalBF16})
+      for (int chunks : {2, 3, 4})
+        for (std::int64_t n : {7, 1001, 1537}) {
+          Config cfg = tp_config(W());
+          cfg.flashcomm1 = true;
+          cfg.flashcomm1_threshold = 0;
+          cfg.fused_chunks = chunks;
+          // Input: this rank's sequence shard of the padded batch.
+          const FusedRun r = run_fused_pair(
+              cfg, column(kQkv, 40, 24), data, n, async ? nullptr : &worker,
+              [&](const ForwardContext& ctx) {
+                return make_data(data, (n + ctx.pad_size) / W(), 40, 23 + world().rank(), 1.f);
+              });
+          // Chunked: one collective per chunk (each chunk has rows at these sizes).
+          expect_agreed(world(), r.fused_collectives >= 2
+                                     ? ""
+                                     : "all-gather+GEMM not chunked: " +
+                                           std::to_string(r.fused_collectives) + " collectives");
+          // No reduction: every output row is one GEMM row, so the results are bit-identical.
+          expect_agreed(world(), compare(r.fused, r.plain, 0, 0,
+                                         std::string("all-gather+GEMM fused (") +
+                                             (async ? "async comm" : "worker") + ") vs unfused " +
+                                             data_name(data) + " chunks=" + std::to_string(chunks) +
+                                             " tokens=" + std::to_string(n)));
+        }
 }
 
 TEST(Ops, FusedPathsMatchUnfused) {
   if (W() < 2) GTEST_SKIP() << "fusion needs a group";
   CommWorker worker;
-  for (bool fc1 : {false, true})
-    for (Data data : {Data::kIntF32, Data::kNormalBF16, Data::kIntBF16})
-      for (int chunks : {2, 3, 4})
-        for (std::int64_t n : {7, 1001, 1537}) {
-          Config cfg = tp_config(W());
-          cfg.flashcomm1 = fc1;
-          cfg.flashcomm1_threshold = 0;
-          cfg.matmul_allreduce = !fc1;
-          cfg.fused_chunks = chunks;
-          // Input: all tokens, this rank's feature block.
-          const FusedRun r =
-              run_fused_pair(cfg, row(kO, 40, 24), data, n, worker, [&](const ForwardContext&) {
-                Tensor x = make_data(data, n, 40, 13, 1.f);
-                const ShardRange cols = shard_range(40, W(), world().rank());
-                return Tensor::copy_of(x.view().col_slice(cols.offset, cols.size));
-              });
-          const bool exact = W() == 2 || data != Data::kNormalBF16;
-          expect_agreed(world(), compare(r.fused, r.plain, exact ? 0 : 0.02, exact ? 0 : 0.01,
-                                         r.op + " fused vs unfused " + data_name(data) +
-                                             " chunks=" + std::to_string(chunks) +
-                                             " tokens=" + std::to_string(n)));
-        }
+  for (bool async : {false, true})
+    for (bool fc1 : {false, true})
+      for (Data data : {Data::kIntF32, Data::kNormalBF16, Data::kIntBF16})
+        for (int chunks : {2, 3, 4})
+          for (std::int64_t n : {7, 1001, 1537}) {
+            Config cfg = tp_config(W());
+            cfg.flashcomm1 = fc1;
+            cfg.flashcomm1_threshold = 0;
+            cfg.matmul_allreduce = !fc1;
+            cfg.fused_chunks = chunks;
+            // Input: all tokens, this rank's feature block.
+            const FusedRun r =
+                run_fused_pair(cfg, row(kO, 40, 24), data, n, async ? nullptr : &worker,
+                               [&](const ForwardContext&) {
+                                 Tensor x = make_data(data, n, 40, 13, 1.f);
+                                 const ShardRange cols = shard_range(40, W(), world().rank());
+                                 return Tensor::copy_of(x.view().col_slice(cols.offset, cols.size));
+                               });
+            expect_agreed(world(), r.fused_collectives >= 2
+                                       ? ""
+                                       : r.op + " not chunked: " +
+                                             std::to_string(r.fused_collectives) + " collectives");
+            const bool exact = W() == 2 || data != Data::kNormalBF16;
+            expect_agreed(world(), compare(r.fused, r.plain, exact ? 0 : 0.02, exact ? 0 : 0.01,
+                                           r.op + " fused (" + (async ? "async comm" : "worker") +
+                                               ") vs unfused " + data_name(data) +
+                                               " chunks=" + std::to_string(chunks) +
+                                               " tokens=" + std::to_string(n)));
+          }
 }
 
 }  // namespace
