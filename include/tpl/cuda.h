@@ -91,7 +91,8 @@ int select_device(Communicator& bootstrap);
 // stream, on the current device. Collectives take Device::kCuda views, stream-ordered with `rt` (a
 // CUDA runtime): each starts after everything already enqueued on rt's stream, and wait() (or a
 // blocking call's return) makes rt's stream wait for it, without blocking the host. split()
-// splits `bootstrap` and builds a new NCCL communicator on the same runtime.
+// splits `bootstrap` and builds a new NCCL communicator on the same runtime. `rt` must outlive
+// the communicator.
 std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, Runtime& rt);
 
 // The CUDA runtime (tpl/runtime.h) on the current device. Everything is enqueued on its own

@@ -66,6 +66,10 @@ class CublasLtGemm final : public Gemm {
     TPL_CHECK(weight.dtype() == desc.weight && weight.rows() == desc.n && weight.cols() == desc.k,
               w, "weight must be ", desc.weight, "[", desc.n, ", ", desc.k, "], got ",
               weight.describe());
+    // Device weights and biases may still be being written on the runtime's stream (a
+    // layer-sharded window's broadcast, an upload): let that work finish before the blocking
+    // copies below, which run on the legacy stream and do not wait for a non-blocking stream.
+    if (stream_) TPL_CUDA_CHECK(cudaStreamSynchronize(stream_));
     weight_ = DeviceTensor(desc.weight, desc.n, desc.k);
     copy(weight, weight_.view());
     if (!bias.empty()) {
