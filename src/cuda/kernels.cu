@@ -35,56 +35,53 @@ __device__ __forceinline__ void store(void* p, int type, std::int64_t i, float v
   }
 }
 
+// Calls f(r, c) for every element of a rows x cols matrix (grid-stride loop).
+template <typename F>
+__device__ __forceinline__ void for_each(std::int64_t rows, std::int64_t cols, F f) {
+  const std::int64_t total = rows * cols;
+  for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += std::int64_t(gridDim.x) * blockDim.x)
+    f(i / cols, i % cols);
+}
+
 __global__ void quantize_kernel(const void* x, int x_type, std::int64_t ldx, std::int8_t* q,
                                 std::int64_t ldq, std::int64_t rows, std::int64_t cols,
                                 float inv_scale, std::int32_t offset) {
-  const std::int64_t total = rows * cols;
-  for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < total;
-       i += std::int64_t(gridDim.x) * blockDim.x) {
-    const std::int64_t r = i / cols, c = i % cols;
+  for_each(rows, cols, [&](std::int64_t r, std::int64_t c) {
     const float v = rintf(__fmul_rn(load(x, x_type, r * ldx + c), inv_scale)) + float(offset);
     q[r * ldq + c] = static_cast<std::int8_t>(fminf(fmaxf(v, -128.f), 127.f));
-  }
+  });
 }
 
 __global__ void dequantize_kernel(const std::int32_t* acc, std::int64_t ldacc,
                                   const std::int32_t* quant_bias, const float* deq_scale, void* y,
                                   int y_type, std::int64_t ldy, std::int64_t rows,
                                   std::int64_t cols) {
-  const std::int64_t total = rows * cols;
-  for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < total;
-       i += std::int64_t(gridDim.x) * blockDim.x) {
-    const std::int64_t r = i / cols, c = i % cols;
+  for_each(rows, cols, [&](std::int64_t r, std::int64_t c) {
     long long a = acc[r * ldacc + c];
     if (quant_bias) a += quant_bias[c];
     store(y, y_type, r * ldy + c, __fmul_rn(__ll2float_rn(a), deq_scale[c]));
-  }
+  });
 }
 
 // Both additions use __fadd_rn/__fmul_rn so nvcc cannot contract them into an FMA: the host
 // code (ISO C++, no FMA contraction) rounds the product and the sum separately.
 __global__ void add_row_bias_kernel(void* y, int y_type, std::int64_t ldy, const float* bias,
                                     std::int64_t rows, std::int64_t cols) {
-  const std::int64_t total = rows * cols;
-  for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < total;
-       i += std::int64_t(gridDim.x) * blockDim.x) {
-    const std::int64_t r = i / cols, c = i % cols;
+  for_each(rows, cols, [&](std::int64_t r, std::int64_t c) {
     const std::int64_t at = r * ldy + c;
     store(y, y_type, at, __fadd_rn(load(y, y_type, at), bias[c]));
-  }
+  });
 }
 
 __global__ void add_dequantized_bias_kernel(void* y, int y_type, std::int64_t ldy,
                                             const std::int32_t* quant_bias, const float* deq_scale,
                                             std::int64_t rows, std::int64_t cols) {
-  const std::int64_t total = rows * cols;
-  for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < total;
-       i += std::int64_t(gridDim.x) * blockDim.x) {
-    const std::int64_t r = i / cols, c = i % cols;
+  for_each(rows, cols, [&](std::int64_t r, std::int64_t c) {
     const std::int64_t at = r * ldy + c;
     const float b = __fmul_rn(__int2float_rn(quant_bias[c]), deq_scale[c]);
     store(y, y_type, at, __fadd_rn(load(y, y_type, at), b));
-  }
+  });
 }
 
 unsigned grid_for(std::int64_t total) {
