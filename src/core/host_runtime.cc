@@ -41,9 +41,12 @@ class HostRuntime final : public Runtime {
   void w8a8_dequantize(TensorView acc, TensorView quant_bias, TensorView deq_scale,
                        bool add_quant_bias, TensorView y) override {
     const Where w{"host w8a8_dequantize"};
+    check_host(acc, "acc");
+    check_host(y, "y");
     TPL_CHECK(acc.dtype() == DType::kI32 && y.rows() == acc.rows() && y.cols() == acc.cols(), w,
               "acc ", acc.describe(), " y ", y.describe());
     check_vectors(quant_bias, deq_scale, acc.cols(), add_quant_bias, w);
+    check_host(deq_scale, "deq_scale");
     const auto* qb = add_quant_bias ? quant_bias.ptr<std::int32_t>() : nullptr;
     const auto* deq = deq_scale.ptr<float>();
     for (std::int64_t r = 0; r < acc.rows(); ++r) {

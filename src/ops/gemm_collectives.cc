@@ -14,21 +14,35 @@ namespace {
 class Background {
  public:
   Background(Communicator& comm, CommWorker* worker) : comm_(comm), worker_(worker) {}
+  // On an exception the caller's buffers go right after this object (it is declared after
+  // them): let no collective run on them any more.
+  ~Background() {
+    try {
+      drain();
+    } catch (...) {
+      // The exception in flight is the one to report.
+    }
+  }
+  Background(const Background&) = delete;
+  Background& operator=(const Background&) = delete;
   static bool available(const Communicator& comm, const CommWorker* worker) {
     return comm.size() > 1 && (comm.progresses_async() || worker != nullptr);
   }
 
   std::size_t all_reduce(TensorView inout) {
-    return submit([this, inout] { comm_.all_reduce(inout); },
-                  [this, inout] { return comm_.iall_reduce(inout); });
+    Communicator& c = comm_;
+    return submit([&c, inout] { c.all_reduce(inout); },
+                  [&c, inout] { return c.iall_reduce(inout); });
   }
   std::size_t reduce_scatter(TensorView in, TensorView out) {
-    return submit([this, in, out] { comm_.reduce_scatter(in, out); },
-                  [this, in, out] { return comm_.ireduce_scatter(in, out); });
+    Communicator& c = comm_;
+    return submit([&c, in, out] { c.reduce_scatter(in, out); },
+                  [&c, in, out] { return c.ireduce_scatter(in, out); });
   }
   std::size_t all_gather(TensorView in, TensorView out) {
-    return submit([this, in, out] { comm_.all_gather(in, out, 0); },
-                  [this, in, out] { return comm_.iall_gather(in, out, 0); });
+    Communicator& c = comm_;
+    return submit([&c, in, out] { c.all_gather(in, out, 0); },
+                  [&c, in, out] { return c.iall_gather(in, out, 0); });
   }
   // The result of collective `i` is in place (for the caller's later work).
   void wait(std::size_t i) {
@@ -41,7 +55,7 @@ class Background {
   void drain() {
     if (async()) {
       for (auto& w : works_) w->wait();
-    } else {
+    } else if (!tickets_.empty()) {
       worker_->drain();
     }
   }
