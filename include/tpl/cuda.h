@@ -2,8 +2,11 @@
 // CUDA headers: streams are opaque handles, device memory is seen through TensorView with
 // Device::kCuda.
 //
-// Ordering: unless a Stream is passed, work is enqueued on the legacy default stream (stream 0),
-// which orders it with every blocking copy below. Functions that return host data synchronise.
+// Ordering: the free functions below enqueue on the legacy default stream (stream 0) unless a
+// Stream is passed; stream 0 orders them with every blocking copy below, but not with the
+// non-blocking stream of a CudaRuntime. Ops, layers and NCCL communicators use the runtime's
+// stream (CudaRuntime::stream()); read their results with Runtime::to_host. Functions that
+// return host data synchronise.
 #pragma once
 
 #include <cstdint>
