@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <initializer_list>
 #include <sstream>
 
 #include "harness.h"
@@ -302,10 +303,11 @@ void check(const Case& c) {
 
 const std::vector<std::int64_t> kTokens{1, 7, 8, 1000, 1001, 1537};
 
-// Runs the case over tokens x bias x data and reports collectively.
-void sweep(Case base, std::vector<std::int64_t> tokens = kTokens) {
+// Checks the case for every tokens x bias x small-integer data combination.
+void check_grid(const Case& base, const std::vector<std::int64_t>& tokens,
+                std::initializer_list<BiasMode> biases) {
   for (std::int64_t n : tokens)
-    for (BiasMode b : {BiasMode::kNone, BiasMode::kAdded, BiasMode::kSkipped})
+    for (BiasMode b : biases)
       for (Data d : {Data::kIntF32, Data::kIntBF16}) {
         Case c = base;
         c.tokens = n;
@@ -313,6 +315,11 @@ void sweep(Case base, std::vector<std::int64_t> tokens = kTokens) {
         c.data = d;
         check(c);
       }
+}
+
+// Runs the case over tokens x bias x data and reports collectively.
+void sweep(Case base, std::vector<std::int64_t> tokens = kTokens) {
+  check_grid(base, tokens, {BiasMode::kNone, BiasMode::kAdded, BiasMode::kSkipped});
   Case c = base;  // random data, bf16, tolerance
   c.tokens = 257;
   c.bias = BiasMode::kAdded;
@@ -533,15 +540,7 @@ TEST(Ops, RowWithoutReductionRejectsAnAddedBias) {
 // correction) is added once per reduction.
 void sweep_w8a8(Case base, std::vector<std::int64_t> tokens = {1, 7, 1001}) {
   base.w8a8 = true;
-  for (std::int64_t n : tokens)
-    for (BiasMode b : {BiasMode::kNone, BiasMode::kAdded})
-      for (Data d : {Data::kIntF32, Data::kIntBF16}) {
-        Case c = base;
-        c.tokens = n;
-        c.bias = b;
-        c.data = d;
-        check(c);
-      }
+  check_grid(base, tokens, {BiasMode::kNone, BiasMode::kAdded});
 }
 
 TEST(OpsW8A8, EveryOp) {
