@@ -1,18 +1,19 @@
-// oneDNN GEMM throughput: y[M, N] = x[M, K] * W[N, K]^T, K = N = 4096, one thread, for
-// f32 x f32 -> f32, bf16 x bf16 -> bf16 / f32 and int8 x int8 -> int32 (the W8A8 path: s8 x s8
-// -> s32, no attributes; the dequantization epilogue is not timed here).
+// CPU GEMM throughput, every implementation side by side: y[M, N] = x[M, K] * W[N, K]^T,
+// K = N = 4096, one thread, for f32, bf16 -> bf16 and int8 -> int32 (the W8A8 GEMM; its
+// dequantization epilogue is not timed here). Each implementation of the CPU list runs under its
+// own name (forced through the chooser, as TPL_GEMM would), plus "cpu": what the chooser picks
+// by measurement. An implementation that cannot serve a dtype on this CPU (or under
+// TPL_CPU_ISA) is reported as skipped with the chooser's reason, never aborts the run. The label
+// of each row is the name of the GEMM that actually ran.
 //
-// Counter GOP/s = 2*M*N*K per iteration (a multiply and an add per MAC, whatever the dtype, so
-// float rows are GFLOP/s) over the thread's CPU time: the machine is shared (2 vCPUs, other
-// builds running), and CPU time of the single compute thread is the figure that is immune to
-// being descheduled; on a quiet machine it equals wall time (also printed). The Gemm (and its
-// one-time weight reorder) is created outside the timed loop, and one untimed run per weight
-// JIT-compiles and warms the primitive for this M.
+// Counter GOP/s = 2*M*N*K per iteration over the thread's CPU time (the machine is shared; CPU
+// time of the single compute thread is immune to being descheduled). Warm-up runs first.
 //
-// Decode-sized M (<= 64) is memory-bound and repeating one weight would measure the L3 for any
-// weight that fits it (int8: 16 MiB, bf16: 32 MiB against a 32 MiB L3). So for those M the
-// benchmark rotates through enough distinct weights (each its own Gemm) to stream at least
-// 64 MiB, twice the L3, per round: f32 1 weight, bf16 2, int8 4. Counter "weights" says how many.
+// Decode-sized M (<= 64) is memory-bound, and repeating one weight would measure the L3 for any
+// weight that fits it. So for those M the benchmark rotates through enough distinct weights to
+// stream at least 64 MiB (twice the L3) per round; counter "weights" says how many, and "GB/s"
+// is the weight bytes streamed per second (as the weights are stored: bf16_via_f32 streams its
+// f32 copy). BM_StreamRead measures the single-core read bandwidth those compare against.
 //
 //   OMP_NUM_THREADS=1 ./build/bench/tpl_gemm_bench
 #include <benchmark/benchmark.h>
@@ -22,9 +23,11 @@
 #include <cstdint>
 #include <memory>
 #include <random>
+#include <string>
 #include <vector>
 
-#include "gemm/onednn_gemm.h"
+#include "tpl/cpu_gemm.h"
+#include "tpl/error.h"
 #include "tpl/gemm.h"
 #include "tpl/tensor.h"
 
@@ -34,17 +37,15 @@ constexpr std::int64_t kK = 4096, kN = 4096;
 constexpr std::int64_t kMaxDecodeM = 64;           // rotate weights up to this M
 constexpr std::int64_t kRotateBytes = 64ll << 20;  // weight bytes streamed per round
 
-// N(0, 1) values for float dtypes; uniform over the full range [-128, 127] for int8.
-tpl::Tensor random_tensor(std::int64_t rows, std::int64_t cols, tpl::DType dtype,
+// N(0, 1) values for float dtypes; uniform int8 (activations -128..127, weights -127..127).
+tpl::Tensor random_tensor(std::int64_t rows, std::int64_t cols, tpl::DType dtype, int lo,
                           std::uint64_t seed) {
   std::mt19937_64 gen(seed);
   if (dtype == tpl::DType::kI8) {
     tpl::Tensor t(dtype, rows, cols);
-    auto* p = t.ptr<std::uint8_t>();
-    for (std::int64_t i = 0; i < t.numel(); i += 8) {
-      const std::uint64_t r = gen();
-      for (std::int64_t b = 0; b < 8 && i + b < t.numel(); ++b) p[i + b] = (r >> (8 * b)) & 0xff;
-    }
+    std::uniform_int_distribution<int> dist(lo, 127);
+    auto* p = t.ptr<std::int8_t>();
+    for (std::int64_t i = 0; i < t.numel(); ++i) p[i] = static_cast<std::int8_t>(dist(gen));
     return t;
   }
   std::normal_distribution<float> dist(0.f, 1.f);
@@ -53,22 +54,45 @@ tpl::Tensor random_tensor(std::int64_t rows, std::int64_t cols, tpl::DType dtype
   return tpl::Tensor::from_f32(v, rows, cols, dtype);
 }
 
-void BM_OneDnnGemm(benchmark::State& state, tpl::DType act, tpl::DType out) {
+std::unique_ptr<tpl::CpuGemmChooser> chooser_for(const std::string& impl) {
+  tpl::CpuGemmOptions o = tpl::CpuGemmOptions::from_env();
+  o.threads = 1;
+  if (impl != "cpu") {
+    o.measure = false;
+    o.force = {impl};
+  }
+  return std::make_unique<tpl::CpuGemmChooser>(tpl::detect_cpu(), o);
+}
+
+void BM_Gemm(benchmark::State& state, std::string impl, tpl::GemmDesc desc) {
   omp_set_num_threads(1);
   const std::int64_t m = state.range(0);
-  const tpl::GemmDesc desc{kK, kN, act, act, out};
-  const std::int64_t weight_bytes = kN * kK * static_cast<std::int64_t>(tpl::dtype_size(act));
+  auto chooser = chooser_for(impl);
+  if (impl != "cpu") {
+    for (const auto& c : chooser->candidates(desc))
+      if (c.name == impl && !c.why_not.empty()) {
+        state.SkipWithError(("skipped: " + c.why_not).c_str());
+        return;
+      }
+  }
+  const std::int64_t weight_bytes =
+      kN * kK * static_cast<std::int64_t>(tpl::dtype_size(desc.weight));
   const std::int64_t n_weights =
       m <= kMaxDecodeM ? std::max<std::int64_t>(1, kRotateBytes / weight_bytes) : 1;
   std::vector<std::unique_ptr<tpl::Gemm>> gemms;
-  for (std::int64_t i = 0; i < n_weights; ++i) {
-    // The Gemm keeps its own reordered copy; the source weight is freed right away.
-    const tpl::Tensor w = random_tensor(kN, kK, act, 1 + i);
-    gemms.push_back(tpl::make_onednn_gemm(desc, w, tpl::TensorView()));
+  try {
+    for (std::int64_t i = 0; i < n_weights; ++i) {
+      // The Gemm keeps its own copy; the source weight is freed right away.
+      const tpl::Tensor w = random_tensor(kN, kK, desc.weight, -127, 1 + i);
+      gemms.push_back(chooser->make(desc, w, tpl::TensorView()));
+    }
+  } catch (const tpl::Error& e) {
+    state.SkipWithError((std::string("skipped: ") + e.what()).c_str());
+    return;
   }
-  const tpl::Tensor x = random_tensor(m, kK, act, 1000);
-  tpl::Tensor y(out, m, kN);
-  for (auto& g : gemms) g->run(x, y, false);  // warm-up: primitive creation and JIT
+  const tpl::Tensor x = random_tensor(m, kK, desc.act, -128, 1000);
+  tpl::Tensor y(desc.out, m, kN);
+  for (auto& g : gemms) g->run(x, y, false);  // warm-up: plans, JIT, first touch
   std::size_t next = 0;
   for (auto _ : state) {
     gemms[next]->run(x, y, false);
@@ -76,21 +100,70 @@ void BM_OneDnnGemm(benchmark::State& state, tpl::DType act, tpl::DType out) {
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
   }
-  state.counters["GOP/s"] = benchmark::Counter(
-      2e-9 * static_cast<double>(m * kN * kK) * static_cast<double>(state.iterations()),
-      benchmark::Counter::kIsRate);
-  state.counters["threads"] = omp_get_max_threads();
+  state.SetLabel(gemms.front()->name());
+  const double iters = static_cast<double>(state.iterations());
+  state.counters["GOP/s"] = benchmark::Counter(2e-9 * static_cast<double>(m * kN * kK) * iters,
+                                               benchmark::Counter::kIsRate);
+  // Bytes of weight read per run, as held (bf16_via_f32 holds f32, 4 bytes per weight).
+  const bool widened = gemms.front()->name().rfind("bf16_via_f32", 0) == 0;
+  const double held_bytes =
+      static_cast<double>(kN * kK) * (widened ? 4.0 : double(weight_bytes) / double(kN * kK));
+  state.counters["GB/s"] =
+      benchmark::Counter(1e-9 * held_bytes * iters, benchmark::Counter::kIsRate);
   state.counters["weights"] = static_cast<double>(n_weights);
 }
 
-void shapes(benchmark::internal::Benchmark* b) {
-  b->ArgName("M")->Arg(16)->Arg(256)->Arg(2048)->Unit(benchmark::kMillisecond);
-  b->MinTime(1.0);
+// Single-core read bandwidth: sums a 256 MiB buffer (8x the L3) of 64-bit words.
+void BM_StreamRead(benchmark::State& state) {
+  const std::size_t n = (256u << 20) / sizeof(std::uint64_t);
+  std::vector<std::uint64_t> buf(n);
+  for (std::size_t i = 0; i < n; ++i) buf[i] = i;
+  std::uint64_t total = 0;
+  for (auto _ : state) {
+    std::uint64_t acc[8] = {};
+    for (std::size_t i = 0; i < n; i += 8)
+      for (int j = 0; j < 8; ++j) acc[j] += buf[i + j];
+    for (auto a : acc) total += a;
+    benchmark::DoNotOptimize(total);
+  }
+  state.counters["GB/s"] =
+      benchmark::Counter(1e-9 * double(n * sizeof(std::uint64_t)) * double(state.iterations()),
+                         benchmark::Counter::kIsRate);
 }
 
-BENCHMARK_CAPTURE(BM_OneDnnGemm, f32, tpl::DType::kF32, tpl::DType::kF32)->Apply(shapes);
-BENCHMARK_CAPTURE(BM_OneDnnGemm, bf16, tpl::DType::kBF16, tpl::DType::kBF16)->Apply(shapes);
-BENCHMARK_CAPTURE(BM_OneDnnGemm, bf16_to_f32, tpl::DType::kBF16, tpl::DType::kF32)->Apply(shapes);
-BENCHMARK_CAPTURE(BM_OneDnnGemm, int8_to_i32, tpl::DType::kI8, tpl::DType::kI32)->Apply(shapes);
-
 }  // namespace
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  benchmark::RegisterBenchmark("BM_StreamRead", BM_StreamRead)
+      ->Unit(benchmark::kMillisecond)
+      ->MinTime(1.0);
+  struct Config {
+    const char* name;
+    tpl::GemmDesc desc;
+  };
+  const Config configs[] = {
+      {"f32", {kK, kN, tpl::DType::kF32, tpl::DType::kF32, tpl::DType::kF32}},
+      {"bf16", {kK, kN, tpl::DType::kBF16, tpl::DType::kBF16, tpl::DType::kBF16}},
+      {"int8_to_i32", {kK, kN, tpl::DType::kI8, tpl::DType::kI8, tpl::DType::kI32}},
+  };
+  tpl::CpuGemmOptions o;
+  tpl::CpuGemmChooser lister(tpl::detect_cpu(), o);
+  for (const Config& c : configs) {
+    std::vector<std::string> impls{"cpu"};
+    for (const auto& cand : lister.candidates(c.desc))
+      if (cand.name != "reference") impls.push_back(cand.name);  // the oracle: hours at 4096
+    for (const std::string& impl : impls)
+      benchmark::RegisterBenchmark(("BM_Gemm/" + std::string(c.name) + "/" + impl).c_str(),
+                                   [impl, d = c.desc](benchmark::State& s) { BM_Gemm(s, impl, d); })
+          ->ArgName("M")
+          ->Arg(16)
+          ->Arg(256)
+          ->Arg(2048)
+          ->Unit(benchmark::kMillisecond)
+          ->MinTime(1.0);
+  }
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

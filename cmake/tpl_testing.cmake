@@ -1,10 +1,29 @@
-# tpl_add_mpi_test(<name> <target> NPROCS n1 n2 ... [TIMEOUT s])
+# CI runs the GEMM, op and CLI tests twice: natively, and with the ISA capped at AVX2
+# (TPL_CPU_ISA caps tplinear's GEMM choice and oneDNN; OPENBLAS_CORETYPE caps OpenBLAS), so the
+# AVX2 paths are tested on AVX-512 machines too. The capped entries are named *_avx2. On a CPU
+# without AVX-512 the native run already is the AVX2 run, so AUTO registers them only where
+# /proc/cpuinfo lists avx512f.
+set(TPL_TEST_CAPPED_ISA AUTO CACHE STRING "Register the *_avx2 test entries (AUTO, ON, OFF)")
+set(TPL_CAPPED_ENV "TPL_CPU_ISA=avx2;OPENBLAS_CORETYPE=Haswell")
+set(TPL_WITH_CAPPED_TESTS OFF)
+if(TPL_TEST_CAPPED_ISA STREQUAL "ON")
+  set(TPL_WITH_CAPPED_TESTS ON)
+elseif(TPL_TEST_CAPPED_ISA STREQUAL "AUTO" AND EXISTS /proc/cpuinfo)
+  file(STRINGS /proc/cpuinfo _tpl_flags REGEX "^flags" LIMIT_COUNT 1)
+  if(_tpl_flags MATCHES " avx512f ")
+    set(TPL_WITH_CAPPED_TESTS ON)
+  endif()
+endif()
+message(STATUS "tplinear: AVX2-capped test entries ${TPL_WITH_CAPPED_TESTS}")
+
+# tpl_add_mpi_test(<name> <target> NPROCS n1 n2 ... [TIMEOUT s] [CAPPED])
 # Registers one CTest entry per rank count, each running the target under mpirun with the
 # environment root and oversubscription need on a 2-core machine (platform-notes §2.1, §2.7).
+# CAPPED adds <name>_avx2_np<n> entries under TPL_CAPPED_ENV (see above).
 set(TPL_MPI_TEST_ENV
     "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMPI_MCA_btl=self,vader;OMPI_MCA_oob_tcp_if_include=lo;OMPI_MCA_rmaps_base_oversubscribe=1;OMP_NUM_THREADS=1")
 function(tpl_add_mpi_test name target)
-  cmake_parse_arguments(ARG "" "TIMEOUT" "NPROCS;ARGS" ${ARGN})
+  cmake_parse_arguments(ARG "CAPPED" "TIMEOUT" "NPROCS;ARGS" ${ARGN})
   if(NOT ARG_TIMEOUT)
     set(ARG_TIMEOUT 300)
   endif()
@@ -15,5 +34,14 @@ function(tpl_add_mpi_test name target)
                      ${MPIEXEC_POSTFLAGS} ${ARG_ARGS})
     set_tests_properties(${name}_np${np} PROPERTIES ENVIRONMENT "${TPL_MPI_TEST_ENV}"
                          TIMEOUT ${ARG_TIMEOUT} LABELS mpi PROCESSORS 2)
+    if(ARG_CAPPED AND TPL_WITH_CAPPED_TESTS)
+      add_test(NAME ${name}_avx2_np${np}
+               COMMAND ${MPIEXEC_EXECUTABLE} ${MPIEXEC_NUMPROC_FLAG} ${np} --oversubscribe
+                       --bind-to none ${MPIEXEC_PREFLAGS} $<TARGET_FILE:${target}>
+                       ${MPIEXEC_POSTFLAGS} ${ARG_ARGS})
+      set_tests_properties(${name}_avx2_np${np} PROPERTIES
+                           ENVIRONMENT "${TPL_MPI_TEST_ENV};${TPL_CAPPED_ENV}"
+                           TIMEOUT ${ARG_TIMEOUT} LABELS "mpi;avx2" PROCESSORS 2)
+    endif()
   endforeach()
 endfunction()

@@ -7,24 +7,31 @@
 #include <vector>
 
 #include "tpl/communicator.h"
+#include "tpl/cpu_gemm.h"
 #include "tpl/gemm.h"
 #include "tpl/runtime.h"
 
 namespace tpl {
 
-enum class GemmBackend { kReference, kOneDnn, kCublasLt };
+// kCpu: the ISA-aware list of CPU implementations (tpl/cpu_gemm.h, docs/gemm.md), the default;
+// kReference / kOneDnn: one implementation, for tests and benchmarks (oneDNN refuses what it
+// cannot do exactly on this CPU, e.g. int8 without VNNI); kCublasLt: the GPU.
+enum class GemmBackend { kReference, kOneDnn, kCpu, kCublasLt };
 
 const char* gemm_backend_name(GemmBackend b);
 GemmBackend parse_gemm_backend(const std::string& s);
 std::vector<GemmBackend> available_gemm_backends();
-// The fastest CPU backend of this build (oneDNN when built, else the reference).
+// The CPU backend layers use unless told otherwise: kCpu.
 GemmBackend default_cpu_gemm_backend();
 
 // weight: [desc.n, desc.k]; bias: [1, desc.n] or an empty view (no bias). `rt`: the runtime
 // whose tensors the GEMM will run on; cuBLASLt enqueues on the CUDA runtime's stream (stream 0
-// when rt is null), the host backends ignore it.
+// when rt is null), the host backends ignore it. `chooser`: for kCpu, the chooser whose cache
+// and options to use; without one, a chooser of the environment's options picks in list order
+// (TPL_GEMM_SELECT=measure to time instead).
 std::unique_ptr<Gemm> make_gemm(GemmBackend backend, const GemmDesc& desc, TensorView weight,
-                                TensorView bias, Runtime* rt = nullptr);
+                                TensorView bias, Runtime* rt = nullptr,
+                                CpuGemmChooser* chooser = nullptr);
 
 // The runtime for `device`: the host runtime, or a CUDA runtime on the current device (its own
 // compute stream and memory pool). Unsupported when the device's backend is not built.
@@ -52,6 +59,10 @@ class MpiSession {
   bool owns_ = false;
 };
 
-std::vector<std::string> built_backends();  // e.g. {"local", "mpi", "reference", "onednn"}
+// The MPI library's own version string (MPI_Get_library_version), or "not built".
+std::string mpi_library_version();
+
+// e.g. {"local", "mpi", "reference", "avx2_int8", "bf16_via_f32", "onednn", "openblas"}
+std::vector<std::string> built_backends();
 
 }  // namespace tpl

@@ -126,7 +126,8 @@ class LinearLayer {
   int layer_index_ = -1;
   GemmBackend backend_ = GemmBackend::kReference;
   GemmDesc desc_;
-  Runtime* rt_ = nullptr;  // env.runtime: where bias_ and the W8A8 vectors live
+  Runtime* rt_ = nullptr;               // env.runtime: where bias_ and the W8A8 vectors live
+  CpuGemmChooser* cpu_gemm_ = nullptr;  // env.cpu_gemm
 };
 
 }  // namespace tpl

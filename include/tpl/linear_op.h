@@ -12,6 +12,7 @@
 #include <string>
 
 #include "tpl/comm_worker.h"
+#include "tpl/cpu_gemm.h"
 #include "tpl/error.h"
 #include "tpl/forward_context.h"
 #include "tpl/gemm.h"
@@ -109,9 +110,12 @@ struct OpEnv {
   // take it from here before each GEMM. Usually the same object as `oshard`.
   LayerShardSeries* layer_shard = nullptr;
   // Device of the layers' tensors; nullptr = the host runtime. Its communicators (groups) and
-  // GEMM backend must be of the same device: host with MPI and oneDNN/reference, CUDA with NCCL
+  // GEMM backend must be of the same device: host with MPI and the CPU GEMMs, CUDA with NCCL
   // and cuBLASLt.
   Runtime* runtime = nullptr;
+  // Chooses the CPU GEMM implementation of layers on the cpu backend and caches its
+  // measurements (tpl/cpu_gemm.h); nullptr = list order, no timing. Owned by the caller.
+  CpuGemmChooser* cpu_gemm = nullptr;
 };
 
 class LinearOp {

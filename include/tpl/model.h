@@ -104,6 +104,7 @@ class DecoderStack {
   std::unique_ptr<ProcessGroups> groups_;
   std::unique_ptr<Selector> selector_;
   std::unique_ptr<CommWorker> worker_;
+  std::unique_ptr<CpuGemmChooser> cpu_gemm_;  // measures once per layer shape
   std::unique_ptr<LayerShardSeries> series_;
   std::unique_ptr<OpEnv> env_;
   std::vector<std::unique_ptr<Layer>> layers_;

@@ -1,12 +1,18 @@
 // The only file that knows which backends were compiled in (#if on the generated config).
+#include "gemm/avx2_int8_gemm.h"
+#include "gemm/cpu_gemm_impls.h"
 #include "tpl/backends.h"
 #include "tpl/build_config.h"
+#include "tpl/cpu_gemm.h"
 #include "tpl/error.h"
 #if TPL_WITH_MPI
 #include "comm/mpi_communicator.h"
 #endif
 #if TPL_WITH_ONEDNN
 #include "gemm/onednn_gemm.h"
+#endif
+#if TPL_WITH_OPENBLAS
+#include "gemm/openblas_gemm.h"
 #endif
 #if TPL_WITH_CUDA
 #include "tpl/cuda.h"
@@ -20,6 +26,8 @@ const char* gemm_backend_name(GemmBackend b) {
       return "reference";
     case GemmBackend::kOneDnn:
       return "onednn";
+    case GemmBackend::kCpu:
+      return "cpu";
     case GemmBackend::kCublasLt:
       return "cublaslt";
   }
@@ -27,14 +35,15 @@ const char* gemm_backend_name(GemmBackend b) {
 }
 
 GemmBackend parse_gemm_backend(const std::string& s) {
-  for (GemmBackend b : {GemmBackend::kReference, GemmBackend::kOneDnn, GemmBackend::kCublasLt})
+  for (GemmBackend b :
+       {GemmBackend::kCpu, GemmBackend::kReference, GemmBackend::kOneDnn, GemmBackend::kCublasLt})
     if (s == gemm_backend_name(b)) return b;
   TPL_THROW(InvalidArgument, Where{"parse_gemm_backend"}, "unknown GEMM backend '", s,
-            "' (expected reference, onednn or cublaslt)");
+            "' (expected cpu, reference, onednn or cublaslt)");
 }
 
 std::vector<GemmBackend> available_gemm_backends() {
-  std::vector<GemmBackend> v{GemmBackend::kReference};
+  std::vector<GemmBackend> v{GemmBackend::kCpu, GemmBackend::kReference};
 #if TPL_WITH_ONEDNN
   v.push_back(GemmBackend::kOneDnn);
 #endif
@@ -45,21 +54,89 @@ std::vector<GemmBackend> available_gemm_backends() {
 }
 
 GemmBackend default_cpu_gemm_backend() {
+  return GemmBackend::kCpu;
+}
+
+std::vector<CpuGemmImpl> built_cpu_gemm_impls(int threads) {
+  std::vector<CpuGemmImpl> v;
+  const auto same = [](const GemmDesc& d, DType t) {
+    return d.act == t && d.weight == t && d.out == t;
+  };
 #if TPL_WITH_ONEDNN
-  return GemmBackend::kOneDnn;
-#else
-  return GemmBackend::kReference;
+  v.push_back({"onednn",
+               [](const GemmDesc& d, const CpuInfo& cpu) { return onednn_why_not(d, cpu); },
+               [](const GemmDesc& d, TensorView w, TensorView b, const GemmFactory&) {
+                 return make_onednn_gemm(d, w, b);
+               }});
 #endif
+#if TPL_WITH_OPENBLAS
+  v.push_back({"openblas",
+               [same](const GemmDesc& d, const CpuInfo&) -> std::string {
+                 return same(d, DType::kF32) ? "" : "OpenBLAS serves f32 only";
+               },
+               [threads](const GemmDesc& d, TensorView w, TensorView b, const GemmFactory&) {
+                 return make_openblas_gemm(d, w, b, threads);
+               }});
+#endif
+  v.push_back({"bf16_via_f32",
+               [](const GemmDesc& d, const CpuInfo&) -> std::string {
+                 const bool ok = d.act == DType::kBF16 && d.weight == DType::kBF16 &&
+                                 (d.out == DType::kBF16 || d.out == DType::kF32);
+                 return ok ? "" : "serves bf16 x bf16 only";
+               },
+               [](const GemmDesc& d, TensorView w, TensorView b, const GemmFactory& f32) {
+                 return make_bf16_via_f32_gemm(d, w, b, f32);
+               }});
+  v.push_back({"avx2_int8",
+               [](const GemmDesc& d, const CpuInfo& cpu) -> std::string {
+                 if (d.act != DType::kI8 || d.weight != DType::kI8 || d.out != DType::kI32)
+                   return "serves int8 x int8 -> int32 only";
+                 if (!cpu.has(CpuIsa::kAvx2))
+                   return std::string("needs AVX2 (ISA here: ") + cpu_isa_name(cpu.effective()) +
+                          ")";
+                 return "";
+               },
+               [](const GemmDesc& d, TensorView w, TensorView b, const GemmFactory&) {
+                 return make_avx2_int8_gemm(d, w, b);
+               }});
+  v.push_back({"reference", [](const GemmDesc&, const CpuInfo&) { return std::string(); },
+               [](const GemmDesc& d, TensorView w, TensorView b, const GemmFactory&) {
+                 return make_reference_gemm(d, w, b);
+               }});
+  return v;
+}
+
+std::vector<std::string> cpu_gemm_libraries(const CpuInfo& cpu) {
+  std::vector<std::string> v;
+#if TPL_WITH_ONEDNN
+  v.push_back(onednn_description(cpu));
+#endif
+#if TPL_WITH_OPENBLAS
+  v.push_back(openblas_description());
+#endif
+  return v;
 }
 
 std::unique_ptr<Gemm> make_gemm(GemmBackend backend, const GemmDesc& desc, TensorView weight,
-                                TensorView bias, Runtime* rt) {
+                                TensorView bias, Runtime* rt, CpuGemmChooser* chooser) {
   switch (backend) {
+    case GemmBackend::kCpu: {
+      if (chooser) return chooser->make(desc, weight, bias);
+      // No chooser to cache measurements in: the list's order, no timing.
+      CpuGemmChooser local(detect_cpu(), CpuGemmOptions::from_env(/*measure_default=*/false));
+      return local.make(desc, weight, bias);
+    }
     case GemmBackend::kReference:
       return make_reference_gemm(desc, weight, bias);
     case GemmBackend::kOneDnn:
 #if TPL_WITH_ONEDNN
+    {
+      const std::string why_not = onednn_why_not(desc, detect_cpu());
+      TPL_CHECK_T(why_not.empty(), Unsupported, Where{"make_gemm"}, "oneDNN cannot serve ",
+                  dtype_name(desc.act), " x ", dtype_name(desc.weight), " -> ",
+                  dtype_name(desc.out), " here: ", why_not);
       return make_onednn_gemm(desc, weight, bias);
+    }
 #else
       TPL_THROW(Unsupported, Where{"make_gemm"},
                 "GEMM backend onednn is not built (this build has no oneDNN; configure with "
@@ -103,14 +180,32 @@ std::unique_ptr<Communicator> make_device_communicator(Communicator& bootstrap, 
 #endif
 }
 
+std::string mpi_library_version() {
+#if TPL_WITH_MPI
+  char buf[MPI_MAX_LIBRARY_VERSION_STRING];
+  int len = 0;
+  if (MPI_Get_library_version(buf, &len) != MPI_SUCCESS) return "unknown";
+  std::string v(buf, static_cast<std::size_t>(len));
+  if (const auto nl = v.find_first_of("\r\n"); nl != std::string::npos) v.resize(nl);
+  return v;
+#else
+  return "not built";
+#endif
+}
+
 std::vector<std::string> built_backends() {
   std::vector<std::string> v{"local"};
 #if TPL_WITH_MPI
   v.push_back("mpi");
 #endif
   v.push_back("reference");
+  v.push_back("avx2_int8");
+  v.push_back("bf16_via_f32");
 #if TPL_WITH_ONEDNN
   v.push_back("onednn");
+#endif
+#if TPL_WITH_OPENBLAS
+  v.push_back("openblas");
 #endif
 #if TPL_WITH_CUDA
   v.push_back("cuda");

@@ -298,7 +298,95 @@ class OneDnnGemm final : public Gemm {
   Tensor scratch_x_, scratch_y_;
 };
 
+const char* isa_name(dnnl_cpu_isa_t isa) {
+  switch (isa) {
+    case dnnl_cpu_isa_sse41:
+      return "sse41";
+    case dnnl_cpu_isa_avx:
+      return "avx";
+    case dnnl_cpu_isa_avx2:
+      return "avx2";
+    case dnnl_cpu_isa_avx2_vnni:
+      return "avx2_vnni";
+    case dnnl_cpu_isa_avx512_core:
+      return "avx512_core";
+    case dnnl_cpu_isa_avx512_core_vnni:
+      return "avx512_core_vnni";
+    case dnnl_cpu_isa_avx512_core_bf16:
+      return "avx512_core_bf16";
+    case dnnl_cpu_isa_avx512_core_amx:
+      return "avx512_core_amx";
+    default:
+      return "other";
+  }
+}
+
+dnnl_cpu_isa_t to_dnnl_isa(CpuIsa isa) {
+  switch (isa) {
+    case CpuIsa::kSse41:
+      return dnnl_cpu_isa_sse41;
+    case CpuIsa::kAvx2:
+      return dnnl_cpu_isa_avx2;
+    case CpuIsa::kAvx512Core:
+      return dnnl_cpu_isa_avx512_core;
+    case CpuIsa::kAvx512CoreVnni:
+      return dnnl_cpu_isa_avx512_core_vnni;
+    case CpuIsa::kAvx512CoreBf16:
+      return dnnl_cpu_isa_avx512_core_bf16;
+    case CpuIsa::kAvx512CoreAmx:
+      return dnnl_cpu_isa_avx512_core_amx;
+  }
+  return dnnl_cpu_isa_all;
+}
+
+// oneDNN's ISA values are cumulative bit masks: a includes b when every bit of b is set in a.
+bool includes(dnnl_cpu_isa_t a, dnnl_cpu_isa_t b) {
+  return (static_cast<unsigned>(a) & static_cast<unsigned>(b)) == static_cast<unsigned>(b);
+}
+
+// Applies cpu.cap to oneDNN; "" when oneDNN's ISA is within it.
+std::string apply_isa_cap(const CpuInfo& cpu) {
+  if (!cpu.cap) return "";
+  const dnnl_cpu_isa_t want = to_dnnl_isa(*cpu.cap);
+  // Fails once oneDNN has fixed its ISA (first kernel or query, or an earlier cap); the check
+  // below tells whether the ISA it fixed is within the cap.
+  dnnl_set_max_cpu_isa(want);
+  const dnnl_cpu_isa_t eff = dnnl_get_effective_cpu_isa();
+  if (includes(want, eff)) return "";
+  return std::string("oneDNN's ISA is already fixed at ") + isa_name(eff) +
+         " in this process, above the cap " + cpu_isa_name(*cpu.cap) +
+         " (oneDNN takes a cap only before its first kernel)";
+}
+
 }  // namespace
+
+std::string onednn_why_not(const GemmDesc& desc, const CpuInfo& cpu) {
+  if (std::string issue = apply_isa_cap(cpu); !issue.empty()) return issue;
+  const dnnl_cpu_isa_t eff = dnnl_get_effective_cpu_isa();
+  // Only dtype combinations the matmul takes get an ISA verdict; others fail at creation with
+  // the list of what is supported.
+  const bool int8 = desc.act == DType::kI8 && desc.weight == DType::kI8 && desc.out == DType::kI32;
+  const bool bf16 = desc.act == DType::kBF16 && desc.weight == DType::kBF16 &&
+                    (desc.out == DType::kBF16 || desc.out == DType::kF32);
+  if (int8 && !includes(eff, dnnl_cpu_isa_avx512_core_vnni) &&
+      !includes(eff, dnnl_cpu_isa_avx2_vnni))
+    return std::string("no VNNI in oneDNN's ISA (") + isa_name(eff) +
+           "): oneDNN 2.6 multiplies s8 x s8 with vpmaddubsw, whose int16 pair sums saturate, "
+           "so int32 results would be silently wrong";
+  if (bf16 && !includes(eff, dnnl_cpu_isa_avx512_core))
+    return std::string("oneDNN 2.6 has no bf16 matmul below avx512_core (its ISA here: ") +
+           isa_name(eff) + ")";
+  return "";
+}
+
+std::string onednn_description(const CpuInfo& cpu) {
+  apply_isa_cap(cpu);
+  const dnnl_version_t* v = dnnl_version();
+  std::ostringstream os;
+  os << "oneDNN " << v->major << "." << v->minor << "." << v->patch << " ("
+     << isa_name(dnnl_get_effective_cpu_isa()) << ")";
+  return os.str();
+}
 
 std::unique_ptr<Gemm> make_onednn_gemm(const GemmDesc& desc, TensorView weight, TensorView bias) {
   return std::make_unique<OneDnnGemm>(desc, weight, bias);

@@ -3,7 +3,9 @@
 #pragma once
 
 #include <memory>
+#include <string>
 
+#include "tpl/cpu_isa.h"
 #include "tpl/gemm.h"
 
 namespace tpl {
@@ -12,5 +14,17 @@ namespace tpl {
 // runtime quantization attributes, so oneDNN 2.6 keeps its VNNI kernel). The weight is reordered
 // once into oneDNN's preferred layout and kept; primitives are cached per row count M.
 std::unique_ptr<Gemm> make_onednn_gemm(const GemmDesc& desc, TensorView weight, TensorView bias);
+
+// Why oneDNN cannot serve `desc` on `cpu`, or "" when it can. Applies cpu.cap to oneDNN first
+// (dnnl::set_max_cpu_isa, which oneDNN accepts only before its first kernel). Refuses:
+//  * int8 without VNNI in oneDNN's effective ISA: oneDNN 2.6 then multiplies with vpmaddubsw,
+//    whose int16 pair sums saturate, and the int32 results are silently wrong;
+//  * bf16 below avx512_core (oneDNN 2.6 has no bf16 matmul there);
+//  * a cap oneDNN can no longer take (its ISA already fixed above it in this process).
+std::string onednn_why_not(const GemmDesc& desc, const CpuInfo& cpu);
+
+// oneDNN's version and the ISA its kernels use (after applying cpu.cap), e.g.
+// "oneDNN 2.6.3 (avx2)".
+std::string onednn_description(const CpuInfo& cpu);
 
 }  // namespace tpl

@@ -262,8 +262,9 @@ void LinearLayer::init(const Selector& selector, const OpEnv& env, GemmBackend b
   const bool device_gemm = backend == GemmBackend::kCublasLt;
   TPL_CHECK(device_gemm == (rt.device() == Device::kCuda), w, "GEMM backend ",
             gemm_backend_name(backend), " does not run on the ", rt.name(),
-            " runtime's tensors (use cublaslt with the cuda runtime, onednn or reference with "
-            "the host runtime)");
+            " runtime's tensors (use cublaslt with the cuda runtime, cpu, onednn or reference "
+            "with the host runtime)");
+  cpu_gemm_ = env.cpu_gemm;
   GemmDesc desc;
   desc.k = weight_.cols();
   desc.n = weight_.rows();
@@ -292,7 +293,8 @@ void LinearLayer::init(const Selector& selector, const OpEnv& env, GemmBackend b
     layer_index_ = *name.layer_index;
     weight_ = Tensor();
   } else {
-    gemm_ = make_gemm(backend, desc, weight_, spec_.bias ? bias_.view() : TensorView(), &rt);
+    gemm_ =
+        make_gemm(backend, desc, weight_, spec_.bias ? bias_.view() : TensorView(), &rt, cpu_gemm_);
   }
   if (spec_.bias && rt.device() != Device::kHost) bias_ = rt.copy_of(bias_);
   local_.rt = &rt;
@@ -312,7 +314,7 @@ LinearOutput LinearLayer::forward(TensorView x, const ForwardContext& ctx) {
     // Re-plan over this layer's window (oneDNN reorders it once) and drop the plan afterwards,
     // so a rank holds k+1 windows, not a copy of every layer.
     gemm_ = make_gemm(backend_, desc_, layer_shard_->wait_weight(layer_index_),
-                      spec_.bias ? bias_.view() : TensorView(), rt_);
+                      spec_.bias ? bias_.view() : TensorView(), rt_, cpu_gemm_);
     local_.gemm = gemm_.get();
   }
   out.output = op_->forward(x, ctx, local_);

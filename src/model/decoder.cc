@@ -179,6 +179,10 @@ DecoderStack::DecoderStack(Communicator& world, const ModelSpec& model, const Co
   worker_ = std::make_unique<CommWorker>();
   env_ = std::make_unique<OpEnv>(OpEnv{config_, features_, *groups_});
   env_->overlap = worker_.get();
+  if (options.backend == GemmBackend::kCpu) {
+    cpu_gemm_ = std::make_unique<CpuGemmChooser>();
+    env_->cpu_gemm = cpu_gemm_.get();
+  }
   if (features_.flashcomm2_oshard) {
     // Auto (-1): prefetch one layer ahead when the series is long enough (k <= L - 2).
     const int k = options.prefetch_step >= 0 ? options.prefetch_step

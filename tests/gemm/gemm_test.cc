@@ -26,6 +26,8 @@
 
 #include "harness.h"
 #include "tpl/backends.h"
+#include "tpl/cpu_gemm.h"
+#include "tpl/cpu_isa.h"
 #include "tpl/error.h"
 #include "tpl/gemm.h"
 
@@ -51,14 +53,6 @@ constexpr const char* kNoOneDnn = "oneDNN is not built (TPL_ONEDNN)";
 
 std::unique_ptr<Gemm> make_onednn(const GemmDesc& desc, TensorView weight, TensorView bias) {
   return make_gemm(GemmBackend::kOneDnn, desc, weight, bias);
-}
-
-// The CPU backends of this build (the reference, and oneDNN when built).
-std::vector<GemmBackend> cpu_gemm_backends() {
-  std::vector<GemmBackend> v;
-  for (GemmBackend b : available_gemm_backends())
-    if (b != GemmBackend::kCublasLt) v.push_back(b);
-  return v;
 }
 
 double rel_l2(const TensorView& actual, const TensorView& expected) {
@@ -146,7 +140,9 @@ TEST(ReferenceGemm, ReadsMixedFloatDtypes) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// oneDNN against the reference.
+// Every CPU implementation against the reference, for each dtype configuration it is listed for.
+// An implementation that does not serve a configuration on this CPU (or under TPL_CPU_ISA)
+// skips with the reason the chooser gives.
 
 struct Config {
   DType act, weight, out;
@@ -158,30 +154,54 @@ const Config kConfigs[] = {{DType::kF32, DType::kF32, DType::kF32},
                            {DType::kBF16, DType::kBF16, DType::kBF16},
                            {DType::kBF16, DType::kBF16, DType::kF32}};
 
-using Param = std::tuple<Config, std::int64_t, std::int64_t>;  // config, k, n
-
-std::string param_name(const ::testing::TestParamInfo<Param>& info) {
-  return config_name(std::get<0>(info.param)) + "_k" + std::to_string(std::get<1>(info.param)) +
-         "_n" + std::to_string(std::get<2>(info.param));
+// (implementation, config) pairs of this build, the reference excluded (it is the oracle).
+template <typename C>
+std::vector<std::tuple<std::string, C>> impl_pairs(const std::vector<C>& configs,
+                                                   GemmDesc (*to_desc)(const C&)) {
+  std::vector<std::tuple<std::string, C>> v;
+  CpuGemmChooser chooser(detect_cpu(), CpuGemmOptions{});
+  for (const C& c : configs)
+    for (const GemmCandidate& impl : chooser.candidates(to_desc(c)))
+      if (impl.name != "reference") v.emplace_back(impl.name, c);
+  return v;
 }
 
-class OneDnnVsReference : public ::testing::TestWithParam<Param> {
+GemmDesc config_desc(const Config& c) {
+  return GemmDesc{1, 1, c.act, c.weight, c.out};
+}
+
+using Param = std::tuple<std::tuple<std::string, Config>, std::int64_t, std::int64_t>;
+
+std::string param_name(const ::testing::TestParamInfo<Param>& info) {
+  const auto& [ic, k, n] = info.param;
+  return std::get<0>(ic) + "_" + config_name(std::get<1>(ic)) + "_k" + std::to_string(k) + "_n" +
+         std::to_string(n);
+}
+
+class ImplVsReference : public ::testing::TestWithParam<Param> {
  protected:
   void SetUp() override {
-    if (!onednn_built()) GTEST_SKIP() << kNoOneDnn;
+    const std::string why = testing::why_impl_cannot_serve(impl(), desc());
+    if (!why.empty()) GTEST_SKIP() << impl() << ": " << why;
   }
+  const std::string& impl() const { return std::get<0>(std::get<0>(GetParam())); }
   GemmDesc desc() const {
-    const auto& [c, k, n] = GetParam();
+    const auto& [ic, k, n] = GetParam();
+    const Config& c = std::get<1>(ic);
     return GemmDesc{k, n, c.act, c.weight, c.out};
+  }
+  std::unique_ptr<Gemm> make(const GemmDesc& d, TensorView w, TensorView b) const {
+    auto g = testing::make_impl_gemm(impl(), d, w, b);
+    EXPECT_EQ(g->name().rfind(impl(), 0), 0u) << g->name();
+    return g;
   }
 };
 
-TEST_P(OneDnnVsReference, RandomNormalAllM) {
+TEST_P(ImplVsReference, RandomNormalAllM) {
   const GemmDesc d = desc();
   Tensor w = random_normal(d.n, d.k, 1.f, 11, d.weight);
   Tensor b = random_normal(1, d.n, 1.f, 12, DType::kF32);
-  auto g = make_onednn(d, w, b);
-  EXPECT_EQ(g->name(), "onednn");
+  auto g = make(d, w, b);
   EXPECT_TRUE(g->has_bias());
   for (bool with_bias : {false, true}) {
     for (std::int64_t m : {0, 1, 7, 16, 1001}) {
@@ -198,11 +218,11 @@ TEST_P(OneDnnVsReference, RandomNormalAllM) {
   }
 }
 
-TEST_P(OneDnnVsReference, SmallIntegersBitExact) {
+TEST_P(ImplVsReference, SmallIntegersBitExact) {
   const GemmDesc d = desc();
   Tensor w = random_ints(d.n, d.k, 3, 21, d.weight);
   Tensor b = random_ints(1, d.n, 50, 22, DType::kF32);
-  auto g = make_onednn(d, w, b);
+  auto g = make(d, w, b);
   GemmDesc rd = d;  // the reference rounds once into the same output dtype
   auto ref = make_reference_gemm(rd, w, b);
   for (bool with_bias : {false, true}) {
@@ -212,18 +232,18 @@ TEST_P(OneDnnVsReference, SmallIntegersBitExact) {
       Tensor y(d.out, m, d.n), y_ref(d.out, m, d.n);
       g->run(x, y, with_bias);
       ref->run(x, y_ref, with_bias);
-      EXPECT_EQ(compare(y, y_ref, 0, 0, "onednn vs reference"), "");
+      EXPECT_EQ(compare(y, y_ref, 0, 0, impl() + " vs reference"), "");
     }
   }
 }
 
 // x and y are windows into wider buffers (row stride > cols, offset columns); the columns
 // outside the window must stay untouched.
-TEST_P(OneDnnVsReference, StridedViews) {
+TEST_P(ImplVsReference, StridedViews) {
   const GemmDesc d = desc();
   Tensor w = random_normal(d.n, d.k, 1.f, 31, d.weight);
   Tensor b = random_normal(1, d.n, 1.f, 32, DType::kF32);
-  auto g = make_onednn(d, w, b);
+  auto g = make(d, w, b);
   for (std::int64_t m : {1, 7, 16, 1001}) {
     SCOPED_TRACE("M=" + std::to_string(m));
     Tensor xbuf = random_normal(m, d.k + 5, 1.f, 300 + m, d.act);
@@ -243,13 +263,13 @@ TEST_P(OneDnnVsReference, StridedViews) {
   }
 }
 
-// The Gemm keeps its own reordered weight: the caller's buffer may be overwritten or freed, and
-// alternating M (new primitives, cached ones) never changes the numbers.
-TEST_P(OneDnnVsReference, WeightCopiedOnceAndReusedAcrossM) {
+// The Gemm keeps its own copy of the weight: the caller's buffer may be overwritten or freed,
+// and alternating M (new plans, cached ones) never changes the numbers.
+TEST_P(ImplVsReference, WeightCopiedOnceAndReusedAcrossM) {
   const GemmDesc d = desc();
   auto w = std::make_unique<Tensor>(random_normal(d.n, d.k, 1.f, 41, d.weight));
   Tensor w_keep = Tensor::copy_of(*w);
-  auto g = make_onednn(d, *w, TensorView());
+  auto g = make(d, *w, TensorView());
   EXPECT_FALSE(g->has_bias());
   std::memset(w->data(), 0x7f, w->nbytes());  // garbage (large finite values / NaN)
   w.reset();
@@ -272,14 +292,16 @@ TEST_P(OneDnnVsReference, WeightCopiedOnceAndReusedAcrossM) {
 }
 
 INSTANTIATE_TEST_SUITE_P(
-    Shapes, OneDnnVsReference,
-    ::testing::Combine(::testing::ValuesIn(kConfigs),
+    Shapes, ImplVsReference,
+    ::testing::Combine(::testing::ValuesIn(impl_pairs<Config>(
+                           std::vector<Config>(std::begin(kConfigs), std::end(kConfigs)),
+                           config_desc)),
                        ::testing::Values(std::int64_t{13}, std::int64_t{129}, std::int64_t{512}),
                        ::testing::Values(std::int64_t{13}, std::int64_t{129}, std::int64_t{512})),
     param_name);
 
 // ---------------------------------------------------------------------------------------------
-// int8 x int8 -> int32 (W8A8): oneDNN against the reference, bit-exact.
+// int8 x int8 -> int32 (W8A8): every int8 implementation against the reference, bit-exact.
 
 // Uniform over the full int8 range [-128, 127]; the first element is -128 and the last 127, so
 // both extremes occur in every tensor of at least two elements.
@@ -358,24 +380,39 @@ TEST(ReferenceGemm, Int8OverflowIsDetected) {
             std::numeric_limits<std::int32_t>::max() - 16383);  // 2^31-2^14
 }
 
-using Int8Param = std::tuple<std::int64_t, std::int64_t>;  // k, n
+// The int8 implementations of this build (the reference excluded: it is the oracle).
+std::vector<std::string> int8_impls() {
+  std::vector<std::string> v;
+  CpuGemmChooser chooser(detect_cpu(), CpuGemmOptions{});
+  for (const GemmCandidate& c : chooser.candidates(int8_desc(1, 1)))
+    if (c.name != "reference") v.push_back(c.name);
+  return v;
+}
 
-class OneDnnInt8VsReference : public ::testing::TestWithParam<Int8Param> {
+using Int8Param = std::tuple<std::string, std::int64_t, std::int64_t>;  // impl, k, n
+
+class Int8ImplVsReference : public ::testing::TestWithParam<Int8Param> {
  protected:
   void SetUp() override {
-    if (!onednn_built()) GTEST_SKIP() << kNoOneDnn;
+    const std::string why = testing::why_impl_cannot_serve(impl(), desc());
+    if (!why.empty()) GTEST_SKIP() << impl() << ": " << why;
   }
-  GemmDesc desc() const { return int8_desc(std::get<0>(GetParam()), std::get<1>(GetParam())); }
+  const std::string& impl() const { return std::get<0>(GetParam()); }
+  GemmDesc desc() const { return int8_desc(std::get<1>(GetParam()), std::get<2>(GetParam())); }
+  std::unique_ptr<Gemm> make(TensorView w) const {
+    auto g = testing::make_impl_gemm(impl(), desc(), w, TensorView());
+    EXPECT_EQ(g->name(), impl());
+    return g;
+  }
 };
 
-TEST_P(OneDnnInt8VsReference, FullRangeAllMBitExact) {
+TEST_P(Int8ImplVsReference, FullRangeAllMBitExact) {
   const GemmDesc d = desc();
   Tensor w = random_int8(d.n, d.k, 51);
-  auto g = make_onednn(d, w, TensorView());
+  auto g = make(w);
   auto ref = make_reference_gemm(d, w, TensorView());
-  EXPECT_EQ(g->name(), "onednn");
   EXPECT_FALSE(g->has_bias());
-  for (std::int64_t m : {0, 1, 7, 16, 1001}) {
+  for (std::int64_t m : {0, 1, 2, 3, 7, 16, 1001}) {
     SCOPED_TRACE("M=" + std::to_string(m));
     Tensor x = random_int8(m, d.k, 500 + m);
     Tensor y(DType::kI32, m, d.n), y_ref(DType::kI32, m, d.n);
@@ -386,14 +423,15 @@ TEST_P(OneDnnInt8VsReference, FullRangeAllMBitExact) {
 }
 
 // Every product at its extreme: all -128 x all -128 (largest positive sums) and -128 x 127.
-TEST_P(OneDnnInt8VsReference, ExtremeValuesBitExact) {
+TEST_P(Int8ImplVsReference, ExtremeValuesBitExact) {
   const GemmDesc d = desc();
   Tensor w(DType::kI8, d.n, d.k), x(DType::kI8, 7, d.k), y(DType::kI32, 7, d.n);
   std::memset(w.data(), 0x80, w.nbytes());  // -128
+  auto g = make(w);
   for (std::uint8_t fill : {std::uint8_t{0x80}, std::uint8_t{0x7f}}) {
     SCOPED_TRACE("x = " + std::to_string(static_cast<std::int8_t>(fill)));
     std::memset(x.data(), fill, x.nbytes());
-    make_onednn(d, w, TensorView())->run(x, y, false);
+    g->run(x, y, false);
     const std::int32_t expected =
         static_cast<std::int32_t>(d.k) * -128 * static_cast<std::int8_t>(fill);
     bool all = true;
@@ -403,10 +441,10 @@ TEST_P(OneDnnInt8VsReference, ExtremeValuesBitExact) {
 }
 
 // x and y are windows into wider buffers; the columns outside the y window stay untouched.
-TEST_P(OneDnnInt8VsReference, StridedViews) {
+TEST_P(Int8ImplVsReference, StridedViews) {
   const GemmDesc d = desc();
   Tensor w = random_int8(d.n, d.k, 61);
-  auto g = make_onednn(d, w, TensorView());
+  auto g = make(w);
   auto ref = make_reference_gemm(d, w, TensorView());
   for (std::int64_t m : {1, 7, 16, 1001}) {
     SCOPED_TRACE("M=" + std::to_string(m));
@@ -428,13 +466,12 @@ TEST_P(OneDnnInt8VsReference, StridedViews) {
   }
 }
 
-// The caller's weight may be freed after creation; alternating M reuses cached primitives and
-// the single reordered weight copy.
-TEST_P(OneDnnInt8VsReference, WeightCopiedOnceAndReusedAcrossM) {
+// The caller's weight may be freed after creation; alternating M reuses the one packed copy.
+TEST_P(Int8ImplVsReference, WeightCopiedOnceAndReusedAcrossM) {
   const GemmDesc d = desc();
   auto w = std::make_unique<Tensor>(random_int8(d.n, d.k, 71));
   auto ref = make_reference_gemm(d, *w, TensorView());
-  auto g = make_onednn(d, *w, TensorView());
+  auto g = make(*w);
   std::memset(w->data(), 0x55, w->nbytes());
   w.reset();
   Tensor x = random_int8(1001, d.k, 72);
@@ -449,26 +486,100 @@ TEST_P(OneDnnInt8VsReference, WeightCopiedOnceAndReusedAcrossM) {
 }
 
 INSTANTIATE_TEST_SUITE_P(
-    Shapes, OneDnnInt8VsReference,
-    ::testing::Combine(::testing::Values(std::int64_t{13}, std::int64_t{129}, std::int64_t{512}),
+    Shapes, Int8ImplVsReference,
+    ::testing::Combine(::testing::ValuesIn(int8_impls()),
+                       ::testing::Values(std::int64_t{13}, std::int64_t{129}, std::int64_t{512}),
                        ::testing::Values(std::int64_t{13}, std::int64_t{129}, std::int64_t{512})),
     [](const ::testing::TestParamInfo<Int8Param>& info) {
-      return "k" + std::to_string(std::get<0>(info.param)) + "_n" +
-             std::to_string(std::get<1>(info.param));
+      return std::get<0>(info.param) + "_k" + std::to_string(std::get<1>(info.param)) + "_n" +
+             std::to_string(std::get<2>(info.param));
     });
+
+// W8A8's whole range at the longest k the int32 accumulator is specified for: activations
+// -128..127 (asymmetric), weights -127..127 (symmetric per channel). Rows 0-3 are the pairs that
+// saturate vpmaddubsw's int16 sums when used naively (127 * 127 after the +128 shift, and
+// -128 * -127); the rest are uniform. Every int8 implementation that serves must be exact.
+class Int8LongK : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(Int8LongK, W8A8RangeAtK16384BitExact) {
+  const std::int64_t k = 16384, n = 6, m = 6;
+  const GemmDesc d = int8_desc(k, n);
+  const std::string why = testing::why_impl_cannot_serve(GetParam(), d);
+  if (!why.empty()) GTEST_SKIP() << GetParam() << ": " << why;
+  Tensor w(DType::kI8, n, k), x(DType::kI8, m, k);
+  std::mt19937_64 gen(81);
+  std::uniform_int_distribution<int> wdist(-127, 127), xdist(-128, 127);
+  const int w_rows[4] = {127, -127, 127, -127}, x_rows[4] = {127, -128, -128, 127};
+  for (std::int64_t r = 0; r < n; ++r)
+    for (std::int64_t c = 0; c < k; ++c)
+      w.ptr<std::int8_t>()[r * k + c] = static_cast<std::int8_t>(r < 4 ? w_rows[r] : wdist(gen));
+  for (std::int64_t r = 0; r < m; ++r)
+    for (std::int64_t c = 0; c < k; ++c)
+      x.ptr<std::int8_t>()[r * k + c] = static_cast<std::int8_t>(r < 4 ? x_rows[r] : xdist(gen));
+  Tensor y(DType::kI32, m, n), y_ref(DType::kI32, m, n);
+  testing::make_impl_gemm(GetParam(), d, w, TensorView())->run(x, y, false);
+  make_reference_gemm(d, w, TensorView())->run(x, y_ref, false);
+  EXPECT_EQ(int32_mismatch(y, y_ref), "");
+  // The extreme product sums, by hand: 16384 * 127 * 127 and 16384 * 128 * 127.
+  EXPECT_EQ(y_ref.ptr<std::int32_t>()[0 * n + 0], 16384 * 127 * 127);
+  EXPECT_EQ(y_ref.ptr<std::int32_t>()[1 * n + 1], 16384 * 128 * 127);
+}
+
+// A weight of -128 (outside symmetric quantization, but legal int8) is still exact.
+TEST_P(Int8LongK, WeightsOfMinus128AreExact) {
+  const GemmDesc d = int8_desc(300, 9);
+  const std::string why = testing::why_impl_cannot_serve(GetParam(), d);
+  if (!why.empty()) GTEST_SKIP() << GetParam() << ": " << why;
+  Tensor w = random_int8(9, 300, 91);
+  for (std::int64_t i = 0; i < w.numel(); i += 7) w.ptr<std::int8_t>()[i] = -128;
+  Tensor x = random_int8(5, 300, 92);
+  for (std::int64_t i = 0; i < x.numel(); i += 3) x.ptr<std::int8_t>()[i] = -128;
+  Tensor y(DType::kI32, 5, 9), y_ref(DType::kI32, 5, 9);
+  testing::make_impl_gemm(GetParam(), d, w, TensorView())->run(x, y, false);
+  make_reference_gemm(d, w, TensorView())->run(x, y_ref, false);
+  EXPECT_EQ(int32_mismatch(y, y_ref), "");
+}
+
+INSTANTIATE_TEST_SUITE_P(Impls, Int8LongK, ::testing::ValuesIn(int8_impls()),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           return info.param;
+                         });
 
 // ---------------------------------------------------------------------------------------------
 // Invalid arguments, for every CPU backend of the build.
 
-class GemmErrors : public ::testing::TestWithParam<GemmBackend> {
+// "cpu" (the chooser's pick), "onednn" through the registry, or one implementation by name.
+class GemmErrors : public ::testing::TestWithParam<std::string> {
  protected:
   std::unique_ptr<Gemm> make(const GemmDesc& desc, TensorView weight, TensorView bias) const {
-    return make_gemm(GetParam(), desc, weight, bias);
+    if (GetParam() == "cpu") return make_gemm(GemmBackend::kCpu, desc, weight, bias);
+    if (GetParam() == "onednn") return make_gemm(GemmBackend::kOneDnn, desc, weight, bias);
+    return testing::make_impl_gemm(GetParam(), desc, weight, bias);
   }
+  // Skips unless the implementation serves desc's dtypes here.
+  bool skip_unless_serves(const GemmDesc& desc) {
+    if (GetParam() == "cpu") return false;
+    const std::string why = testing::why_impl_cannot_serve(GetParam(), desc);
+    if (why.empty()) return false;
+    skip_reason_ = why;
+    return true;
+  }
+  std::string skip_reason_;
 };
+
+std::vector<std::string> error_test_impls() {
+  std::vector<std::string> v{"cpu"};
+  CpuGemmChooser chooser(detect_cpu(), CpuGemmOptions{});
+  for (const GemmDesc& d : {GemmDesc{1, 1, DType::kF32, DType::kF32, DType::kF32},
+                            GemmDesc{1, 1, DType::kI8, DType::kI8, DType::kI32}})
+    for (const GemmCandidate& c : chooser.candidates(d))
+      if (std::find(v.begin(), v.end(), c.name) == v.end()) v.push_back(c.name);
+  return v;
+}
 
 TEST_P(GemmErrors, CreationRejectsBadWeightAndBias) {
   const GemmDesc d{13, 129, DType::kF32, DType::kF32, DType::kF32};
+  if (skip_unless_serves(d)) GTEST_SKIP() << skip_reason_;
   Tensor w(DType::kF32, 129, 13), w_t(DType::kF32, 13, 129), w_bf(DType::kBF16, 129, 13);
   Tensor b_bad(DType::kF32, 1, 128);
   EXPECT_THROW(make(d, w_t, TensorView()), InvalidArgument);
@@ -485,8 +596,10 @@ TEST_P(GemmErrors, CreationRejectsBadWeightAndBias) {
                InvalidArgument);
 }
 
-// int8 is served only as int8 x int8 -> int32, without bias, by both backends.
+// int8 is served only as int8 x int8 -> int32, without bias, by every implementation.
 TEST_P(GemmErrors, Int8DtypeCombinations) {
+  if (skip_unless_serves(GemmDesc{13, 129, DType::kI8, DType::kI8, DType::kI32}))
+    GTEST_SKIP() << skip_reason_;
   Tensor w8(DType::kI8, 129, 13), w32(DType::kF32, 129, 13);
   const auto msg = [&](DType a, DType wt, DType o, const TensorView& w, const TensorView& b) {
     return message_of([&] { make(GemmDesc{13, 129, a, wt, o}, w, b); });
@@ -535,6 +648,7 @@ TEST_P(GemmErrors, Int8DtypeCombinations) {
 
 TEST_P(GemmErrors, RunRejectsBadShapes) {
   const GemmDesc d{13, 129, DType::kF32, DType::kF32, DType::kF32};
+  if (skip_unless_serves(d)) GTEST_SKIP() << skip_reason_;
   Tensor w = random_normal(129, 13, 1.f, 1);
   auto g = make(d, w, TensorView());
   Tensor x(DType::kF32, 7, 13), y(DType::kF32, 7, 129);
@@ -560,20 +674,19 @@ TEST_P(GemmErrors, RunRejectsBadShapes) {
   EXPECT_NO_THROW(g->run(x, y, false));
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, GemmErrors, ::testing::ValuesIn(cpu_gemm_backends()),
-                         [](const ::testing::TestParamInfo<GemmBackend>& info) {
-                           return std::string(gemm_backend_name(info.param));
+INSTANTIATE_TEST_SUITE_P(Backends, GemmErrors, ::testing::ValuesIn(error_test_impls()),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           return info.param;
                          });
 
 // The registry and the build agree on oneDNN; without it, asking for it names what is missing.
 TEST(GemmRegistry, OneDnnAvailabilityIsConsistent) {
   const GemmDesc d{13, 129, DType::kF32, DType::kF32, DType::kF32};
   Tensor w = random_normal(129, 13, 1.f, 1);
+  EXPECT_EQ(default_cpu_gemm_backend(), GemmBackend::kCpu);
   if (onednn_built()) {
-    EXPECT_EQ(default_cpu_gemm_backend(), GemmBackend::kOneDnn);
     EXPECT_EQ(make_onednn(d, w, TensorView())->name(), "onednn");
   } else {
-    EXPECT_EQ(default_cpu_gemm_backend(), GemmBackend::kReference);
     EXPECT_THROW(make_onednn(d, w, TensorView()), Unsupported);
     const std::string m = message_of([&] { make_onednn(d, w, TensorView()); });
     EXPECT_NE(m.find("onednn is not built"), std::string::npos) << m;
@@ -608,6 +721,8 @@ TEST_F(OneDnnGemm, RejectsUnsupportedDtypePairs) {
 
 TEST_F(OneDnnGemm, ZeroRowsIsANoOp) {
   const GemmDesc d{13, 129, DType::kBF16, DType::kBF16, DType::kBF16};
+  const std::string why = testing::why_impl_cannot_serve("onednn", d);
+  if (!why.empty()) GTEST_SKIP() << why;
   Tensor w = random_normal(129, 13, 1.f, 5, DType::kBF16);
   Tensor b = random_normal(1, 129, 1.f, 6, DType::kBF16);
   auto g = make_onednn(d, w, b);

@@ -3,7 +3,27 @@
 #include <cmath>
 #include <sstream>
 
+#include "tpl/cpu_gemm.h"
+
 namespace tpl::testing {
+
+std::unique_ptr<Gemm> make_impl_gemm(const std::string& impl, const GemmDesc& desc,
+                                     TensorView weight, TensorView bias) {
+  CpuGemmOptions o;
+  o.measure = false;
+  o.force = {impl};
+  CpuGemmChooser chooser(detect_cpu(), o);
+  return chooser.make(desc, weight, bias);
+}
+
+std::string why_impl_cannot_serve(const std::string& impl, const GemmDesc& desc) {
+  CpuGemmOptions o;
+  o.measure = false;
+  CpuGemmChooser chooser(detect_cpu(), o);
+  for (const GemmCandidate& c : chooser.candidates(desc))
+    if (c.name == impl) return c.why_not;
+  return impl + " is not listed for this dtype combination";
+}
 
 std::string compare(const TensorView& actual, const TensorView& expected, double atol, double rtol,
                     const std::string& label) {

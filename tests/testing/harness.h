@@ -13,7 +13,10 @@
 #include <string>
 #include <vector>
 
+#include <memory>
+
 #include "tpl/communicator.h"
+#include "tpl/gemm.h"
 #include "tpl/tensor.h"
 
 namespace tpl::testing {
@@ -40,5 +43,12 @@ Tensor random_ints(std::int64_t rows, std::int64_t cols, int range, std::uint64_
                    DType dtype = DType::kF32);
 Tensor random_normal(std::int64_t rows, std::int64_t cols, float stddev, std::uint64_t seed,
                      DType dtype = DType::kF32);
+
+// One CPU GEMM implementation by name (as the chooser lists them, e.g. "openblas"), planned
+// through a chooser that forces it (list order, no timing, with the exactness probe).
+std::unique_ptr<Gemm> make_impl_gemm(const std::string& impl, const GemmDesc& desc,
+                                     TensorView weight, TensorView bias);
+// Why `impl` cannot serve desc on this CPU (under TPL_CPU_ISA), or "" when it can.
+std::string why_impl_cannot_serve(const std::string& impl, const GemmDesc& desc);
 
 }  // namespace tpl::testing

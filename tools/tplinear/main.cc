@@ -14,6 +14,7 @@
 
 #include "bench.h"
 #include "demo.h"
+#include "info.h"
 #include "run.h"
 #include "tpl/backends.h"
 #include "tpl/error.h"
@@ -95,6 +96,9 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 1 << 20));
   r->add_option("--dump", run.dump,
                 "write input, output and reference as .npy into this directory");
+  r->add_option("--check-gemm", run.check_gemm,
+                "GEMM of the one-rank reference: auto, reference (the oracle) or same")
+      ->check(CLI::IsMember({"auto", "reference", "same"}));
 
   tpl::cli::RunOptions ex;
   auto* e = app.add_subcommand("explain", "list every linear layer with its op, group and rule");
@@ -121,6 +125,16 @@ int main(int argc, char** argv) {
   b->add_option("--progress", bo.progress, "progress bar on stderr: auto (TTY), always, never")
       ->check(CLI::IsMember({"auto", "always", "never"}));
 
+  tpl::cli::InfoOptions io;
+  auto* inf = app.add_subcommand("info",
+                                 "the CPU, its ISA and cap, the GEMM chosen per dtype and M, MPI "
+                                 "and the backends built");
+  inf->add_option("--k", io.k, "in features of the GEMM shape shown")
+      ->check(CLI::Range(1, 1 << 20));
+  inf->add_option("--n", io.n, "out features of the GEMM shape shown")
+      ->check(CLI::Range(1, 1 << 20));
+  inf->add_flag("!--no-measure", io.measure, "list order instead of timing the candidates");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& err) {
@@ -137,6 +151,7 @@ int main(int argc, char** argv) {
     if (*r) rc = tpl::cli::run_model(*world, run);
     if (*e) rc = tpl::cli::explain_model(*world, ex);
     if (*b) rc = tpl::cli::run_bench(*world, bo);
+    if (*inf) rc = tpl::cli::run_info(*world, io);
   } catch (const tpl::Error& err) {
     // Bad input fails the same way on every rank; one line, from rank 0.
     if (world->rank() == 0) std::fprintf(stderr, "tplinear: error: %s\n", err.what());

@@ -31,6 +31,10 @@ struct RunOptions {
   int prefetch_step = -1;      // -1 = automatic
   std::string deployment;      // mixed, prefill, decode
   std::string dump;            // directory for .npy dumps
+  // GEMM of the one-rank reference: "reference" (tplinear's double-accumulating oracle, so the
+  // check never compares an implementation with itself), "same" (the ranks' CPU GEMM, for models
+  // too big for the oracle), or "auto" (reference up to kAutoReferenceFlops).
+  std::string check_gemm = "auto";
   std::uint64_t seed = 1;
   bool verbose = false;  // explain: print every rule considered
   int rank = 0;          // explain: the rank whose coordinates are shown

@@ -1,0 +1,29 @@
+// One entry of the CPU GEMM implementation list. The registry (src/backends/registry.cc) knows
+// which were built and lists them; the chooser (cpu_gemm_chooser.cc) orders and picks.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gemm/bf16_via_f32_gemm.h"
+#include "tpl/cpu_isa.h"
+#include "tpl/gemm.h"
+
+namespace tpl {
+
+struct CpuGemmImpl {
+  std::string name;
+  // "" when it serves desc on cpu; otherwise the reason, in words a user can act on.
+  std::function<std::string(const GemmDesc&, const CpuInfo&)> why_not;
+  // Plans it. `f32` plans an f32 GEMM, for implementations that compute in f32.
+  std::function<std::unique_ptr<Gemm>(const GemmDesc&, TensorView weight, TensorView bias,
+                                      const GemmFactory& f32)>
+      make;
+};
+
+// The CPU implementations of this build; `threads` per GEMM call for the libraries that take it.
+std::vector<CpuGemmImpl> built_cpu_gemm_impls(int threads);
+
+}  // namespace tpl

@@ -1,0 +1,225 @@
+// The CPU GEMM list: ISA detection and the TPL_CPU_ISA cap, the chooser's verdicts and
+// measurements, and the exactness probe that keeps a saturating kernel from ever being used.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "gemm/cpu_gemm_impls.h"
+#include "harness.h"
+#include "tpl/backends.h"
+#include "tpl/cpu_gemm.h"
+#include "tpl/cpu_isa.h"
+#include "tpl/error.h"
+
+namespace tpl {
+namespace {
+
+const GemmDesc kF32{256, 64, DType::kF32, DType::kF32, DType::kF32};
+const GemmDesc kBf16{256, 64, DType::kBF16, DType::kBF16, DType::kBF16};
+const GemmDesc kInt8{256, 64, DType::kI8, DType::kI8, DType::kI32};
+
+template <typename F>
+std::string message_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no exception)";
+}
+
+bool has(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
+
+TEST(CpuIsa, DetectsAtLeastTheFloorAndNamesTheCpu) {
+  const CpuInfo cpu = detect_cpu();
+  EXPECT_FALSE(cpu.model.empty());
+  EXPECT_GE(cpu.detected, CpuIsa::kSse41);
+  EXPECT_LE(cpu.effective(), cpu.detected);
+  // Every level's name parses back to itself.
+  for (CpuIsa isa : all_cpu_isas())
+    EXPECT_EQ(parse_cpu_isa_cap(cpu_isa_name(isa), CpuIsa::kAvx512CoreAmx), isa);
+}
+
+TEST(CpuIsa, BadCapsAreClearErrors) {
+  EXPECT_EQ(parse_cpu_isa_cap("", CpuIsa::kAvx2), std::nullopt);
+  EXPECT_EQ(parse_cpu_isa_cap("native", CpuIsa::kAvx2), std::nullopt);
+  EXPECT_EQ(parse_cpu_isa_cap("avx2", CpuIsa::kAvx512CoreBf16), CpuIsa::kAvx2);
+  EXPECT_THROW(parse_cpu_isa_cap("avx3", CpuIsa::kAvx2), ConfigError);
+  std::string m = message_of([] { parse_cpu_isa_cap("avx3", CpuIsa::kAvx2); });
+  EXPECT_TRUE(has(m, "unknown TPL_CPU_ISA value 'avx3'")) << m;
+  EXPECT_TRUE(has(m, "avx2, avx512_core, avx512_core_vnni, avx512_core_bf16")) << m;
+  EXPECT_TRUE(has(m, "this CPU supports up to avx2")) << m;
+  // A cap above the CPU would promise kernels it cannot run.
+  EXPECT_THROW(parse_cpu_isa_cap("avx512_core_vnni", CpuIsa::kAvx2), ConfigError);
+  m = message_of([] { parse_cpu_isa_cap("avx512_core_vnni", CpuIsa::kAvx2); });
+  EXPECT_TRUE(has(m, "above what this CPU supports (avx2)")) << m;
+}
+
+TEST(CpuIsa, EnvironmentCapIsRead) {
+  const char* old = std::getenv("TPL_CPU_ISA");
+  const std::string saved = old ? old : "";
+  setenv("TPL_CPU_ISA", "sse41", 1);
+  const CpuInfo cpu = detect_cpu();
+  ASSERT_TRUE(cpu.cap.has_value());
+  EXPECT_EQ(cpu.effective(), CpuIsa::kSse41);
+  setenv("TPL_CPU_ISA", "bogus", 1);
+  EXPECT_THROW(detect_cpu(), ConfigError);
+  if (old) {
+    setenv("TPL_CPU_ISA", saved.c_str(), 1);
+  } else {
+    unsetenv("TPL_CPU_ISA");
+  }
+}
+
+CpuInfo capped(CpuIsa cap) {
+  CpuInfo cpu = detect_cpu();
+  cpu.cap = cap < cpu.detected ? cap : cpu.detected;
+  return cpu;
+}
+
+CpuGemmOptions table_order() {
+  CpuGemmOptions o;
+  o.measure = false;
+  return o;
+}
+
+// What serves is decided by the ISA: a saturating int8 path is never listed as serving.
+TEST(CpuGemmChooser, VerdictsFollowTheIsa) {
+  CpuGemmChooser avx2(capped(CpuIsa::kAvx2), table_order());
+  for (const GemmCandidate& c : avx2.candidates(kInt8)) {
+    if (c.name == "onednn" && avx2.cpu().effective() < CpuIsa::kAvx512CoreVnni)
+      EXPECT_TRUE(has(c.why_not, "saturate") || has(c.why_not, "already fixed")) << c.why_not;
+    if (c.name == "avx2_int8") EXPECT_EQ(c.why_not, "");
+    if (c.name == "reference") EXPECT_EQ(c.why_not, "");
+  }
+  for (const GemmCandidate& c : avx2.candidates(kBf16))
+    if (c.name == "onednn") EXPECT_FALSE(c.why_not.empty());
+  // Below AVX2 the int8 kernel cannot run either: the reference is the last resort.
+  CpuGemmChooser sse(capped(CpuIsa::kSse41), table_order());
+  Tensor w(DType::kI8, kInt8.n, kInt8.k);
+  EXPECT_EQ(sse.make(kInt8, w, TensorView())->name(), "reference");
+  for (const GemmCandidate& c : sse.candidates(kInt8))
+    if (c.name == "avx2_int8") EXPECT_TRUE(has(c.why_not, "needs AVX2")) << c.why_not;
+}
+
+// The cap changes what runs, not just what is listed: on a VNNI CPU the int8 choice moves from
+// oneDNN to tplinear's AVX2 kernel. (Each CTest entry is its own process, so capping oneDNN here
+// cannot leak into other tests.)
+TEST(CpuGemmChooser, CapChangesTheInt8ImplementationOnVnniCpus) {
+  const CpuInfo native = detect_cpu();
+  if (native.effective() < CpuIsa::kAvx512CoreVnni)
+    GTEST_SKIP() << "needs a CPU with AVX512-VNNI (this one: " << cpu_isa_name(native.effective())
+                 << "); here the native run already is the AVX2 run";
+  Tensor w = testing::random_ints(kInt8.n, kInt8.k, 100, 3, DType::kI8);
+  CpuGemmChooser with_cap(capped(CpuIsa::kAvx2), table_order());
+  EXPECT_EQ(with_cap.make(kInt8, w, TensorView())->name(), "avx2_int8");
+  CpuGemmChooser without(native, table_order());
+  EXPECT_EQ(without.make(kInt8, w, TensorView())->name(), "onednn");
+}
+
+// Under a cap (CTest's *_avx2 entries set TPL_CPU_ISA=avx2) the default CPU GEMM follows it.
+TEST(CpuGemmChooser, DefaultBackendHonoursTheEnvironmentCap) {
+  const CpuInfo cpu = detect_cpu();
+  Tensor w = testing::random_ints(kInt8.n, kInt8.k, 100, 3, DType::kI8);
+  const std::string name = make_gemm(GemmBackend::kCpu, kInt8, w, TensorView())->name();
+  if (cpu.effective() < CpuIsa::kAvx512CoreVnni) {
+    EXPECT_EQ(name, cpu.has(CpuIsa::kAvx2) ? "avx2_int8" : "reference");
+  } else {
+    EXPECT_EQ(name, "onednn");
+  }
+  Tensor wb = testing::random_ints(kBf16.n, kBf16.k, 3, 4, DType::kBF16);
+  const std::string bf16 = make_gemm(GemmBackend::kCpu, kBf16, wb, TensorView())->name();
+  if (!cpu.has(CpuIsa::kAvx512Core)) EXPECT_EQ(bf16.rfind("bf16_via_f32:", 0), 0u) << bf16;
+}
+
+// Several f32 implementations serve: the chooser times them and says so.
+TEST(CpuGemmChooser, MeasuresWhenSeveralServe) {
+  CpuGemmOptions o;
+  o.measure = true;
+  CpuGemmChooser chooser(detect_cpu(), o);
+  int serving = 0;
+  for (const GemmCandidate& c : chooser.candidates(kF32))
+    serving += c.why_not.empty() && c.name != "reference";
+  if (serving < 2) GTEST_SKIP() << "only one f32 implementation in this build";
+  const GemmChoice c = chooser.explain(kF32, 64);
+  EXPECT_EQ(c.how, "measured at M=64");
+  int timed = 0;
+  for (const GemmCandidate& cand : c.candidates) {
+    if (cand.name == "reference") EXPECT_LT(cand.ms, 0) << "the reference is never timed";
+    timed += cand.ms >= 0;
+  }
+  EXPECT_EQ(timed, serving);
+  EXPECT_FALSE(c.chosen.empty());
+}
+
+TEST(CpuGemmChooser, ForcedImplementationAndBadSettings) {
+  CpuGemmOptions o = table_order();
+  o.force = {"reference"};
+  CpuGemmChooser chooser(detect_cpu(), o);
+  Tensor w(DType::kF32, kF32.n, kF32.k);
+  EXPECT_EQ(chooser.make(kF32, w, TensorView())->name(), "reference");
+  o.force = {"no_such_gemm"};
+  EXPECT_THROW(CpuGemmChooser(detect_cpu(), o), ConfigError);
+  EXPECT_TRUE(has(message_of([&] { CpuGemmChooser(detect_cpu(), o); }), "avx2_int8"));
+  // Forcing an implementation that cannot serve here is an error, not a quiet fallback.
+  o.force = {"avx2_int8"};
+  CpuGemmChooser sse(capped(CpuIsa::kSse41), o);
+  Tensor w8(DType::kI8, kInt8.n, kInt8.k);
+  EXPECT_THROW(sse.make(kInt8, w8, TensorView()), Unsupported);
+  EXPECT_TRUE(has(message_of([&] { sse.make(kInt8, w8, TensorView()); }), "needs AVX2"));
+}
+
+// An int8 kernel that does what oneDNN 2.6 does without VNNI: x + 128 as u8 times s8 weights,
+// pair sums saturated to int16 (vpmaddubsw), then the 128 * sum(w) compensation.
+class SaturatingInt8Gemm final : public Gemm {
+ public:
+  SaturatingInt8Gemm(const GemmDesc& d, TensorView w) : desc_(d), w_(Tensor::copy_of(w)) {}
+  const GemmDesc& desc() const override { return desc_; }
+  std::string name() const override { return "fake_vpmaddubsw"; }
+  bool has_bias() const override { return false; }
+  void run(TensorView x, TensorView y, bool) override {
+    for (std::int64_t m = 0; m < x.rows(); ++m)
+      for (std::int64_t j = 0; j < desc_.n; ++j) {
+        const auto* xr = static_cast<const std::int8_t*>(x.at(m, 0));
+        const auto* wr = w_.ptr<std::int8_t>() + j * desc_.k;
+        std::int64_t acc = 0, wsum = 0;
+        for (std::int64_t i = 0; i < desc_.k; i += 2) {
+          std::int64_t pair = (xr[i] + 128) * wr[i];
+          if (i + 1 < desc_.k) pair += (xr[i + 1] + 128) * wr[i + 1];
+          acc += std::max<std::int64_t>(-32768, std::min<std::int64_t>(32767, pair));
+          wsum += wr[i] + (i + 1 < desc_.k ? wr[i + 1] : 0);
+        }
+        static_cast<std::int32_t*>(y.at(m, j))[0] = static_cast<std::int32_t>(acc - 128 * wsum);
+      }
+  }
+
+ private:
+  GemmDesc desc_;
+  Tensor w_;
+};
+
+TEST(CpuGemmChooser, ProbeRejectsASaturatingKernel) {
+  std::vector<CpuGemmImpl> impls;
+  // Listed under the AVX2 kernel's name, so the list puts it first for int8.
+  impls.push_back({"avx2_int8", [](const GemmDesc&, const CpuInfo&) { return std::string(); },
+                   [](const GemmDesc& d, TensorView w, TensorView, const GemmFactory&) {
+                     return std::unique_ptr<Gemm>(new SaturatingInt8Gemm(d, w));
+                   }});
+  impls.push_back({"reference", [](const GemmDesc&, const CpuInfo&) { return std::string(); },
+                   [](const GemmDesc& d, TensorView w, TensorView b, const GemmFactory&) {
+                     return make_reference_gemm(d, w, b);
+                   }});
+  CpuGemmChooser chooser(detect_cpu(), table_order(), impls);
+  Tensor w = testing::random_ints(kInt8.n, kInt8.k, 20, 5, DType::kI8);
+  EXPECT_THROW(chooser.make(kInt8, w, TensorView()), BackendError);
+  const std::string m = message_of([&] { chooser.make(kInt8, w, TensorView()); });
+  EXPECT_TRUE(has(m, "'fake_vpmaddubsw' failed its exactness probe")) << m;
+  EXPECT_TRUE(has(m, "reference")) << m;
+}
+
+}  // namespace
+}  // namespace tpl
