@@ -239,10 +239,15 @@ class Avx2Int8Gemm final : public Gemm {
 
     if (k <= kMaxExactK) {
       compute(M, 0, steps_, y.ptr<std::int32_t>(), y.stride());
-      for (const Correction& cr : corrections_)
-        for (std::int64_t m = 0; m < M; ++m)
-          *static_cast<std::int32_t*>(y.at(m, cr.j)) -=
-              *static_cast<const std::int8_t*>(x.at(m, cr.i));
+      const std::int64_t nc = static_cast<std::int64_t>(corrections_.size());
+      if (nc == 0) return;
+      const bool threaded = M * nc > kSerialMacs;
+#pragma omp parallel for schedule(static) if (threaded)
+      for (std::int64_t m = 0; m < M; ++m) {
+        const auto* xr = static_cast<const std::int8_t*>(x.at(m, 0));
+        auto* yr = static_cast<std::int32_t*>(y.at(m, 0));
+        for (const Correction& cr : corrections_) yr[cr.j] -= xr[cr.i];
+      }
       return;
     }
     // Long k: exact int32 chunks of <= kMaxExactK products, summed in int64.
@@ -254,9 +259,10 @@ class Avx2Int8Gemm final : public Gemm {
       compute(M, s0, std::min(s0 + kChunkSteps, steps_), part, n);
       for (std::int64_t e = 0; e < M * n; ++e) sum[e] = (s0 == 0 ? 0 : sum[e]) + part[e];
     }
-    for (const Correction& cr : corrections_)
-      for (std::int64_t m = 0; m < M; ++m)
-        sum[m * n + cr.j] -= *static_cast<const std::int8_t*>(x.at(m, cr.i));
+    for (std::int64_t m = 0; m < M; ++m) {
+      const auto* xr = static_cast<const std::int8_t*>(x.at(m, 0));
+      for (const Correction& cr : corrections_) sum[m * n + cr.j] -= xr[cr.i];
+    }
     for (std::int64_t m = 0; m < M; ++m) {
       auto* out = static_cast<std::int32_t*>(y.at(m, 0));
       for (std::int64_t j = 0; j < n; ++j) {
@@ -278,7 +284,9 @@ class Avx2Int8Gemm final : public Gemm {
   static int group_rows(std::int64_t g, std::int64_t M) {
     return static_cast<int>(std::min<std::int64_t>(kMR, M - g * kMR));
   }
-  std::int64_t group_offset(std::int64_t g) const { return g * kMR * 2 * steps_ * kStep; }
+  std::int64_t group_offset(std::int64_t g) const {
+    return g * kMR * 2 * steps_ * kStep;
+  }
 
   // out[m, j] = the products of k steps [s_begin, s_end), rows [0, M) (stride ostride).
   void compute(std::int64_t M, std::int64_t s_begin, std::int64_t s_end, std::int32_t* out,
@@ -335,7 +343,8 @@ class Avx2Int8Gemm final : public Gemm {
   AlignedBuffer packed_;                 // W: [strip][step][4 rows][32]
   AlignedBuffer stage_;                  // x: [group][step][rows: x, then |x|][32], per call
   AlignedBuffer scratch32_, scratch64_;  // k > kMaxExactK only
-  std::vector<Correction> corrections_;  // W entries of -128, in (j, i) order
+  std::vector<Correction> corrections_;  // W entries of -128, in (j, i) order; applied row by
+                                         // row of y (its row and x's stay in L1)
 };
 
 }  // namespace

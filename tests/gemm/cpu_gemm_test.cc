@@ -16,19 +16,11 @@
 namespace tpl {
 namespace {
 
+using testing::message_of;
+
 const GemmDesc kF32{256, 64, DType::kF32, DType::kF32, DType::kF32};
 const GemmDesc kBf16{256, 64, DType::kBF16, DType::kBF16, DType::kBF16};
 const GemmDesc kInt8{256, 64, DType::kI8, DType::kI8, DType::kI32};
-
-template <typename F>
-std::string message_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no exception)";
-}
 
 bool has(const std::string& s, const std::string& part) {
   return s.find(part) != std::string::npos;

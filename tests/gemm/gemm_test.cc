@@ -40,6 +40,8 @@ namespace tpl {
 
 namespace {
 
+using testing::message_of;
+
 using testing::compare;
 using testing::random_ints;
 using testing::random_normal;
@@ -82,16 +84,6 @@ Tensor reference(const GemmDesc& desc, const TensorView& w, const TensorView& bi
 double bound_for(const GemmDesc& d) {
   if (d.act == DType::kF32) return 1e-6;
   return d.out == DType::kF32 ? 1e-5 : 1e-2;
-}
-
-template <typename F>
-std::string message_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no exception)";
 }
 
 // ---------------------------------------------------------------------------------------------

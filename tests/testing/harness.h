@@ -16,6 +16,7 @@
 #include <memory>
 
 #include "tpl/communicator.h"
+#include "tpl/error.h"
 #include "tpl/gemm.h"
 #include "tpl/tensor.h"
 
@@ -43,6 +44,17 @@ Tensor random_ints(std::int64_t rows, std::int64_t cols, int range, std::uint64_
                    DType dtype = DType::kF32);
 Tensor random_normal(std::int64_t rows, std::int64_t cols, float stddev, std::uint64_t seed,
                      DType dtype = DType::kF32);
+
+// The message of the tpl::Error `f` throws, or "(no exception)".
+template <typename F>
+std::string message_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no exception)";
+}
 
 // One CPU GEMM implementation by name (as the chooser lists them, e.g. "openblas"), planned
 // through a chooser that forces it (list order, no timing, with the exactness probe).
