@@ -3,8 +3,8 @@
 //
 // For a GemmDesc each implementation either serves or says why not (its dtypes, the ISA, a
 // library that was not built, a kernel that could saturate). Among those that serve, the
-// chooser takes the fastest at a representative row count, timed once per (dtypes, n, k, M
-// bucket) and cached in the chooser; the reference (exact, slow) is the last resort and is never
+// chooser takes the fastest at a representative row count (m_hint), timed once per (dtypes, n, k)
+// and cached in the chooser; the reference (exact, slow) is the last resort and is never
 // timed. Before an implementation is first used for a dtype, it is checked once against the
 // reference on a small full-range probe (int8: the pairs that saturate vpmaddubsw); a mismatch
 // is a BackendError naming the implementation, never a silent wrong answer.
@@ -85,7 +85,8 @@ class CpuGemmChooser {
 
  private:
   using Impl = CpuGemmImpl;
-  using Key = std::tuple<int, int, int, std::int64_t, std::int64_t, int>;  // dtypes, n, k, M bucket
+  // dtypes, n, k: every choice of one chooser is timed at the same M (options().m_hint).
+  using Key = std::tuple<int, int, int, std::int64_t, std::int64_t>;
   std::unique_ptr<Gemm> make_impl(const Impl& impl, const GemmDesc& desc, TensorView weight,
                                   TensorView bias);
   std::vector<const Impl*> ordered(const GemmDesc& desc) const;
@@ -96,9 +97,14 @@ class CpuGemmChooser {
   CpuInfo cpu_;
   CpuGemmOptions options_;
   std::vector<Impl> impls_;
-  std::map<Key, std::string> cache_;  // measured choices
+  std::map<Key, std::string> cache_;  // measured choices, at m_hint
   std::set<std::string> probed_;      // "<impl>/<dtypes>" checked against the reference
 };
+
+// The chooser callers get when they bring none (make_gemm, a LinearLayer without
+// OpEnv::cpu_gemm): detect_cpu() and the environment's options, but list order unless
+// TPL_GEMM_SELECT=measure, so that unit tests and one-off GEMMs stay deterministic and untimed.
+std::unique_ptr<CpuGemmChooser> make_default_cpu_gemm_chooser();
 
 // "cpu_model | isa (cap) | libraries": the CPU GEMM's view of this machine, for `tplinear info`.
 std::vector<std::string> cpu_gemm_libraries(const CpuInfo& cpu);

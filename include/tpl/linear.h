@@ -126,8 +126,11 @@ class LinearLayer {
   int layer_index_ = -1;
   GemmBackend backend_ = GemmBackend::kReference;
   GemmDesc desc_;
-  Runtime* rt_ = nullptr;               // env.runtime: where bias_ and the W8A8 vectors live
-  CpuGemmChooser* cpu_gemm_ = nullptr;  // env.cpu_gemm
+  Runtime* rt_ = nullptr;  // env.runtime: where bias_ and the W8A8 vectors live
+  // env.cpu_gemm, or this layer's own chooser: a layer-sharded o_proj re-plans its GEMM every
+  // forward, and CPU detection and the exactness probe belong to construction, not to a forward.
+  CpuGemmChooser* cpu_gemm_ = nullptr;
+  std::unique_ptr<CpuGemmChooser> own_cpu_gemm_;
 };
 
 }  // namespace tpl

@@ -122,9 +122,7 @@ std::unique_ptr<Gemm> make_gemm(GemmBackend backend, const GemmDesc& desc, Tenso
   switch (backend) {
     case GemmBackend::kCpu: {
       if (chooser) return chooser->make(desc, weight, bias);
-      // No chooser to cache measurements in: the list's order, no timing.
-      CpuGemmChooser local(detect_cpu(), CpuGemmOptions::from_env(/*measure_default=*/false));
-      return local.make(desc, weight, bias);
+      return make_default_cpu_gemm_chooser()->make(desc, weight, bias);
     }
     case GemmBackend::kReference:
       return make_reference_gemm(desc, weight, bias);

@@ -44,12 +44,6 @@ std::vector<std::string> order_for(const GemmDesc& d, const CpuInfo& cpu) {
   return {"reference"};
 }
 
-std::int64_t bucket(std::int64_t m) {
-  std::int64_t b = 1;
-  while (b < m) b <<= 1;
-  return b;
-}
-
 // Random operands: N(0, 1) floats (rounded to the dtype), int8 uniform over `lo`..127.
 Tensor random_tensor(DType dtype, std::int64_t rows, std::int64_t cols, int lo,
                      std::uint64_t seed) {
@@ -232,8 +226,8 @@ void CpuGemmChooser::probe_once(const Impl& impl, const GemmDesc& desc) {
 GemmChoice CpuGemmChooser::decide(const GemmDesc& desc, std::int64_t m, TensorView weight,
                                   TensorView bias, std::unique_ptr<Gemm>* keep) {
   GemmChoice c;
-  const std::vector<const Impl*> list = ordered(desc);
-  c.candidates = candidates(desc);
+  const std::vector<const Impl*> list = ordered(desc);  // list[i] is c.candidates[i]
+  for (const Impl* i : list) c.candidates.push_back({i->name, i->why_not(desc, cpu_), -1});
   auto find = [&](const std::string& name) -> GemmCandidate* {
     for (auto& cand : c.candidates)
       if (cand.name == name) return &cand;
@@ -248,9 +242,9 @@ GemmChoice CpuGemmChooser::decide(const GemmDesc& desc, std::int64_t m, TensorVi
     c.how = "TPL_GEMM";
     return c;
   }
-  std::vector<GemmCandidate*> serving;
-  for (auto& cand : c.candidates)
-    if (cand.why_not.empty() && cand.name != "reference") serving.push_back(&cand);
+  std::vector<std::size_t> serving;  // indices into list / c.candidates
+  for (std::size_t i = 0; i < list.size(); ++i)
+    if (c.candidates[i].why_not.empty() && list[i]->name != "reference") serving.push_back(i);
   if (serving.empty()) {
     if (GemmCandidate* ref = find("reference"); ref && ref->why_not.empty()) {
       c.chosen = "reference";
@@ -263,16 +257,12 @@ GemmChoice CpuGemmChooser::decide(const GemmDesc& desc, std::int64_t m, TensorVi
               " on this CPU (", cpu_isa_name(cpu_.effective()), ")", reasons);
   }
   if (serving.size() == 1) {
-    c.chosen = serving.front()->name;
+    c.chosen = list[serving.front()]->name;
     c.how = "only one serves";
     return c;
   }
-  const Key key{static_cast<int>(desc.act),
-                static_cast<int>(desc.weight),
-                static_cast<int>(desc.out),
-                desc.n,
-                desc.k,
-                bucket(m)};
+  const Key key{static_cast<int>(desc.act), static_cast<int>(desc.weight),
+                static_cast<int>(desc.out), desc.n, desc.k};
   if (keep) {
     if (auto it = cache_.find(key); it != cache_.end()) {
       c.chosen = it->second;
@@ -281,7 +271,7 @@ GemmChoice CpuGemmChooser::decide(const GemmDesc& desc, std::int64_t m, TensorVi
     }
   }
   if (!options_.measure) {
-    c.chosen = serving.front()->name;
+    c.chosen = list[serving.front()]->name;
     c.how = "table order";
     return c;
   }
@@ -293,12 +283,11 @@ GemmChoice CpuGemmChooser::decide(const GemmDesc& desc, std::int64_t m, TensorVi
   }
   GemmCandidate* best = nullptr;
   std::unique_ptr<Gemm> best_gemm;
-  for (GemmCandidate* cand : serving) {
-    const Impl& impl = **std::find_if(list.begin(), list.end(),
-                                      [&](const Impl* i) { return i->name == cand->name; });
+  for (std::size_t i : serving) {
+    GemmCandidate* cand = &c.candidates[i];
     std::unique_ptr<Gemm> g;
     try {
-      g = make_impl(impl, desc, weight, bias);
+      g = make_impl(*list[i], desc, weight, bias);
       cand->ms = time_ms(*g, m);
     } catch (const Unsupported& e) {
       cand->why_not = e.what();
@@ -313,7 +302,7 @@ GemmChoice CpuGemmChooser::decide(const GemmDesc& desc, std::int64_t m, TensorVi
     }
   }
   TPL_CHECK_T(best, Unsupported, kWhere, "every CPU GEMM implementation that should serve ",
-              dtypes(desc), " failed to plan: ", serving.front()->why_not);
+              dtypes(desc), " failed to plan: ", c.candidates[serving.front()].why_not);
   c.chosen = best->name;
   std::ostringstream how;
   how << "measured at M=" << m;
@@ -349,6 +338,11 @@ std::unique_ptr<Gemm> CpuGemmChooser::make(const GemmDesc& desc, TensorView weig
     std::fputs(os.str().c_str(), stderr);
   }
   return gemm;
+}
+
+std::unique_ptr<CpuGemmChooser> make_default_cpu_gemm_chooser() {
+  return std::make_unique<CpuGemmChooser>(detect_cpu(),
+                                          CpuGemmOptions::from_env(/*measure_default=*/false));
 }
 
 GemmChoice CpuGemmChooser::explain(const GemmDesc& desc, std::int64_t m) {

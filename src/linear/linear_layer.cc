@@ -265,6 +265,10 @@ void LinearLayer::init(const Selector& selector, const OpEnv& env, GemmBackend b
             " runtime's tensors (use cublaslt with the cuda runtime, cpu, onednn or reference "
             "with the host runtime)");
   cpu_gemm_ = env.cpu_gemm;
+  if (!cpu_gemm_ && backend == GemmBackend::kCpu) {
+    own_cpu_gemm_ = make_default_cpu_gemm_chooser();
+    cpu_gemm_ = own_cpu_gemm_.get();
+  }
   GemmDesc desc;
   desc.k = weight_.cols();
   desc.n = weight_.rows();

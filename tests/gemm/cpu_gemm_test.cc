@@ -83,19 +83,28 @@ CpuGemmOptions table_order() {
 TEST(CpuGemmChooser, VerdictsFollowTheIsa) {
   CpuGemmChooser avx2(capped(CpuIsa::kAvx2), table_order());
   for (const GemmCandidate& c : avx2.candidates(kInt8)) {
-    if (c.name == "onednn" && avx2.cpu().effective() < CpuIsa::kAvx512CoreVnni)
+    if (c.name == "onednn" && avx2.cpu().effective() < CpuIsa::kAvx512CoreVnni) {
       EXPECT_TRUE(has(c.why_not, "saturate") || has(c.why_not, "already fixed")) << c.why_not;
-    if (c.name == "avx2_int8") EXPECT_EQ(c.why_not, "");
-    if (c.name == "reference") EXPECT_EQ(c.why_not, "");
+    }
+    if (c.name == "avx2_int8") {
+      EXPECT_EQ(c.why_not, "");
+    }
+    if (c.name == "reference") {
+      EXPECT_EQ(c.why_not, "");
+    }
   }
   for (const GemmCandidate& c : avx2.candidates(kBf16))
-    if (c.name == "onednn") EXPECT_FALSE(c.why_not.empty());
+    if (c.name == "onednn") {
+      EXPECT_FALSE(c.why_not.empty());
+    }
   // Below AVX2 the int8 kernel cannot run either: the reference is the last resort.
   CpuGemmChooser sse(capped(CpuIsa::kSse41), table_order());
   Tensor w(DType::kI8, kInt8.n, kInt8.k);
   EXPECT_EQ(sse.make(kInt8, w, TensorView())->name(), "reference");
   for (const GemmCandidate& c : sse.candidates(kInt8))
-    if (c.name == "avx2_int8") EXPECT_TRUE(has(c.why_not, "needs AVX2")) << c.why_not;
+    if (c.name == "avx2_int8") {
+      EXPECT_TRUE(has(c.why_not, "needs AVX2")) << c.why_not;
+    }
 }
 
 // The cap changes what runs, not just what is listed: on a VNNI CPU the int8 choice moves from
@@ -128,11 +137,15 @@ TEST(CpuGemmChooser, DefaultBackendHonoursTheEnvironmentCap) {
     onednn_serves = onednn_serves || (c.name == "onednn" && c.why_not.empty());
   // Below VNNI oneDNN never serves int8; with VNNI it does unless a cap fixed oneDNN lower
   // earlier in this process (CTest runs each test alone, so there it always does).
-  if (cpu.effective() < CpuIsa::kAvx512CoreVnni) EXPECT_FALSE(onednn_serves);
+  if (cpu.effective() < CpuIsa::kAvx512CoreVnni) {
+    EXPECT_FALSE(onednn_serves);
+  }
   EXPECT_EQ(name, onednn_serves ? "onednn" : cpu.has(CpuIsa::kAvx2) ? "avx2_int8" : "reference");
   Tensor wb = testing::random_ints(kBf16.n, kBf16.k, 3, 4, DType::kBF16);
   const std::string bf16 = make_gemm(GemmBackend::kCpu, kBf16, wb, TensorView())->name();
-  if (!cpu.has(CpuIsa::kAvx512Core)) EXPECT_EQ(bf16.rfind("bf16_via_f32:", 0), 0u) << bf16;
+  if (!cpu.has(CpuIsa::kAvx512Core)) {
+    EXPECT_EQ(bf16.rfind("bf16_via_f32:", 0), 0u) << bf16;
+  }
 }
 
 // Several f32 implementations serve: the chooser times them and says so.
@@ -148,7 +161,9 @@ TEST(CpuGemmChooser, MeasuresWhenSeveralServe) {
   EXPECT_EQ(c.how, "measured at M=64");
   int timed = 0;
   for (const GemmCandidate& cand : c.candidates) {
-    if (cand.name == "reference") EXPECT_LT(cand.ms, 0) << "the reference is never timed";
+    if (cand.name == "reference") {
+      EXPECT_LT(cand.ms, 0) << "the reference is never timed";
+    }
     timed += cand.ms >= 0;
   }
   EXPECT_EQ(timed, serving);

@@ -147,19 +147,12 @@ const Config kConfigs[] = {{DType::kF32, DType::kF32, DType::kF32},
                            {DType::kBF16, DType::kBF16, DType::kF32}};
 
 // (implementation, config) pairs of this build, the reference excluded (it is the oracle).
-template <typename C>
-std::vector<std::tuple<std::string, C>> impl_pairs(const std::vector<C>& configs,
-                                                   GemmDesc (*to_desc)(const C&)) {
-  std::vector<std::tuple<std::string, C>> v;
-  CpuGemmChooser chooser(detect_cpu(), CpuGemmOptions{});
-  for (const C& c : configs)
-    for (const GemmCandidate& impl : chooser.candidates(to_desc(c)))
-      if (impl.name != "reference") v.emplace_back(impl.name, c);
+std::vector<std::tuple<std::string, Config>> impl_pairs() {
+  std::vector<std::tuple<std::string, Config>> v;
+  for (const Config& c : kConfigs)
+    for (const std::string& impl : testing::listed_impls(GemmDesc{1, 1, c.act, c.weight, c.out}))
+      v.emplace_back(impl, c);
   return v;
-}
-
-GemmDesc config_desc(const Config& c) {
-  return GemmDesc{1, 1, c.act, c.weight, c.out};
 }
 
 using Param = std::tuple<std::tuple<std::string, Config>, std::int64_t, std::int64_t>;
@@ -285,9 +278,7 @@ TEST_P(ImplVsReference, WeightCopiedOnceAndReusedAcrossM) {
 
 INSTANTIATE_TEST_SUITE_P(
     Shapes, ImplVsReference,
-    ::testing::Combine(::testing::ValuesIn(impl_pairs<Config>(
-                           std::vector<Config>(std::begin(kConfigs), std::end(kConfigs)),
-                           config_desc)),
+    ::testing::Combine(::testing::ValuesIn(impl_pairs()),
                        ::testing::Values(std::int64_t{13}, std::int64_t{129}, std::int64_t{512}),
                        ::testing::Values(std::int64_t{13}, std::int64_t{129}, std::int64_t{512})),
     param_name);
@@ -374,11 +365,7 @@ TEST(ReferenceGemm, Int8OverflowIsDetected) {
 
 // The int8 implementations of this build (the reference excluded: it is the oracle).
 std::vector<std::string> int8_impls() {
-  std::vector<std::string> v;
-  CpuGemmChooser chooser(detect_cpu(), CpuGemmOptions{});
-  for (const GemmCandidate& c : chooser.candidates(int8_desc(1, 1)))
-    if (c.name != "reference") v.push_back(c.name);
-  return v;
+  return testing::listed_impls(int8_desc(1, 1));
 }
 
 using Int8Param = std::tuple<std::string, std::int64_t, std::int64_t>;  // impl, k, n
@@ -560,12 +547,11 @@ class GemmErrors : public ::testing::TestWithParam<std::string> {
 };
 
 std::vector<std::string> error_test_impls() {
-  std::vector<std::string> v{"cpu"};
-  CpuGemmChooser chooser(detect_cpu(), CpuGemmOptions{});
+  std::vector<std::string> v{"cpu", "reference"};
   for (const GemmDesc& d : {GemmDesc{1, 1, DType::kF32, DType::kF32, DType::kF32},
                             GemmDesc{1, 1, DType::kI8, DType::kI8, DType::kI32}})
-    for (const GemmCandidate& c : chooser.candidates(d))
-      if (std::find(v.begin(), v.end(), c.name) == v.end()) v.push_back(c.name);
+    for (const std::string& impl : testing::listed_impls(d))
+      if (std::find(v.begin(), v.end(), impl) == v.end()) v.push_back(impl);
   return v;
 }
 

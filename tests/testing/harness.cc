@@ -16,6 +16,13 @@ std::unique_ptr<Gemm> make_impl_gemm(const std::string& impl, const GemmDesc& de
   return chooser.make(desc, weight, bias);
 }
 
+std::vector<std::string> listed_impls(const GemmDesc& desc) {
+  std::vector<std::string> v;
+  for (const GemmCandidate& c : CpuGemmChooser(detect_cpu(), CpuGemmOptions{}).candidates(desc))
+    if (c.name != "reference") v.push_back(c.name);
+  return v;
+}
+
 std::string why_impl_cannot_serve(const std::string& impl, const GemmDesc& desc) {
   CpuGemmOptions o;
   o.measure = false;

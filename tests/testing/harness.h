@@ -60,6 +60,9 @@ std::string message_of(F&& f) {
 // through a chooser that forces it (list order, no timing, with the exactness probe).
 std::unique_ptr<Gemm> make_impl_gemm(const std::string& impl, const GemmDesc& desc,
                                      TensorView weight, TensorView bias);
+// The CPU implementations this build lists for desc's dtypes, in list order, the reference
+// excluded (it is the oracle the others are compared with).
+std::vector<std::string> listed_impls(const GemmDesc& desc);
 // Why `impl` cannot serve desc on this CPU (under TPL_CPU_ISA), or "" when it can.
 std::string why_impl_cannot_serve(const std::string& impl, const GemmDesc& desc);
 
