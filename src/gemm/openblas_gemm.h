@@ -11,9 +11,10 @@ namespace tpl {
 
 // f32 x f32 -> f32 (+ f32 bias). The weight is copied once into a dense [n, k] f32 copy (the
 // caller's view need not outlive the Gemm); every run is one cblas_sgemm on the caller's strided
-// x and y, plus the bias added in f32 (as oneDNN does: the f32 sum, then + bias, rounded once
-// each). `threads`: OpenBLAS threads per call (openblas_set_num_threads before each run when it
-// differs; the setting is OpenBLAS's, process-wide).
+// x and y (one cblas_sgemv per row for M <= 3, the decode case), plus the bias added in f32 (as
+// oneDNN does: the f32 sum, then + bias, rounded once each). `threads`: OpenBLAS threads per call
+// (openblas_set_num_threads before each run when it differs; the setting is OpenBLAS's,
+// process-wide).
 std::unique_ptr<Gemm> make_openblas_gemm(const GemmDesc& desc, TensorView weight, TensorView bias,
                                          int threads);
 

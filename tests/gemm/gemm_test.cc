@@ -189,7 +189,7 @@ TEST_P(ImplVsReference, RandomNormalAllM) {
   auto g = make(d, w, b);
   EXPECT_TRUE(g->has_bias());
   for (bool with_bias : {false, true}) {
-    for (std::int64_t m : {0, 1, 7, 16, 1001}) {
+    for (std::int64_t m : {0, 1, 3, 7, 16, 1001}) {
       SCOPED_TRACE("M=" + std::to_string(m) + (with_bias ? " with bias" : " without bias"));
       Tensor x = random_normal(m, d.k, 1.f, 100 + m, d.act);
       Tensor y(d.out, m, d.n);
@@ -211,7 +211,7 @@ TEST_P(ImplVsReference, SmallIntegersBitExact) {
   GemmDesc rd = d;  // the reference rounds once into the same output dtype
   auto ref = make_reference_gemm(rd, w, b);
   for (bool with_bias : {false, true}) {
-    for (std::int64_t m : {1, 7, 16, 1001}) {
+    for (std::int64_t m : {1, 3, 7, 16, 1001}) {
       SCOPED_TRACE("M=" + std::to_string(m) + (with_bias ? " with bias" : " without bias"));
       Tensor x = random_ints(m, d.k, 3, 200 + m, d.act);
       Tensor y(d.out, m, d.n), y_ref(d.out, m, d.n);
@@ -229,7 +229,7 @@ TEST_P(ImplVsReference, StridedViews) {
   Tensor w = random_normal(d.n, d.k, 1.f, 31, d.weight);
   Tensor b = random_normal(1, d.n, 1.f, 32, DType::kF32);
   auto g = make(d, w, b);
-  for (std::int64_t m : {1, 7, 16, 1001}) {
+  for (std::int64_t m : {1, 3, 7, 16, 1001}) {
     SCOPED_TRACE("M=" + std::to_string(m));
     Tensor xbuf = random_normal(m, d.k + 5, 1.f, 300 + m, d.act);
     Tensor ybuf(d.out, m, d.n + 3);
