@@ -1,7 +1,8 @@
 // What a LinearLayer costs on top of its GEMM (host runtime, one process, world size 1): the
 // op's forward (selection done at construction; per call: output allocation through the runtime,
 // the op's steps, the GEMM) against the bare Gemm::run into a preallocated output, on the same
-// weight and input. bf16, K = N = 1024, the build's CPU GEMM (oneDNN when built), one thread.
+// weight and input. bf16, K = N = 1024, the build's CPU GEMM list (its label names the
+// implementation), one thread.
 // The difference at small M is the wrapper overhead that docs/performance.md reports; the GPU
 // version of this comparison is in tests/gpu/gpu_bench.cc.
 //
@@ -74,6 +75,7 @@ void BM_BareGemm(benchmark::State& st) {
     f.gemm->run(x, y, false);
     benchmark::DoNotOptimize(y.data());
   }
+  st.SetLabel(f.gemm->name());  // the implementation the CPU list chose (docs/gemm.md)
 }
 
 void BM_LayerForward(benchmark::State& st) {
@@ -86,6 +88,7 @@ void BM_LayerForward(benchmark::State& st) {
     LinearOutput out = f.layer->forward(x, ctx);
     benchmark::DoNotOptimize(out.output.data());
   }
+  st.SetLabel(f.gemm->name());  // same list order as the layer's (no chooser: no timing)
 }
 
 BENCHMARK(BM_BareGemm)->Arg(1)->Arg(16)->Arg(256)->Unit(benchmark::kMicrosecond);
