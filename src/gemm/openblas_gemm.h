@@ -9,9 +9,9 @@
 
 namespace tpl {
 
-// f32 x f32 -> f32 (+ f32 bias). The weight is copied once into a dense [n, k] f32 copy (the
-// caller's view need not outlive the Gemm); every run is one cblas_sgemm on the caller's strided
-// x and y (one cblas_sgemv per row for M <= 3, the decode case), plus the bias added in f32 (as
+// f32 x f32 -> f32 (+ f32 bias). The weight is copied once, transposed, into a dense [k, n] f32
+// copy (the caller's view need not outlive the Gemm); every run is one cblas_sgemm(NoTrans,
+// NoTrans) on the caller's strided x and y (cblas_sgemv at M = 1), plus the bias added in f32 (as
 // oneDNN does: the f32 sum, then + bias, rounded once each). `threads`: OpenBLAS threads per call
 // (openblas_set_num_threads before each run when it differs; the setting is OpenBLAS's,
 // process-wide).

@@ -222,11 +222,12 @@ TEST_P(ImplVsReference, SmallIntegersBitExact) {
   }
 }
 
-// x and y are windows into wider buffers (row stride > cols, offset columns); the columns
-// outside the window must stay untouched.
+// x, y and the weight are windows into wider buffers (row stride > cols, offset columns); the
+// columns outside the y window must stay untouched.
 TEST_P(ImplVsReference, StridedViews) {
   const GemmDesc d = desc();
-  Tensor w = random_normal(d.n, d.k, 1.f, 31, d.weight);
+  Tensor wbuf = random_normal(d.n, d.k + 9, 1.f, 31, d.weight);
+  const TensorView w = wbuf.view().col_slice(4, d.k);
   Tensor b = random_normal(1, d.n, 1.f, 32, DType::kF32);
   auto g = make(d, w, b);
   for (std::int64_t m : {1, 3, 7, 16, 1001}) {
