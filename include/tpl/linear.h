@@ -36,6 +36,9 @@ struct QkvShape {
   std::int64_t head_dim = 0;
 };
 
+// Column for Column, MergedColumn and QKV; Row; Replicated.
+Direction direction_of(LayerKind kind);
+
 struct LayerSpec {
   std::string prefix;  // dotted module name, e.g. "model.layers.3.self_attn.o_proj"
   LayerKind kind = LayerKind::kColumn;

@@ -70,11 +70,19 @@ struct LayerReport {
   double bytes_sent = 0;  // estimate of bytes this rank sent (docs/ops.md formulas)
 };
 
+// The linear layers of decoder layer `l` in forward order: qkv_proj, o_proj, then gate_up_proj
+// and down_proj (the shared expert's in an MoE layer; none when it has routed experts only).
+// DecoderStack builds exactly these; the cost model predicts them.
+std::vector<LayerSpec> decoder_linear_specs(const ModelSpec& model, std::int64_t l, DType dtype);
+
 struct StackOptions {
   DType dtype = DType::kF32;
   bool w8a8 = false;
   GemmBackend backend = default_cpu_gemm_backend();
   int prefetch_step = -1;  // layer sharding; -1 = min(1, layers - 2)
+  // Profiling: a world barrier before each linear layer, so its reported time excludes the wait
+  // for slower ranks' attention (`tplinear bench --sync-layers`, `plan --check`).
+  bool sync_layers = false;
 };
 
 class DecoderStack {

@@ -1,4 +1,6 @@
 // The only file that knows which backends were compiled in (#if on the generated config).
+#include <algorithm>
+
 #include "gemm/avx2_int8_gemm.h"
 #include "gemm/cpu_gemm_impls.h"
 #include "tpl/backends.h"
@@ -184,6 +186,7 @@ std::string mpi_library_version() {
   int len = 0;
   if (MPI_Get_library_version(buf, &len) != MPI_SUCCESS) return "unknown";
   std::string v(buf, static_cast<std::size_t>(len));
+  v.erase(std::find(v.begin(), v.end(), '\0'), v.end());  // some MPIs count the terminator
   if (const auto nl = v.find_first_of("\r\n"); nl != std::string::npos) v.resize(nl);
   return v;
 #else

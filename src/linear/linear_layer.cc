@@ -7,8 +7,6 @@
 
 namespace tpl {
 
-namespace {
-
 Direction direction_of(LayerKind k) {
   switch (k) {
     case LayerKind::kColumn:
@@ -22,6 +20,8 @@ Direction direction_of(LayerKind k) {
   }
   return Direction::kColumn;
 }
+
+namespace {
 
 std::vector<ShardRange> qkv_rows_of(const QkvShape& s, int rank, int size, const Where& w);
 

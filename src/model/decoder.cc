@@ -169,6 +169,37 @@ std::size_t DecoderStack::layer_shard_bytes() const {
   return series_ ? series_->memory_bytes() : 0;
 }
 
+std::vector<LayerSpec> decoder_linear_specs(const ModelSpec& model, std::int64_t l, DType dtype) {
+  const std::int64_t h = model.hidden, hd = model.head_dim;
+  const std::int64_t q_out = model.heads * hd;
+  const std::string p = "model.layers." + std::to_string(l) + ".";
+  std::vector<LayerSpec> v;
+  LayerSpec qkv{p + "self_attn.qkv_proj", LayerKind::kQkv, h, 0};
+  qkv.qkv = {model.heads, model.kv_heads, hd};
+  qkv.dtype = dtype;
+  qkv.bias = model.qkv_bias;
+  v.push_back(qkv);
+  LayerSpec o{p + "self_attn.o_proj", LayerKind::kRow, q_out, h};
+  o.dtype = dtype;
+  o.in_unit = hd;  // split by heads, like the QKV layer before it
+  v.push_back(o);
+  std::string mlp = p + "mlp.";
+  std::int64_t inter = model.intermediate;
+  if (model.layer_is_moe(l)) {
+    if (model.shared_expert_intermediate <= 0) return v;  // routed experts only: skipped
+    mlp += "shared_expert.";
+    inter = model.shared_expert_intermediate;
+  }
+  LayerSpec gu{mlp + "gate_up_proj", LayerKind::kMergedColumn, h, 0};
+  gu.output_sizes = {inter, inter};
+  gu.dtype = dtype;
+  v.push_back(gu);
+  LayerSpec dn{mlp + "down_proj", LayerKind::kRow, inter, h};
+  dn.dtype = dtype;
+  v.push_back(dn);
+  return v;
+}
+
 DecoderStack::DecoderStack(Communicator& world, const ModelSpec& model, const Config& config,
                            const WeightProvider& weights, const StackOptions& options)
     : world_(world), model_(model), config_(config), options_(options) {
@@ -221,10 +252,8 @@ DecoderStack::DecoderStack(Communicator& world, const ModelSpec& model, const Co
     L->norm1 = weights.get(p + "input_layernorm.weight", 1, h, DType::kF32, 0.1f);
     L->norm2 = weights.get(p + "post_attention_layernorm.weight", 1, h, DType::kF32, 0.1f);
 
-    LayerSpec qkv{p + "self_attn.qkv_proj", LayerKind::kQkv, h, 0};
-    qkv.qkv = {model.heads, model.kv_heads, hd};
-    qkv.dtype = dt;
-    qkv.bias = model.qkv_bias;
+    const std::vector<LayerSpec> specs = decoder_linear_specs(model, l, dt);
+    const LayerSpec& qkv = specs[0];
     const float s_in = 1.f / std::sqrt(float(h));
     const std::string a = p + "self_attn.";
     std::vector<Part> qkv_bias;
@@ -240,18 +269,10 @@ DecoderStack::DecoderStack(Communicator& world, const ModelSpec& model, const Co
     if (L->qkv->tp_size() == 1) {
       L->qkv_rows = {{0, q_out}, {q_out, kv_out}, {q_out + kv_out, kv_out}};
     }
+    L->o = make(specs[1], {{a + "o_proj.weight", h}}, {}, 1.f / std::sqrt(float(q_out)), "o_proj");
 
-    LayerSpec o{p + "self_attn.o_proj", LayerKind::kRow, q_out, h};
-    o.dtype = dt;
-    o.in_unit = hd;  // split by heads, like the QKV layer before it
-    L->o = make(o, {{a + "o_proj.weight", h}}, {}, 1.f / std::sqrt(float(q_out)), "o_proj");
-
-    std::string mlp = p + "mlp.";
-    std::int64_t inter = model.intermediate;
     if (L->moe) {
-      if (model.shared_expert_intermediate > 0) {
-        mlp += "shared_expert.";
-        inter = model.shared_expert_intermediate;
+      if (specs.size() > 2) {
         skipped_.push_back(p + "mlp.experts (" + std::to_string(model.num_experts) +
                            " routed experts; shared expert run)");
       } else {
@@ -261,13 +282,13 @@ DecoderStack::DecoderStack(Communicator& world, const ModelSpec& model, const Co
         continue;
       }
     }
-    LayerSpec gu{mlp + "gate_up_proj", LayerKind::kMergedColumn, h, 0};
-    gu.output_sizes = {inter, inter};
-    gu.dtype = dt;
+    const LayerSpec& gu = specs[2];
+    const LayerSpec& dn = specs[3];
+    const std::int64_t inter = dn.in_features;
+    const std::string mlp =
+        gu.prefix.substr(0, gu.prefix.size() - std::string("gate_up_proj").size());
     L->gate_up = make(gu, {{mlp + "gate_proj.weight", inter}, {mlp + "up_proj.weight", inter}}, {},
                       s_in, "gate_up");
-    LayerSpec dn{mlp + "down_proj", LayerKind::kRow, inter, h};
-    dn.dtype = dt;
     L->down = make(dn, {{mlp + "down_proj.weight", h}}, {}, 1.f / std::sqrt(float(inter)), "down");
     layers_.push_back(std::move(L));
   }
@@ -397,6 +418,9 @@ Tensor DecoderStack::forward(TensorView hidden) {
   };
   std::size_t ri = 0;
   auto run = [&](LinearLayer& ll, TensorView x) {
+    // Profiling: start every layer together, so a layer's time excludes the wait for ranks
+    // still in the attention or norms before it.
+    if (options_.sync_layers) world_.barrier();
     const double b0 = groups_->bytes_sent();
     const auto t0 = std::chrono::steady_clock::now();
     LinearOutput out = ll.forward(x, ctx);

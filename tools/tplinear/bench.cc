@@ -18,6 +18,7 @@
 #include <random>
 #include <sstream>
 
+#include "tpl/cost_model.h"
 #include "tpl/error.h"
 #include "tpl/model.h"
 
@@ -26,7 +27,7 @@ namespace tpl::cli {
 namespace {
 
 const Where kWhere{"bench"};
-constexpr std::array<const char*, 4> kKinds{"qkv_proj", "o_proj", "gate_up_proj", "down_proj"};
+const std::array<const char*, 4>& kKinds = kLinearKinds;
 constexpr int kCols = 6;  // 4 kinds, linear total, whole forward
 
 // A strategy is an overlay on the user's flags. `apply` returns "" or why it does not apply.
@@ -43,6 +44,13 @@ const std::vector<Strategy>& strategies() {
        [](RunOptions& o, int, int) {
          o.fc1 = true;
          o.fc1_threshold = 0;
+         return std::string();
+       }},
+      {"fc1-serial", "FlashComm1, threshold 0, no overlap (fused_chunks 1)",
+       [](RunOptions& o, int, int) {
+         o.fc1 = true;
+         o.fc1_threshold = 0;
+         o.fused_chunks = 1;
          return std::string();
        }},
       {"fc2", "FlashComm2 P = 1 + FlashComm1",
@@ -104,26 +112,13 @@ std::vector<std::int64_t> parse_tokens(const std::string& s) {
   return v;
 }
 
-int kind_of(const std::string& prefix) {
-  for (int k = 0; k < 4; ++k) {
-    const std::string s = kKinds[k];
-    if (prefix.size() >= s.size() && prefix.compare(prefix.size() - s.size(), s.size(), s) == 0)
-      return k;
-  }
-  return -1;
-}
-
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   const std::size_t n = v.size();
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-struct Row {
-  std::string strategy, layer;
-  std::int64_t tokens;
-  double ms, bytes, algbw, busbw;  // GB/s
-};
+using Row = BenchRow;
 
 int cpu_count() {
   cpu_set_t set;
@@ -206,7 +201,32 @@ std::string bench_strategy_names() {
   return s;
 }
 
-int run_bench(Communicator& world, const BenchOptions& o) {
+std::vector<PlanCandidate> bench_candidates(const RunOptions& base, int world_size,
+                                            const std::string& names,
+                                            std::vector<std::string>* notes) {
+  const Config cfg = make_config(base, world_size);  // bad base flags fail here
+  const int tp = cfg.layout.tp, dp = cfg.layout.dp;
+  std::vector<PlanCandidate> v;
+  for (const auto& name : split_list(names)) {
+    const Strategy* it = &find_strategy(name);
+    if (std::any_of(v.begin(), v.end(), [&](const PlanCandidate& p) { return p.name == name; }))
+      TPL_THROW(InvalidArgument, kWhere, "strategy '", name, "' listed twice");
+    RunOptions ro = base;
+    std::string why = it->apply(ro, tp, dp);
+    if (why.empty()) {
+      try {
+        v.push_back({name, make_config(ro, world_size)});
+        continue;
+      } catch (const ConfigError& e) {
+        why = e.what();
+      }
+    }
+    if (notes) notes->push_back(fmt::format("skipped {} ({}): {}", name, it->what, why));
+  }
+  return v;
+}
+
+int run_bench(Communicator& world, const BenchOptions& o, std::vector<BenchRow>* rows_out) {
   // Validate everything before building anything (identically on every rank).
   if (!o.model.weights.empty())
     TPL_THROW(InvalidArgument, kWhere, "bench uses seeded random weights; drop --weights");
@@ -224,26 +244,11 @@ int run_bench(Communicator& world, const BenchOptions& o) {
   struct Point {
     std::string name;
     Config cfg;
-    RunOptions opts;
   };
-  std::vector<Point> plan;
   std::vector<std::string> notes;
-  for (const auto& name : split_list(o.strategies)) {
-    const Strategy* it = &find_strategy(name);
-    if (std::any_of(plan.begin(), plan.end(), [&](const Point& p) { return p.name == name; }))
-      TPL_THROW(InvalidArgument, kWhere, "strategy '", name, "' listed twice");
-    RunOptions ro = o.model;
-    std::string why = it->apply(ro, tp, dp);
-    if (why.empty()) {
-      try {
-        plan.push_back({name, make_config(ro, world.size()), ro});
-        continue;
-      } catch (const ConfigError& e) {
-        why = e.what();
-      }
-    }
-    notes.push_back(fmt::format("skipped {} ({}): {}", name, it->what, why));
-  }
+  std::vector<Point> plan;
+  for (auto& c : bench_candidates(o.model, world.size(), o.strategies, &notes))
+    plan.push_back({c.name, c.config});
   if (plan.empty())
     TPL_THROW(ConfigError, kWhere, "no strategy applies to ", world.size(), " ranks (DP ", dp,
               " x TP ", tp, ")", notes.empty() ? "" : "; " + notes.front());
@@ -260,6 +265,7 @@ int run_bench(Communicator& world, const BenchOptions& o) {
   so.dtype = parse_dtype(o.model.dtype);
   so.w8a8 = o.model.quant == "w8a8";
   so.prefetch_step = o.model.prefetch_step;
+  so.sync_layers = o.sync_layers;
   const auto weights = make_random_weights(o.model.seed);
   const bool root = world.rank() == 0;
   const bool tty = isatty(STDERR_FILENO);
@@ -273,8 +279,8 @@ int run_bench(Communicator& world, const BenchOptions& o) {
                model.model_type, model.layers, o.model.dtype, so.w8a8 ? " W8A8" : "", world.size(),
                dp, tp);
     fmt::print(
-        "# iters {} (median reported), warmup {}; time = slowest rank; tokens per DP replica\n",
-        o.iters, o.warmup);
+        "# iters {} (median reported), warmup {}; time = slowest rank; tokens per DP replica{}\n",
+        o.iters, o.warmup, o.sync_layers ? "; barrier before each linear layer" : "");
     if (world.size() > cpu_count())
       fmt::print(
           "# WARNING: {} ranks on {} cores: ranks share cores, so timings of more than {} "
@@ -292,7 +298,7 @@ int run_bench(Communicator& world, const BenchOptions& o) {
     // reports its P but all-to-alls over TP, MLP-TP's layers report m while TP may be 1.
     std::array<int, 5> group{tp, tp, tp, tp, tp};
     for (const auto& r : stack.report()) {
-      if (const int k = kind_of(r.prefix); k >= 0) group[k] = std::max(group[k], r.tp_size);
+      if (const int k = linear_kind_of(r.prefix); k >= 0) group[k] = std::max(group[k], r.tp_size);
       group[4] = std::max(group[4], r.tp_size);
     }
     if (root) {
@@ -341,7 +347,7 @@ int run_bench(Communicator& world, const BenchOptions& o) {
         std::array<double, 5> ms{}, bytes{};
         for (std::size_t l = 0; l < before.size(); ++l) {
           const LayerReport& r = stack.report()[l];
-          const int k = kind_of(r.prefix);
+          const int k = linear_kind_of(r.prefix);
           const double dms = r.ms - before[l].ms, db = r.bytes_sent - before[l].bytes_sent;
           if (k >= 0) ms[k] += dms, bytes[k] += db;
           ms[4] += dms, bytes[4] += db;
@@ -380,6 +386,7 @@ int run_bench(Communicator& world, const BenchOptions& o) {
   }
   if (!root) return 0;
   if (progress && tty) std::fprintf(stderr, "\r%70s\r", "");
+  if (rows_out) *rows_out = rows;
 
   std::vector<std::string> names;
   for (const auto& p : plan) names.push_back(p.name);

@@ -5,8 +5,11 @@
 #include <cstdint>
 #include <string>
 
+#include <vector>
+
 #include "run.h"
 #include "tpl/communicator.h"
+#include "tpl/plan.h"
 
 namespace tpl::cli {
 
@@ -18,13 +21,29 @@ struct BenchOptions {
   int warmup = 1;                 // untimed forwards per point
   std::string json, csv, svg;     // output files ("" = none)
   std::string progress = "auto";  // auto (stderr is a TTY), always, never
+  bool sync_layers = false;       // barrier before each linear layer (StackOptions)
 };
 
 // The known strategy names, comma separated (for --help).
 std::string bench_strategy_names();
 
+// The configs of the named strategies (comma list) over `base` for `world_size` ranks; a
+// strategy that does not apply is left out with a line in `notes`. InvalidArgument on an unknown
+// or repeated name.
+std::vector<PlanCandidate> bench_candidates(const RunOptions& base, int world_size,
+                                            const std::string& names,
+                                            std::vector<std::string>* notes);
+
+// One measured point: the slowest rank's median time of a layer kind (qkv_proj, o_proj,
+// gate_up_proj, down_proj, linear = all linear layers, forward = the whole stack).
+struct BenchRow {
+  std::string strategy, layer;
+  std::int64_t tokens;
+  double ms, bytes, algbw, busbw;  // GB/s
+};
+
 // Collective over `world`; returns the exit code. Bad options throw tpl::InvalidArgument or
-// tpl::ConfigError on every rank.
-int run_bench(Communicator& world, const BenchOptions& o);
+// tpl::ConfigError on every rank. `rows` (rank 0) receives every measured row.
+int run_bench(Communicator& world, const BenchOptions& o, std::vector<BenchRow>* rows = nullptr);
 
 }  // namespace tpl::cli

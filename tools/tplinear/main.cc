@@ -15,6 +15,7 @@
 #include "bench.h"
 #include "demo.h"
 #include "info.h"
+#include "plan.h"
 #include "run.h"
 #include "tpl/backends.h"
 #include "tpl/error.h"
@@ -122,6 +123,8 @@ int main(int argc, char** argv) {
   b->add_option("--json", bo.json, "write every row as JSON");
   b->add_option("--csv", bo.csv, "write every row as CSV");
   b->add_option("--svg", bo.svg, "plot of linear-layer time vs tokens per strategy");
+  b->add_flag("--sync-layers", bo.sync_layers,
+              "barrier before each linear layer: layer times without waits for slower ranks");
   b->add_option("--progress", bo.progress, "progress bar on stderr: auto (TTY), always, never")
       ->check(CLI::IsMember({"auto", "always", "never"}));
 
@@ -134,6 +137,39 @@ int main(int argc, char** argv) {
   inf->add_option("--n", io.n, "out features of the GEMM shape shown")
       ->check(CLI::Range(1, 1 << 20));
   inf->add_flag("!--no-measure", io.measure, "list order instead of timing the candidates");
+
+  tpl::cli::CalibrateCliOptions co;
+  auto* cal = app.add_subcommand("calibrate",
+                                 "measure this machine's GEMMs, collectives and fused paths into a "
+                                 "profile (docs/planner.md)");
+  cal->add_option("--out", co.out, "profile JSON to write")->required();
+  cal->add_flag("--quick", co.quick, "small sizes only (tests; not for planning)");
+  cal->add_option("--progress", co.progress, "progress bar on stderr: auto (TTY), always, never")
+      ->check(CLI::IsMember({"auto", "always", "never"}));
+
+  tpl::cli::PlanCliOptions po;
+  auto* pl = app.add_subcommand("plan",
+                                "choose a strategy per token bucket from the cost model; --check "
+                                "measures the candidates (docs/planner.md)");
+  tpl::cli::add_model_options(*pl, po.model);
+  pl->add_option("--profile", po.profile,
+                 "profile from `tplinear calibrate` (default: calibrate now)");
+  pl->add_option("--workload", po.workload,
+                 "token counts per DP replica, with optional weights: 16:0.7,2048:0.3");
+  pl->add_option("--strategies", po.strategies,
+                 "candidates, comma list of: " + tpl::cli::bench_strategy_names());
+  pl->add_option("--margin", po.margin,
+                 "switch from the baseline only when predicted faster by more");
+  pl->add_option("--out", po.out, "plan JSON to write");
+  pl->add_flag("--strict", po.strict, "refuse a profile measured on another machine");
+  pl->add_flag("--check", po.check, "measure every candidate: model error and plan regret");
+  pl->add_option("--json", po.json, "with --check: write the points and cells as JSON");
+  pl->add_option("--iters", po.iters, "with --check: timed forwards per point")
+      ->check(CLI::Range(1, 1000));
+  pl->add_option("--warmup", po.warmup, "with --check: untimed forwards per point")
+      ->check(CLI::Range(0, 100));
+  pl->add_option("--progress", po.progress, "progress bar on stderr: auto (TTY), always, never")
+      ->check(CLI::IsMember({"auto", "always", "never"}));
 
   try {
     app.parse(argc, argv);
@@ -152,6 +188,8 @@ int main(int argc, char** argv) {
     if (*e) rc = tpl::cli::explain_model(*world, ex);
     if (*b) rc = tpl::cli::run_bench(*world, bo);
     if (*inf) rc = tpl::cli::run_info(*world, io);
+    if (*cal) rc = tpl::cli::run_calibrate(*world, co);
+    if (*pl) rc = tpl::cli::run_plan(*world, po);
   } catch (const tpl::Error& err) {
     // Bad input fails the same way on every rank; one line, from rank 0.
     if (world->rank() == 0) std::fprintf(stderr, "tplinear: error: %s\n", err.what());

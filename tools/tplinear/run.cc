@@ -96,13 +96,6 @@ class RecordingWeights final : public WeightProvider {
   mutable std::map<std::string, Use> seen_;
 };
 
-ModelSpec load_model(const RunOptions& o) {
-  ModelSpec m =
-      o.hf_config.empty() ? ModelSpec::preset(o.model) : ModelSpec::from_file(o.hf_config);
-  if (o.layers > 0) m.layers = std::min(m.layers, o.layers);
-  return m;
-}
-
 std::string human_bytes(double b) {
   const char* units[] = {"B", "KiB", "MiB", "GiB"};
   int u = 0;
@@ -148,6 +141,9 @@ void add_model_options(CLI::App& app, RunOptions& o) {
   app.add_option("--oproj-tp", o.oproj_tp, "O-proj TP group size (0 = off)")
       ->check(CLI::Range(0, 4096));
   app.add_flag("--matmul-allreduce", o.matmul_allreduce, "fused GEMM + all-reduce row ops");
+  app.add_option("--fused-chunks", o.fused_chunks,
+                 "chunks of fused GEMM + collective paths (1 = no overlap, 0 = automatic)")
+      ->check(CLI::Range(0, 64));
   app.add_option("--layer-sharding", o.layer_sharding,
                  "comma-separated layer suffixes, e.g. o_proj");
   app.add_option("--prefetch-step", o.prefetch_step, "layer-sharding prefetch distance k")
@@ -155,6 +151,13 @@ void add_model_options(CLI::App& app, RunOptions& o) {
   app.add_option("--deployment", o.deployment, "mixed, prefill or decode")
       ->check(CLI::IsMember({"mixed", "prefill", "decode"}));
   app.add_option("--seed", o.seed, "seed of random weights and inputs");
+}
+
+ModelSpec load_model(const RunOptions& o) {
+  ModelSpec m =
+      o.hf_config.empty() ? ModelSpec::preset(o.model) : ModelSpec::from_file(o.hf_config);
+  if (o.layers > 0) m.layers = std::min(m.layers, o.layers);
+  return m;
 }
 
 Config make_config(const RunOptions& o, int world_size) {
@@ -183,6 +186,7 @@ Config make_config(const RunOptions& o, int world_size) {
   if (o.mlp_tp) j["mlp_tp"] = o.mlp_tp;
   if (o.oproj_tp) j["oproj_tp"] = o.oproj_tp;
   if (o.matmul_allreduce) j["matmul_allreduce"] = true;
+  if (o.fused_chunks >= 0) j["fused_chunks"] = o.fused_chunks;
   if (!o.layer_sharding.empty()) j["layer_sharding"] = split_list(o.layer_sharding);
   if (!o.deployment.empty()) j["deployment"] = o.deployment;
   return Config::from_json(j);

@@ -8,6 +8,7 @@
 
 #include "tpl/communicator.h"
 #include "tpl/config.h"
+#include "tpl/model.h"
 
 namespace tpl::cli {
 
@@ -27,6 +28,7 @@ struct RunOptions {
   int mlp_tp = 0;
   int oproj_tp = 0;
   bool matmul_allreduce = false;
+  int fused_chunks = -1;       // -1 = keep (0 = automatic rule)
   std::string layer_sharding;  // comma separated, e.g. "o_proj"
   int prefetch_step = -1;      // -1 = automatic
   std::string deployment;      // mixed, prefill, decode
@@ -46,6 +48,8 @@ std::vector<std::string> split_list(const std::string& s);
 
 // Adds the model and config flags shared by run, explain and bench.
 void add_model_options(CLI::App& app, RunOptions& o);
+// The model of --model / --hf-config, cut to --layers.
+ModelSpec load_model(const RunOptions& o);
 // The validated config for `world_size` ranks from the options.
 Config make_config(const RunOptions& o, int world_size);
 

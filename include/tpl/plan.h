@@ -1,0 +1,79 @@
+// A plan: the strategy a model runs at each batch size, chosen by the cost model
+// (tpl/cost_model.h) for a workload, written by `tplinear plan` (docs/planner.md).
+//
+// Two levels: the weight layout (what each rank holds: plain TP, FlashComm2's o_proj, MLP-TP,
+// ...) is chosen once for the whole workload; within it, each token bucket takes the forward
+// choices (FC1 on/off, fused or not, overlap) predicted fastest. A candidate replaces the
+// layout's baseline (its first candidate) only when predicted faster by more than `margin`, so
+// noise does not flip choices, and a given token count always maps to the same bucket.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "tpl/config.h"
+#include "tpl/cost_model.h"
+
+namespace tpl {
+
+struct PlanCandidate {
+  std::string name;  // e.g. "standard", "fc1", "fc1-serial"
+  Config config;
+};
+
+struct PlanBucket {
+  std::int64_t tokens = 0;      // the workload point it was planned at
+  std::int64_t max_tokens = 0;  // batches of up to this many tokens use it (last: -1 = no limit)
+  double weight = 0;            // share of the workload
+  std::string strategy;
+  double predicted_ms = 0;  // linear layers of the whole stack
+  std::string runner_up;    // "" when nothing else applied
+  double runner_up_ms = 0;
+  std::string why;
+};
+
+struct Plan {
+  int version = 1;
+  std::string model;
+  int world = 0, tp = 0, dp = 0;
+  std::string dtype = "f32";
+  bool w8a8 = false;
+  std::string layout;  // weight_layout_of() of every bucket's config
+  std::vector<PlanBucket> buckets;
+  std::vector<PlanCandidate> configs;  // the chosen strategies' configs, by name
+  MachineInfo machine;                 // the profile's machine
+
+  const PlanBucket& bucket_for(std::int64_t tokens) const;
+  const Config& config_for(std::int64_t tokens) const;
+  static Plan from_json(const nlohmann::json& j, const std::string& source);
+  static Plan from_file(const std::string& path);
+  nlohmann::json to_json() const;
+  // ConfigError naming `source` when the plan is for another world size or model.
+  void check_matches(const std::string& model_name, int world_size,
+                     const std::string& source) const;
+};
+
+// What a config fixes at weight-load time, e.g. "tp", "tp+fc2(P=1)", "tp+mlp_tp(2)".
+std::string weight_layout_of(const Config& c);
+
+struct PlanOptions {
+  std::vector<std::pair<std::int64_t, double>> workload;  // (tokens, weight), tokens ascending
+  double margin = 0.03;
+  CostInputs inputs;
+};
+
+// Candidates whose prediction throws Unsupported are left out with a note. ConfigError when no
+// candidate applies or the workload is empty.
+Plan make_plan(const CostModel& cost, const ModelSpec& model, int world,
+               const std::vector<PlanCandidate>& candidates, const PlanOptions& options,
+               std::vector<std::string>* notes);
+
+// "16:0.7,2048:0.3" or "16,256,1024" (equal weights) -> ascending (tokens, weight), weights
+// normalised to sum 1. InvalidArgument on a malformed item.
+std::vector<std::pair<std::int64_t, double>> parse_workload(const std::string& s);
+
+}  // namespace tpl

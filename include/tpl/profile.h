@@ -1,0 +1,76 @@
+// A machine profile: what `tplinear calibrate` measured on this machine, the input of the cost
+// model (tpl/cost_model.h). Every number in it is measured, never assumed (docs/planner.md).
+//
+// GEMM: per dtype, the time of one GEMM at a few row counts M on two reference shapes (a small
+// and a large weight); the cost model scales by weight size between them.
+// Collectives: per kind and group size, the time of one call at message sizes S (the full
+// buffer, f32 bytes for sums, as in docs/communication.md), interpolated piecewise in log-log
+// space between the measured points, so cliffs (OpenMPI above 16 MiB) stay where they were.
+// Fused: per fused GEMM + collective path, fused time / (GEMM alone + collective alone) at a few
+// row counts, measured by running the fused path with the overlap worker.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "tpl/communicator.h"
+
+namespace tpl {
+
+struct ProfilePoint {
+  double x = 0;   // M (rows), S (bytes) or rows, by table
+  double ms = 0;  // measured time, or a ratio for the fused tables
+};
+
+struct GemmTable {
+  std::int64_t k = 0, n = 0;       // the reference shape
+  std::string impl;                // the implementation the chooser took
+  std::vector<ProfilePoint> rows;  // x = M, ms = one GEMM (the slowest rank, median)
+};
+
+struct MachineInfo {
+  std::string cpu, isa, mpi;
+  int cores = 0;  // cores this process may run on
+  int ranks = 0;  // ranks calibrated together
+};
+
+struct MachineProfile {
+  int version = 1;
+  MachineInfo machine;
+  // dtype key ("f32", "bf16", "int8") -> reference shapes, smallest weight first.
+  std::map<std::string, std::vector<GemmTable>> gemm;
+  // "<collective>/<group size>" -> points, x = S bytes ascending.
+  std::map<std::string, std::vector<ProfilePoint>> collectives;
+  // fused path ("gemm_all_reduce", "gemm_reduce_scatter", "all_gather_gemm") -> x = rows,
+  // ms = fused / unfused time ratio.
+  std::map<std::string, std::vector<ProfilePoint>> fused;
+  double copy_gbps = 0;  // one core's memcpy, for elementwise passes (pads, W8A8 (de)quant)
+
+  static std::string collective_key(Collective c, int group_size);
+  // Parses and validates; ConfigError naming `source` and the field.
+  static MachineProfile from_json(const nlohmann::json& j, const std::string& source);
+  static MachineProfile from_file(const std::string& path);
+  nlohmann::json to_json() const;
+  // Lines describing how `now` differs from the calibrated machine (CPU, ISA, cores, MPI); empty
+  // when it matches.
+  std::vector<std::string> mismatches(const MachineInfo& now) const;
+};
+
+// This process's machine, as calibrate records it.
+MachineInfo this_machine(int ranks);
+
+struct CalibrateOptions {
+  bool quick = false;  // fewer sizes and repetitions (tests)
+  // Called on rank 0 with (step, steps, what) before each measurement.
+  std::function<void(int, int, const std::string&)> progress;
+};
+
+// Measures this machine over `world` (collective; every rank measures, the slowest counts).
+MachineProfile calibrate(Communicator& world, const CalibrateOptions& options);
+
+}  // namespace tpl

@@ -1,0 +1,280 @@
+#include "tpl/cost_model.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "tpl/error.h"
+#include "tpl/forward_context.h"
+#include "tpl/linear.h"
+#include "tpl/placement.h"
+#include "tpl/selection.h"
+
+namespace tpl {
+
+const std::array<const char*, 4> kLinearKinds{"qkv_proj", "o_proj", "gate_up_proj", "down_proj"};
+
+int linear_kind_of(const std::string& prefix) {
+  for (int k = 0; k < 4; ++k) {
+    const std::string s = kLinearKinds[k];
+    if (prefix.size() >= s.size() && prefix.compare(prefix.size() - s.size(), s.size(), s) == 0)
+      return k;
+  }
+  return -1;
+}
+
+namespace {
+
+const Where kWhere{"cost model"};
+
+// Piecewise-linear in x between points (x ascending); below the first point its value, above the
+// last the line through the origin and the last point (time proportional to x).
+double interp_linear(const std::vector<ProfilePoint>& pts, double x) {
+  if (x <= pts.front().x) return pts.front().ms;
+  for (std::size_t i = 1; i < pts.size(); ++i)
+    if (x <= pts[i].x) {
+      const double f = (x - pts[i - 1].x) / (pts[i].x - pts[i - 1].x);
+      return pts[i - 1].ms + f * (pts[i].ms - pts[i - 1].ms);
+    }
+  return pts.back().ms * x / pts.back().x;
+}
+
+// Piecewise-linear in log-log space (collectives: latency then bandwidth regimes); above the
+// last point proportional to x, below the first its value (the latency floor).
+double interp_loglog(const std::vector<ProfilePoint>& pts, double x) {
+  if (x <= pts.front().x) return pts.front().ms;
+  for (std::size_t i = 1; i < pts.size(); ++i)
+    if (x <= pts[i].x) {
+      const double f = std::log(x / pts[i - 1].x) / std::log(pts[i].x / pts[i - 1].x);
+      return std::exp(std::log(pts[i - 1].ms) + f * std::log(pts[i].ms / pts[i - 1].ms));
+    }
+  return pts.back().ms * x / pts.back().x;
+}
+
+const char* gemm_key(DType d) {
+  switch (d) {
+    case DType::kI8:
+      return "int8";
+    case DType::kBF16:
+      return "bf16";
+    default:
+      return "f32";
+  }
+}
+
+double sent_bytes(Collective c, double s, int n) {
+  if (n <= 1) return 0;
+  const double f = double(n - 1) / n;
+  return c == Collective::kAllReduce ? 2 * f * s : c == Collective::kBroadcast ? s : f * s;
+}
+
+// The largest local slice over the group's ranks (the slowest rank's shape).
+std::int64_t max_out_local(const LayerSpec& spec, int t) {
+  std::int64_t best = 0;
+  for (int r = 0; r < t; ++r) {
+    std::int64_t sum = 0;
+    for (const ShardRange& sr : LinearLayer::output_rows(spec, r, t)) sum += sr.size;
+    best = std::max(best, sum);
+  }
+  return best;
+}
+std::int64_t max_in_local(const LayerSpec& spec, int t) {
+  std::int64_t best = 0;
+  const std::int64_t unit = std::max<std::int64_t>(1, spec.in_unit);
+  for (int r = 0; r < t; ++r)
+    best = std::max(best, shard_range_units(spec.in_features / unit, unit, t, r).size);
+  return best;
+}
+std::int64_t full_out(const LayerSpec& spec) {
+  if (spec.kind == LayerKind::kQkv)
+    return (spec.qkv.num_heads + 2 * spec.qkv.num_kv_heads) * spec.qkv.head_dim;
+  if (spec.kind == LayerKind::kMergedColumn) {
+    std::int64_t s = 0;
+    for (auto v : spec.output_sizes) s += v;
+    return s;
+  }
+  return spec.out_features;
+}
+
+}  // namespace
+
+CostModel::CostModel(MachineProfile profile) : profile_(std::move(profile)) {}
+
+double CostModel::gemm_ms(DType dtype, std::int64_t m, std::int64_t n, std::int64_t k) const {
+  if (m <= 0 || n <= 0 || k <= 0) return 0;
+  const auto it = profile_.gemm.find(gemm_key(dtype));
+  TPL_CHECK_T(it != profile_.gemm.end() && !it->second.empty(), Unsupported, kWhere,
+              "the profile has no ", gemm_key(dtype), " GEMM table");
+  // Time per weight element at M rows on each reference shape, interpolated in log(n*k).
+  const auto& tabs = it->second;
+  const double w = double(n) * double(k);
+  auto per_elem = [&](const GemmTable& t) {
+    return interp_linear(t.rows, double(m)) / (double(t.n) * double(t.k));
+  };
+  const double w0 = double(tabs.front().n) * tabs.front().k;
+  const double w1 = double(tabs.back().n) * tabs.back().k;
+  if (tabs.size() == 1 || w <= w0) return per_elem(tabs.front()) * w;
+  if (w >= w1) return per_elem(tabs.back()) * w;
+  for (std::size_t i = 1; i < tabs.size(); ++i) {
+    const double a = double(tabs[i - 1].n) * tabs[i - 1].k, b = double(tabs[i].n) * tabs[i].k;
+    if (w <= b) {
+      const double f = std::log(w / a) / std::log(b / a);
+      return std::exp(std::log(per_elem(tabs[i - 1])) +
+                      f * std::log(per_elem(tabs[i]) / per_elem(tabs[i - 1]))) *
+             w;
+    }
+  }
+  return per_elem(tabs.back()) * w;
+}
+
+double CostModel::collective_ms(Collective c, double bytes, int group) const {
+  if (group <= 1 || bytes <= 0) return 0;
+  const std::string key = MachineProfile::collective_key(c, group);
+  const auto it = profile_.collectives.find(key);
+  TPL_CHECK_T(it != profile_.collectives.end() && !it->second.empty(), Unsupported, kWhere,
+              "the profile has no '", key, "' table (calibrate with ", group, " ranks)");
+  return interp_loglog(it->second, bytes);
+}
+
+double CostModel::fused_ratio(const std::string& path, std::int64_t rows) const {
+  const auto it = profile_.fused.find(path);
+  if (it == profile_.fused.end() || it->second.empty()) return 1.0;
+  const auto& pts = it->second;
+  if (rows <= pts.front().x) return pts.front().ms;
+  if (rows >= pts.back().x) return pts.back().ms;
+  return interp_linear(pts, double(rows));
+}
+
+double CostModel::copy_ms(double bytes) const {
+  return profile_.copy_gbps > 0 ? bytes / (profile_.copy_gbps * 1e6) : 0;
+}
+
+StackPrediction CostModel::predict(const ModelSpec& model, const Config& config, int world,
+                                   std::int64_t tokens, const CostInputs& in) const {
+  config.validate();
+  TPL_CHECK(config.layout.world_size() == world, kWhere, "config is for ",
+            config.layout.world_size(), " ranks, not ", world);
+  const Features features = Features::derive(config, model.info);
+  const Selector selector(config, model.info);
+  const ForwardContext ctx = ForwardContext::make(config, features, model.info, tokens);
+  const int tp = config.layout.tp;
+  const std::int64_t n_tok = tokens, n_pad = ctx.padded_tokens();
+  const double e = double(dtype_size(in.dtype));
+  const double e_r = in.dtype == DType::kF32 ? e : 4.0;  // sums staged through f32
+
+  auto chunks = [&](std::int64_t rows) {
+    const int c = config.fused_chunks > 0
+                      ? config.fused_chunks
+                      : static_cast<int>(std::clamp<std::int64_t>(rows / 512, 1, 4));
+    return std::min<std::int64_t>(c, std::max<std::int64_t>(rows, 1));
+  };
+  // A local GEMM: float, or W8A8's quantise + int8 GEMM + dequantise passes.
+  auto local_gemm = [&](std::int64_t m, std::int64_t n, std::int64_t k, LayerPrediction& lp) {
+    if (in.w8a8) {
+      lp.gemm_ms += gemm_ms(DType::kI8, m, n, k);
+      lp.other_ms += copy_ms(double(m) * k * (e + 1)) + copy_ms(double(m) * n * (4 + e));
+    } else {
+      lp.gemm_ms += gemm_ms(in.dtype, m, n, k);
+    }
+  };
+  auto coll = [&](Collective c, double s, int g, LayerPrediction& lp) {
+    lp.comm_ms += collective_ms(c, s, g);
+    lp.bytes_sent += sent_bytes(c, s, g);
+  };
+
+  StackPrediction out;
+  out.tokens = tokens;
+  for (std::int64_t l = 0; l < model.layers; ++l) {
+    for (const LayerSpec& spec : decoder_linear_specs(model, l, in.dtype)) {
+      const OpChoice choice =
+          selector.choose(spec.prefix, direction_of(spec.kind), spec.disable_tp);
+      const int t = choice.unsharded ? 1 : shard_coord(choice, config, 0).tp_size;
+      LayerPrediction lp;
+      lp.prefix = spec.prefix;
+      lp.op = op_kind_name(choice.kind);
+      lp.kind = linear_kind_of(spec.prefix);
+      const std::int64_t out_f = full_out(spec);
+      switch (choice.kind) {
+        case OpKind::kStandardColumn:
+        case OpKind::kReplicated:
+          local_gemm(n_tok, choice.kind == OpKind::kReplicated ? out_f : max_out_local(spec, t),
+                     spec.in_features, lp);
+          break;
+        case OpKind::kStandardRow:
+        case OpKind::kMatmulAllreduceRow: {
+          local_gemm(n_tok, out_f, max_in_local(spec, t), lp);
+          coll(Collective::kAllReduce, double(n_tok) * out_f * e_r, t, lp);
+          if (choice.kind == OpKind::kMatmulAllreduceRow && t > 1 && in.overlap &&
+              chunks(n_tok) > 1) {
+            const double r = fused_ratio("gemm_all_reduce", n_tok);
+            lp.gemm_ms *= r, lp.comm_ms *= r, lp.other_ms *= r;
+          }
+          break;
+        }
+        case OpKind::kSequenceColumn:
+        case OpKind::kFlashcomm2OshardQkv: {
+          const std::int64_t k = spec.in_features, n = max_out_local(spec, t);
+          if (ctx.flash_comm_v1_enabled && t > 1) {
+            const bool int8 =
+                in.w8a8 && config.fc1_quantized_allgather && choice.kind == OpKind::kSequenceColumn;
+            coll(Collective::kAllGather, double(n_pad) * k * (int8 ? 1.0 : e), t, lp);
+            local_gemm(n_tok, n, k, lp);
+            if (choice.kind == OpKind::kSequenceColumn && in.overlap && chunks(n_pad) > 1) {
+              const double r = fused_ratio("all_gather_gemm", n_pad);
+              lp.gemm_ms *= r, lp.comm_ms *= r, lp.other_ms *= r;
+            }
+          } else {
+            local_gemm(n_tok, n, k, lp);
+          }
+          break;
+        }
+        case OpKind::kSequenceRow: {
+          const std::int64_t k = max_in_local(spec, t);
+          if (ctx.flash_comm_v1_enabled && t > 1) {
+            if (n_pad > n_tok) lp.other_ms += copy_ms(double(n_pad) * k * e);
+            local_gemm(n_pad, out_f, k, lp);
+            coll(Collective::kReduceScatter, double(n_pad) * out_f * e_r, t, lp);
+            if (ctx.mmrs_fusion && in.overlap && chunks(n_pad) > 1) {
+              const double r = fused_ratio("gemm_reduce_scatter", n_pad);
+              lp.gemm_ms *= r, lp.comm_ms *= r, lp.other_ms *= r;
+            }
+          } else {
+            local_gemm(n_tok, out_f, k, lp);
+            coll(Collective::kAllReduce, double(n_tok) * out_f * e_r, t, lp);
+          }
+          break;
+        }
+        case OpKind::kFlashcomm2OProjRow: {
+          const int p = std::max(1, config.flashcomm2_p), g = tp / p;
+          const std::int64_t unit = std::max<std::int64_t>(1, spec.in_unit);
+          TPL_CHECK_T((spec.in_features / unit) % tp == 0, Unsupported, kWhere, spec.prefix,
+                      ": FlashComm2 needs equal head slices");
+          const std::int64_t f = spec.in_features / tp;
+          const std::int64_t np = pad_to_multiple(n_tok, tp) + n_tok;  // N' without FC1's pad
+          const std::int64_t nprime = ctx.flash_comm_v1_enabled ? n_pad : np;
+          const std::int64_t b = nprime / tp;
+          const double ex = in.w8a8 ? 1.0 : e;
+          lp.other_ms += 2 * copy_ms(double(nprime) * f * ex);  // reorder before, regroup after
+          coll(Collective::kAllToAll, double(nprime) * f * ex, g, lp);
+          local_gemm(p * b, out_f, static_cast<std::int64_t>(g) * f, lp);
+          if (p > 1) coll(Collective::kReduceScatter, double(p) * b * out_f * e_r, p, lp);
+          if (!ctx.flash_comm_v1_enabled)
+            coll(Collective::kAllGather, double(nprime) * out_f * e, tp, lp);
+          break;
+        }
+        default:
+          TPL_THROW(Unsupported, kWhere, spec.prefix, ": the cost model does not cover op ",
+                    op_kind_name(choice.kind), " yet (MLP-TP, O-proj-TP and DSA-CP ops)");
+      }
+      lp.ms = lp.gemm_ms + lp.comm_ms + lp.other_ms;
+      if (lp.kind >= 0) {
+        out.kind_ms[lp.kind] += lp.ms;
+        out.kind_bytes[lp.kind] += lp.bytes_sent;
+      }
+      out.linear_ms += lp.ms;
+      out.layers.push_back(std::move(lp));
+    }
+  }
+  return out;
+}
+
+}  // namespace tpl

@@ -1,0 +1,329 @@
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "tpl/error.h"
+#include "tpl/plan.h"
+
+namespace tpl {
+
+namespace {
+
+const Where kWhere{"planner"};
+
+struct Scored {
+  const PlanCandidate* c;
+  double ms;
+};
+
+}  // namespace
+
+std::string weight_layout_of(const Config& c) {
+  std::string s = "tp";
+  if (c.flashcomm2_p > 0) s += "+fc2(P=" + std::to_string(c.flashcomm2_p) + ")";
+  if (c.mlp_tp > 0) s += "+mlp_tp(" + std::to_string(c.mlp_tp) + ")";
+  if (c.oproj_tp > 0) s += "+oproj_tp(" + std::to_string(c.oproj_tp) + ")";
+  for (const auto& l : c.layer_sharding) s += "+shard(" + l + ")";
+  return s;
+}
+
+std::vector<std::pair<std::int64_t, double>> parse_workload(const std::string& s) {
+  std::vector<std::pair<std::int64_t, double>> v;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (item.empty()) continue;
+    const auto colon = item.find(':');
+    const std::string t = item.substr(0, colon);
+    const std::string w = colon == std::string::npos ? "1" : item.substr(colon + 1);
+    long long tokens = 0;
+    double weight = 0;
+    std::size_t used_t = 0, used_w = 0;
+    try {
+      tokens = std::stoll(t, &used_t);
+      weight = std::stod(w, &used_w);
+    } catch (const std::exception&) {
+      used_t = used_w = 0;
+    }
+    if (used_t != t.size() || used_w != w.size() || tokens < 1 || tokens > (1 << 20) ||
+        !(weight > 0) || !std::isfinite(weight))
+      TPL_THROW(InvalidArgument, kWhere, "workload item '", item,
+                "' is not TOKENS or TOKENS:WEIGHT (tokens in [1, 1048576], weight > 0)");
+    if (std::any_of(v.begin(), v.end(), [&](const auto& p) { return p.first == tokens; }))
+      TPL_THROW(InvalidArgument, kWhere, "workload lists ", tokens, " tokens twice");
+    v.emplace_back(tokens, weight);
+  }
+  if (v.empty()) TPL_THROW(InvalidArgument, kWhere, "the workload needs at least one token count");
+  std::sort(v.begin(), v.end());
+  double sum = 0;
+  for (const auto& p : v) sum += p.second;
+  for (auto& p : v) p.second /= sum;
+  return v;
+}
+
+Plan make_plan(const CostModel& cost, const ModelSpec& model, int world,
+               const std::vector<PlanCandidate>& candidates, const PlanOptions& o,
+               std::vector<std::string>* notes) {
+  TPL_CHECK_T(!o.workload.empty(), ConfigError, kWhere, "the workload is empty");
+  // Predictions per candidate and workload point; a candidate the model cannot predict is out.
+  std::vector<const PlanCandidate*> ok;
+  std::map<const PlanCandidate*, std::vector<double>> pred;
+  for (const auto& c : candidates) {
+    try {
+      std::vector<double> v;
+      for (const auto& [tokens, w] : o.workload)
+        v.push_back(cost.predict(model, c.config, world, tokens, o.inputs).linear_ms);
+      pred[&c] = std::move(v);
+      ok.push_back(&c);
+    } catch (const Unsupported& e) {
+      if (notes) notes->push_back("left out " + c.name + ": " + e.what());
+    }
+  }
+  TPL_CHECK_T(!ok.empty(), ConfigError, kWhere, "no candidate strategy can be predicted");
+
+  // Per bucket within one layout: the baseline (the layout's first candidate) unless another is
+  // predicted faster by more than the margin.
+  auto choose = [&](const std::vector<const PlanCandidate*>& in_layout, std::size_t i) {
+    const PlanCandidate* base = in_layout.front();
+    std::vector<Scored> s;
+    for (const auto* c : in_layout) s.push_back({c, pred[c][i]});
+    std::stable_sort(s.begin(), s.end(),
+                     [](const Scored& a, const Scored& b) { return a.ms < b.ms; });
+    const double base_ms = pred[base][i];
+    const Scored pick = s.front().ms < base_ms * (1 - o.margin) ? s.front() : Scored{base, base_ms};
+    Scored second{nullptr, 0};
+    for (const auto& x : s)
+      if (x.c != pick.c) {
+        second = x;
+        break;
+      }
+    return std::make_pair(pick, second);
+  };
+
+  // The weight layout: the lowest workload-weighted time of its per-bucket choices; the first
+  // candidate's layout stays unless another is faster by more than the margin.
+  std::vector<std::string> layouts;
+  std::map<std::string, std::vector<const PlanCandidate*>> by_layout;
+  for (const auto* c : ok) {
+    const std::string l = weight_layout_of(c->config);
+    if (!by_layout.count(l)) layouts.push_back(l);
+    by_layout[l].push_back(c);
+  }
+  std::map<std::string, double> layout_ms;
+  for (const auto& l : layouts) {
+    double t = 0;
+    for (std::size_t i = 0; i < o.workload.size(); ++i)
+      t += o.workload[i].second * choose(by_layout[l], i).first.ms;
+    layout_ms[l] = t;
+  }
+  std::string layout = layouts.front();
+  for (const auto& l : layouts)
+    if (layout_ms[l] < layout_ms[layout]) layout = l;
+  if (layout_ms[layout] >= layout_ms[layouts.front()] * (1 - o.margin)) layout = layouts.front();
+  if (notes)
+    for (const auto& l : layouts)
+      notes->push_back("layout " + l + ": " + std::to_string(layout_ms[l]) +
+                       " ms per forward, workload-weighted" + (l == layout ? " (chosen)" : ""));
+
+  Plan p;
+  p.model = model.name;
+  p.world = world;
+  p.tp = ok.front()->config.layout.tp;
+  p.dp = ok.front()->config.layout.dp;
+  p.dtype = dtype_name(o.inputs.dtype);
+  p.w8a8 = o.inputs.w8a8;
+  p.layout = layout;
+  p.machine = cost.profile().machine;
+  const auto& in_layout = by_layout[layout];
+  for (std::size_t i = 0; i < o.workload.size(); ++i) {
+    const auto [pick, second] = choose(in_layout, i);
+    PlanBucket b;
+    b.tokens = o.workload[i].first;
+    b.weight = o.workload[i].second;
+    // Bucket edges at the geometric mean of neighbouring workload points.
+    b.max_tokens = i + 1 < o.workload.size()
+                       ? static_cast<std::int64_t>(std::floor(
+                             std::sqrt(double(b.tokens) * double(o.workload[i + 1].first))))
+                       : -1;
+    b.strategy = pick.c->name;
+    b.predicted_ms = pick.ms;
+    if (second.c) {
+      b.runner_up = second.c->name;
+      b.runner_up_ms = second.ms;
+    }
+    const PlanCandidate* base = in_layout.front();
+    if (pick.c == base && second.c && second.ms < pick.ms)
+      b.why = "kept " + base->name + ": " + second.c->name + " is predicted only " +
+              std::to_string(int(std::round(100 * (1 - second.ms / pick.ms)))) +
+              "% faster (margin " + std::to_string(int(std::round(100 * o.margin))) + "%)";
+    else if (pick.c == base)
+      b.why = base->name + " is predicted fastest";
+    else
+      b.why = pick.c->name + " is predicted " +
+              std::to_string(int(std::round(100 * (1 - pick.ms / pred[base][i])))) +
+              "% faster than " + base->name;
+    p.buckets.push_back(b);
+    if (std::none_of(p.configs.begin(), p.configs.end(),
+                     [&](const PlanCandidate& c) { return c.name == pick.c->name; }))
+      p.configs.push_back(*pick.c);
+  }
+  return p;
+}
+
+const PlanBucket& Plan::bucket_for(std::int64_t tokens) const {
+  TPL_CHECK(!buckets.empty(), kWhere, "the plan has no buckets");
+  for (const auto& b : buckets)
+    if (b.max_tokens < 0 || tokens <= b.max_tokens) return b;
+  return buckets.back();
+}
+
+const Config& Plan::config_for(std::int64_t tokens) const {
+  const std::string& s = bucket_for(tokens).strategy;
+  for (const auto& c : configs)
+    if (c.name == s) return c.config;
+  TPL_THROW(ConfigError, kWhere, "the plan has no config for strategy '", s, "'");
+}
+
+nlohmann::json Plan::to_json() const {
+  nlohmann::json j{{"version", version},
+                   {"model", model},
+                   {"world", world},
+                   {"tp", tp},
+                   {"dp", dp},
+                   {"dtype", dtype},
+                   {"w8a8", w8a8},
+                   {"layout", layout},
+                   {"buckets", nlohmann::json::array()},
+                   {"configs", nlohmann::json::object()},
+                   {"machine",
+                    {{"cpu", machine.cpu},
+                     {"isa", machine.isa},
+                     {"cores", machine.cores},
+                     {"mpi", machine.mpi},
+                     {"ranks", machine.ranks}}}};
+  for (const auto& b : buckets)
+    j["buckets"].push_back({{"tokens", b.tokens},
+                            {"max_tokens", b.max_tokens},
+                            {"weight", b.weight},
+                            {"strategy", b.strategy},
+                            {"predicted_ms", b.predicted_ms},
+                            {"runner_up", b.runner_up},
+                            {"runner_up_ms", b.runner_up_ms},
+                            {"why", b.why}});
+  for (const auto& c : configs) j["configs"][c.name] = c.config.to_json();
+  return j;
+}
+
+Plan Plan::from_json(const nlohmann::json& j, const std::string& source) {
+  auto fail = [&](const std::string& field, const std::string& what) {
+    TPL_THROW(ConfigError, Where{"plan"}, source, ": field '", field, "' ", what);
+  };
+  auto get = [&](const nlohmann::json& o, const std::string& k, const std::string& path) {
+    if (!o.is_object() || !o.contains(k)) fail(path.empty() ? k : path + "." + k, "is missing");
+    return o.at(k);
+  };
+  auto integer = [&](const nlohmann::json& v, const std::string& path) {
+    if (!v.is_number_integer()) fail(path, "must be an integer");
+    return v.get<std::int64_t>();
+  };
+  auto string = [&](const nlohmann::json& v, const std::string& path) {
+    if (!v.is_string()) fail(path, "must be a string");
+    return v.get<std::string>();
+  };
+  if (!j.is_object()) fail("(top level)", "must be an object");
+  Plan p;
+  if (integer(get(j, "version", ""), "version") != 1) fail("version", "must be 1");
+  p.model = string(get(j, "model", ""), "model");
+  p.world = static_cast<int>(integer(get(j, "world", ""), "world"));
+  p.tp = static_cast<int>(integer(get(j, "tp", ""), "tp"));
+  p.dp = static_cast<int>(integer(get(j, "dp", ""), "dp"));
+  if (p.world < 1 || p.tp < 1 || p.dp < 1 || p.tp * p.dp != p.world)
+    fail("tp", "times dp must equal world (all >= 1)");
+  p.dtype = string(get(j, "dtype", ""), "dtype");
+  if (!get(j, "w8a8", "").is_boolean()) fail("w8a8", "must be a boolean");
+  p.w8a8 = j.at("w8a8").get<bool>();
+  p.layout = string(get(j, "layout", ""), "layout");
+  const auto& cfgs = get(j, "configs", "");
+  if (!cfgs.is_object()) fail("configs", "must be an object of strategy configs");
+  for (const auto& [name, cj] : cfgs.items()) {
+    try {
+      p.configs.push_back({name, Config::from_json(cj)});
+    } catch (const ConfigError& e) {
+      fail("configs." + name, std::string("is not a valid config: ") + e.what());
+    }
+    const Config& c = p.configs.back().config;
+    if (c.layout.tp != p.tp || c.layout.dp != p.dp)
+      fail("configs." + name, "has a layout other than the plan's tp and dp");
+    if (weight_layout_of(c) != p.layout)
+      fail("configs." + name,
+           "has weight layout " + weight_layout_of(c) + ", not the plan's " + p.layout);
+  }
+  const auto& bs = get(j, "buckets", "");
+  if (!bs.is_array() || bs.empty()) fail("buckets", "must be a non-empty array");
+  std::int64_t prev = 0;
+  for (std::size_t i = 0; i < bs.size(); ++i) {
+    const std::string path = "buckets[" + std::to_string(i) + "]";
+    PlanBucket b;
+    b.tokens = integer(get(bs[i], "tokens", path), path + ".tokens");
+    b.max_tokens = integer(get(bs[i], "max_tokens", path), path + ".max_tokens");
+    b.strategy = string(get(bs[i], "strategy", path), path + ".strategy");
+    if (bs[i].contains("predicted_ms") && bs[i]["predicted_ms"].is_number())
+      b.predicted_ms = bs[i]["predicted_ms"].get<double>();
+    if (bs[i].contains("runner_up") && bs[i]["runner_up"].is_string())
+      b.runner_up = bs[i]["runner_up"].get<std::string>();
+    if (bs[i].contains("runner_up_ms") && bs[i]["runner_up_ms"].is_number())
+      b.runner_up_ms = bs[i]["runner_up_ms"].get<double>();
+    if (bs[i].contains("weight") && bs[i]["weight"].is_number())
+      b.weight = bs[i]["weight"].get<double>();
+    if (bs[i].contains("why") && bs[i]["why"].is_string()) b.why = bs[i]["why"].get<std::string>();
+    const bool last = i + 1 == bs.size();
+    if (last ? b.max_tokens != -1 : b.max_tokens <= prev)
+      fail(path + ".max_tokens",
+           last ? "must be -1 (no limit) in the last bucket" : "must be ascending and positive");
+    if (std::none_of(p.configs.begin(), p.configs.end(),
+                     [&](const PlanCandidate& c) { return c.name == b.strategy; }))
+      fail(path + ".strategy", "names '" + b.strategy + "', which is not in configs");
+    prev = b.max_tokens;
+    p.buckets.push_back(b);
+  }
+  if (j.contains("machine") && j["machine"].is_object()) {
+    const auto& m = j["machine"];
+    auto str = [&](const char* k, std::string& v) {
+      if (m.contains(k) && m[k].is_string()) v = m[k].get<std::string>();
+    };
+    auto num = [&](const char* k, int& v) {
+      if (m.contains(k) && m[k].is_number_integer()) v = m[k].get<int>();
+    };
+    str("cpu", p.machine.cpu), str("isa", p.machine.isa), str("mpi", p.machine.mpi);
+    num("cores", p.machine.cores), num("ranks", p.machine.ranks);
+  }
+  return p;
+}
+
+Plan Plan::from_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) TPL_THROW(IoError, Where{"plan"}, "cannot open plan '", path, "'");
+  nlohmann::json j;
+  try {
+    in >> j;
+  } catch (const nlohmann::json::exception& e) {
+    TPL_THROW(ConfigError, Where{"plan"}, path, ": not valid JSON: ", e.what());
+  }
+  return from_json(j, path);
+}
+
+void Plan::check_matches(const std::string& model_name, int world_size,
+                         const std::string& source) const {
+  if (world != world_size)
+    TPL_THROW(ConfigError, Where{"plan"}, source, ": field 'world' is ", world,
+              " but this job has ", world_size, " ranks");
+  if (model != model_name)
+    TPL_THROW(ConfigError, Where{"plan"}, source, ": field 'model' is '", model,
+              "' but the model is '", model_name, "'");
+}
+
+}  // namespace tpl

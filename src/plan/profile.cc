@@ -1,0 +1,195 @@
+#include "tpl/profile.h"
+
+#include <sched.h>
+
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "tpl/backends.h"
+#include "tpl/cpu_isa.h"
+#include "tpl/error.h"
+
+namespace tpl {
+
+namespace {
+
+const char* collective_name(Collective c) {
+  switch (c) {
+    case Collective::kAllReduce:
+      return "all_reduce";
+    case Collective::kReduceScatter:
+      return "reduce_scatter";
+    case Collective::kAllGather:
+      return "all_gather";
+    case Collective::kAllToAll:
+      return "all_to_all";
+    case Collective::kBroadcast:
+      return "broadcast";
+  }
+  return "?";
+}
+
+// Field access with errors that name the file and the field's path.
+struct Reader {
+  const std::string& source;
+  [[noreturn]] void fail(const std::string& field, const std::string& what) const {
+    TPL_THROW(ConfigError, Where{"profile"}, source, ": field '", field, "' ", what);
+  }
+  const nlohmann::json& at(const nlohmann::json& j, const std::string& key,
+                           const std::string& path) const {
+    if (!j.is_object()) fail(path, "must be an object");
+    if (!j.contains(key)) fail(path.empty() ? key : path + "." + key, "is missing");
+    return j.at(key);
+  }
+  double number(const nlohmann::json& j, const std::string& path, bool positive) const {
+    if (!j.is_number()) fail(path, "must be a number");
+    const double v = j.get<double>();
+    if (!std::isfinite(v) || (positive ? v <= 0 : v < 0))
+      fail(path, positive ? "must be a positive number" : "must be a non-negative number");
+    return v;
+  }
+  std::string string(const nlohmann::json& j, const std::string& path) const {
+    if (!j.is_string()) fail(path, "must be a string");
+    return j.get<std::string>();
+  }
+  // [[x, ms], ...] with x strictly ascending and positive values.
+  std::vector<ProfilePoint> points(const nlohmann::json& j, const std::string& path) const {
+    if (!j.is_array() || j.empty()) fail(path, "must be a non-empty array of [x, ms] pairs");
+    std::vector<ProfilePoint> v;
+    for (std::size_t i = 0; i < j.size(); ++i) {
+      const std::string p = path + "[" + std::to_string(i) + "]";
+      if (!j[i].is_array() || j[i].size() != 2) fail(p, "must be an [x, ms] pair");
+      ProfilePoint pt{number(j[i][0], p + "[0]", true), number(j[i][1], p + "[1]", true)};
+      if (!v.empty() && pt.x <= v.back().x) fail(p, "x must be strictly ascending");
+      v.push_back(pt);
+    }
+    return v;
+  }
+};
+
+nlohmann::json points_json(const std::vector<ProfilePoint>& pts) {
+  nlohmann::json a = nlohmann::json::array();
+  for (const auto& p : pts) a.push_back({p.x, p.ms});
+  return a;
+}
+
+}  // namespace
+
+std::string MachineProfile::collective_key(Collective c, int group_size) {
+  return std::string(collective_name(c)) + "/" + std::to_string(group_size);
+}
+
+MachineProfile MachineProfile::from_json(const nlohmann::json& j, const std::string& source) {
+  const Reader rd{source};
+  MachineProfile p;
+  if (!j.is_object()) rd.fail("(top level)", "must be an object");
+  const double version = rd.number(rd.at(j, "version", ""), "version", true);
+  if (version != 1) rd.fail("version", "must be 1 (this build reads profile version 1)");
+  const auto& m = rd.at(j, "machine", "");
+  p.machine.cpu = rd.string(rd.at(m, "cpu", "machine"), "machine.cpu");
+  p.machine.isa = rd.string(rd.at(m, "isa", "machine"), "machine.isa");
+  p.machine.mpi = rd.string(rd.at(m, "mpi", "machine"), "machine.mpi");
+  p.machine.cores =
+      static_cast<int>(rd.number(rd.at(m, "cores", "machine"), "machine.cores", true));
+  p.machine.ranks =
+      static_cast<int>(rd.number(rd.at(m, "ranks", "machine"), "machine.ranks", true));
+  const auto& g = rd.at(j, "gemm", "");
+  if (!g.is_object() || g.empty()) rd.fail("gemm", "must be an object of dtype tables");
+  for (const auto& [dt, tabs] : g.items()) {
+    const std::string path = "gemm." + dt;
+    if (dt != "f32" && dt != "bf16" && dt != "int8") rd.fail(path, "is not f32, bf16 or int8");
+    if (!tabs.is_array() || tabs.empty()) rd.fail(path, "must be a non-empty array of shapes");
+    for (std::size_t i = 0; i < tabs.size(); ++i) {
+      const std::string tp = path + "[" + std::to_string(i) + "]";
+      GemmTable t;
+      t.k = static_cast<std::int64_t>(rd.number(rd.at(tabs[i], "k", tp), tp + ".k", true));
+      t.n = static_cast<std::int64_t>(rd.number(rd.at(tabs[i], "n", tp), tp + ".n", true));
+      t.impl = rd.string(rd.at(tabs[i], "impl", tp), tp + ".impl");
+      t.rows = rd.points(rd.at(tabs[i], "rows", tp), tp + ".rows");
+      if (!p.gemm[dt].empty() &&
+          double(t.n) * t.k <= double(p.gemm[dt].back().n) * p.gemm[dt].back().k)
+        rd.fail(tp, "shapes must be listed by ascending weight size n*k");
+      p.gemm[dt].push_back(std::move(t));
+    }
+  }
+  const auto& c = rd.at(j, "collectives", "");
+  if (!c.is_object()) rd.fail("collectives", "must be an object");
+  for (const auto& [key, pts] : c.items()) {
+    bool known = false;
+    for (Collective k : {Collective::kAllReduce, Collective::kReduceScatter, Collective::kAllGather,
+                         Collective::kAllToAll, Collective::kBroadcast})
+      known = known || key.rfind(std::string(collective_name(k)) + "/", 0) == 0;
+    if (!known) rd.fail("collectives." + key, "is not <collective>/<group size>");
+    p.collectives[key] = rd.points(pts, "collectives." + key);
+  }
+  const auto& f = rd.at(j, "fused", "");
+  if (!f.is_object()) rd.fail("fused", "must be an object");
+  for (const auto& [key, pts] : f.items()) {
+    if (key != "gemm_all_reduce" && key != "gemm_reduce_scatter" && key != "all_gather_gemm")
+      rd.fail("fused." + key, "is not gemm_all_reduce, gemm_reduce_scatter or all_gather_gemm");
+    p.fused[key] = rd.points(pts, "fused." + key);
+  }
+  p.copy_gbps = rd.number(rd.at(j, "copy_gbps", ""), "copy_gbps", true);
+  return p;
+}
+
+MachineProfile MachineProfile::from_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) TPL_THROW(IoError, Where{"profile"}, "cannot open profile '", path, "'");
+  nlohmann::json j;
+  try {
+    in >> j;
+  } catch (const nlohmann::json::exception& e) {
+    TPL_THROW(ConfigError, Where{"profile"}, path, ": not valid JSON: ", e.what());
+  }
+  return from_json(j, path);
+}
+
+nlohmann::json MachineProfile::to_json() const {
+  nlohmann::json j{{"version", version},
+                   {"machine",
+                    {{"cpu", machine.cpu},
+                     {"isa", machine.isa},
+                     {"mpi", machine.mpi},
+                     {"cores", machine.cores},
+                     {"ranks", machine.ranks}}},
+                   {"gemm", nlohmann::json::object()},
+                   {"collectives", nlohmann::json::object()},
+                   {"fused", nlohmann::json::object()},
+                   {"copy_gbps", copy_gbps}};
+  for (const auto& [dt, tabs] : gemm)
+    for (const auto& t : tabs)
+      j["gemm"][dt].push_back(
+          {{"k", t.k}, {"n", t.n}, {"impl", t.impl}, {"rows", points_json(t.rows)}});
+  for (const auto& [k, pts] : collectives) j["collectives"][k] = points_json(pts);
+  for (const auto& [k, pts] : fused) j["fused"][k] = points_json(pts);
+  return j;
+}
+
+std::vector<std::string> MachineProfile::mismatches(const MachineInfo& now) const {
+  std::vector<std::string> v;
+  auto cmp = [&](const char* what, const std::string& was, const std::string& is) {
+    if (was != is)
+      v.push_back(std::string(what) + ": profile '" + was + "', this machine '" + is + "'");
+  };
+  cmp("cpu", machine.cpu, now.cpu);
+  cmp("isa", machine.isa, now.isa);
+  cmp("cores", std::to_string(machine.cores), std::to_string(now.cores));
+  cmp("mpi", machine.mpi, now.mpi);
+  return v;
+}
+
+MachineInfo this_machine(int ranks) {
+  const CpuInfo cpu = detect_cpu();
+  MachineInfo m;
+  m.cpu = cpu.model;
+  m.isa = cpu_isa_name(cpu.effective());
+  m.mpi = mpi_library_version();
+  cpu_set_t set;
+  m.cores = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1;
+  m.ranks = ranks;
+  return m;
+}
+
+}  // namespace tpl

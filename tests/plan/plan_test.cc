@@ -1,0 +1,256 @@
+// Profile and plan files, the cost model's arithmetic and the planner's choices, on a synthetic
+// profile (no measurement, single process).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+
+#include "tpl/cost_model.h"
+#include "tpl/error.h"
+#include "tpl/plan.h"
+#include "tpl/profile.h"
+
+namespace tpl {
+namespace {
+
+// GEMM time = 1e-6 ms per weight element per row plus 0.01 ms; collectives 0.01 ms + S / 1 GB/s.
+MachineProfile synthetic() {
+  MachineProfile p;
+  p.machine = {"test cpu", "avx2", "test mpi", 2, 2};
+  for (const char* dt : {"f32", "bf16", "int8"})
+    for (std::int64_t kn : {64, 1024}) {
+      GemmTable t;
+      t.k = t.n = kn;
+      t.impl = "synthetic";
+      for (double m : {1.0, 16.0, 256.0})
+        t.rows.push_back(
+            {m, 1e-6 * m * double(kn * kn) + 0.01 * double(kn * kn) / (1024.0 * 1024)});
+      p.gemm[dt].push_back(t);
+    }
+  for (Collective c : {Collective::kAllReduce, Collective::kReduceScatter, Collective::kAllGather,
+                       Collective::kAllToAll, Collective::kBroadcast})
+    for (double s = 4096; s <= 64.0 * 1024 * 1024; s *= 4)
+      p.collectives[MachineProfile::collective_key(c, 2)].push_back({s, 0.01 + s / 1e6});
+  p.fused["gemm_all_reduce"] = {{1024, 0.9}, {2048, 0.8}};
+  p.copy_gbps = 10;
+  return p;
+}
+
+Config config_for(int tp, nlohmann::json extra = nlohmann::json::object()) {
+  extra["tp"] = tp;
+  extra["dp"] = 1;
+  extra["pp"] = 1;
+  return Config::from_json(extra);
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Profile, JsonRoundTrip) {
+  const MachineProfile p = synthetic();
+  const MachineProfile q = MachineProfile::from_json(p.to_json(), "mem");
+  EXPECT_EQ(q.to_json(), p.to_json());
+  EXPECT_TRUE(q.mismatches(p.machine).empty());
+  MachineInfo other = p.machine;
+  other.isa = "avx512_core";
+  ASSERT_EQ(q.mismatches(other).size(), 1u);
+  EXPECT_NE(q.mismatches(other)[0].find("isa"), std::string::npos);
+}
+
+TEST(Profile, ErrorsNameTheFileAndField) {
+  const nlohmann::json good = synthetic().to_json();
+  struct Case {
+    std::function<void(nlohmann::json&)> edit;
+    std::string field;
+  };
+  const Case cases[] = {
+      {[](nlohmann::json& j) { j.erase("copy_gbps"); }, "copy_gbps"},
+      {[](nlohmann::json& j) { j["copy_gbps"] = -1; }, "copy_gbps"},
+      {[](nlohmann::json& j) { j["version"] = 7; }, "version"},
+      {[](nlohmann::json& j) { j["machine"].erase("cpu"); }, "machine.cpu"},
+      {[](nlohmann::json& j) { j["gemm"]["f16"] = j["gemm"]["f32"]; }, "gemm.f16"},
+      {[](nlohmann::json& j) { j["gemm"]["f32"][0]["rows"][1][0] = 0.5; }, "gemm.f32[0].rows[1]"},
+      {[](nlohmann::json& j) { j["collectives"]["all_reduce/2"][0] = "x"; },
+       "collectives.all_reduce/2[0]"},
+      {[](nlohmann::json& j) {
+         j["collectives"]["allreduce/2"] = j["collectives"]["all_reduce/2"];
+       },
+       "collectives.allreduce/2"},
+      {[](nlohmann::json& j) { j["fused"]["magic"] = nlohmann::json::array(); }, "fused.magic"},
+  };
+  for (const Case& c : cases) {
+    nlohmann::json j = good;
+    c.edit(j);
+    const std::string msg = error_of([&] { MachineProfile::from_json(j, "prof.json"); });
+    EXPECT_NE(msg.find("prof.json"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("'" + c.field + "'"), std::string::npos) << c.field << ": " << msg;
+  }
+}
+
+TEST(CostModel, GemmInterpolatesInMAndScalesByWeightSize) {
+  const CostModel cm(synthetic());
+  const double tiny = 0.01 / (1024.0 * 1024);  // the per-element constant term
+  // At table points: exact.
+  EXPECT_NEAR(cm.gemm_ms(DType::kF32, 16, 1024, 1024), 1e-6 * 16 * 1024 * 1024 + 0.01, 1e-9);
+  // Between M points: linear.
+  EXPECT_NEAR(cm.gemm_ms(DType::kF32, 136, 1024, 1024), 1e-6 * 136 * 1024 * 1024 + 0.01, 1e-9);
+  // Beyond the last M: proportional to M.
+  const double at256 = cm.gemm_ms(DType::kF32, 256, 1024, 1024);
+  EXPECT_NEAR(cm.gemm_ms(DType::kF32, 1024, 1024, 1024), 4 * at256, 1e-9);
+  // A larger weight: the largest shape's time per element (both shapes agree here).
+  EXPECT_NEAR(cm.gemm_ms(DType::kF32, 16, 4096, 2048), (1e-6 * 16 + tiny) * 4096 * 2048, 1e-6);
+  EXPECT_EQ(cm.gemm_ms(DType::kF32, 0, 64, 64), 0);
+  MachineProfile p = synthetic();
+  p.gemm.erase("int8");
+  EXPECT_THROW(CostModel(p).gemm_ms(DType::kI8, 1, 64, 64), Unsupported);
+}
+
+TEST(CostModel, CollectivesInterpolateLogLogAndNeedTheirGroupSize) {
+  const CostModel cm(synthetic());
+  EXPECT_NEAR(cm.collective_ms(Collective::kAllReduce, 65536, 2), 0.01 + 65536 / 1e6, 1e-12);
+  const double mid = cm.collective_ms(Collective::kAllReduce, 131072, 2);
+  EXPECT_GT(mid, 0.01 + 65536 / 1e6);
+  EXPECT_LT(mid, 0.01 + 262144 / 1e6);
+  const double top = 64.0 * 1024 * 1024;
+  EXPECT_NEAR(cm.collective_ms(Collective::kAllGather, 2 * top, 2), 2 * (0.01 + top / 1e6), 1e-9);
+  EXPECT_EQ(cm.collective_ms(Collective::kAllReduce, 1e6, 1), 0);
+  const std::string msg = error_of([&] { cm.collective_ms(Collective::kAllReduce, 1e6, 4); });
+  EXPECT_NE(msg.find("all_reduce/4"), std::string::npos) << msg;
+  EXPECT_NEAR(cm.fused_ratio("gemm_all_reduce", 1536), 0.85, 1e-12);
+  EXPECT_EQ(cm.fused_ratio("all_gather_gemm", 4096), 1.0);  // no table: no credit
+}
+
+// The predicted bytes per rank are docs/ops.md's volumes, on an awkward token count.
+TEST(CostModel, PredictedBytesAreTheOpsVolumes) {
+  const CostModel cm(synthetic());
+  const ModelSpec m = ModelSpec::preset("tiny");
+  const std::int64_t n = 7, h = m.hidden;
+  const StackPrediction std_tp = cm.predict(m, config_for(2), 2, n, {});
+  ASSERT_EQ(std_tp.layers.size(), 8u);
+  EXPECT_EQ(std_tp.kind_bytes[0], 0);                               // qkv: no collective
+  EXPECT_DOUBLE_EQ(std_tp.kind_bytes[1], 2 * 2 * 0.5 * n * h * 4);  // 2 layers' o_proj all-reduce
+  const StackPrediction fc1 =
+      cm.predict(m, config_for(2, {{"flashcomm1", true}, {"flashcomm1_threshold", 0}}), 2, n, {});
+  const double np = 8;                                        // N' = 7 padded to a multiple of 2
+  EXPECT_DOUBLE_EQ(fc1.kind_bytes[0], 2 * 0.5 * np * h * 4);  // all-gather of the hidden rows
+  EXPECT_DOUBLE_EQ(fc1.kind_bytes[1], 2 * 0.5 * np * h * 4);  // reduce-scatter
+  CostInputs bf16;
+  bf16.dtype = DType::kBF16;
+  const StackPrediction b = cm.predict(m, config_for(2), 2, n, bf16);
+  EXPECT_DOUBLE_EQ(b.kind_bytes[1], std_tp.kind_bytes[1]);  // bf16 sums staged through f32
+  // One rank: nothing sent, the GEMM of the full weights.
+  const StackPrediction one = cm.predict(m, config_for(1), 1, n, {});
+  EXPECT_EQ(one.linear_ms, one.layers[0].gemm_ms + one.layers[1].gemm_ms + one.layers[2].gemm_ms +
+                               one.layers[3].gemm_ms + one.layers[4].gemm_ms +
+                               one.layers[5].gemm_ms + one.layers[6].gemm_ms +
+                               one.layers[7].gemm_ms);
+  EXPECT_THROW(cm.predict(m, config_for(2), 4, n, {}), Error);
+}
+
+TEST(CostModel, UncoveredOpsAreUnsupportedNotGuessed) {
+  const CostModel cm(synthetic());
+  const ModelSpec m = ModelSpec::preset("tiny");
+  nlohmann::json j{{"tp", 1}, {"dp", 2}, {"pp", 1}, {"mlp_tp", 2}};
+  EXPECT_THROW(cm.predict(m, Config::from_json(j), 2, 16, {}), Unsupported);
+}
+
+std::vector<PlanCandidate> candidates() {
+  return {
+      {"standard", config_for(2)},
+      {"fc1", config_for(2, {{"flashcomm1", true}, {"flashcomm1_threshold", 0}})},
+      {"matmul-allreduce", config_for(2, {{"matmul_allreduce", true}})},
+      {"fc2",
+       config_for(2, {{"flashcomm1", true}, {"flashcomm1_threshold", 0}, {"flashcomm2_p", 1}})}};
+}
+
+TEST(Planner, MarginZeroPicksThePredictedFastestAndALargeMarginKeepsTheBaseline) {
+  const CostModel cm(synthetic());
+  const ModelSpec m = ModelSpec::preset("tiny");
+  PlanOptions o;
+  o.workload = parse_workload("16,2048,4096");
+  o.margin = 0;
+  std::vector<std::string> notes;
+  const auto cands = candidates();
+  const Plan p = make_plan(cm, m, 2, cands, o, &notes);
+  ASSERT_EQ(p.buckets.size(), 3u);
+  for (const auto& b : p.buckets) {
+    double best = 1e300;
+    for (const auto& c : cands)
+      if (weight_layout_of(c.config) == p.layout)
+        best = std::min(best, cm.predict(m, c.config, 2, b.tokens, {}).linear_ms);
+    EXPECT_DOUBLE_EQ(b.predicted_ms, best) << b.tokens;
+    EXPECT_FALSE(b.runner_up.empty());
+    EXPECT_GE(b.runner_up_ms, b.predicted_ms);
+  }
+  // The fused all-reduce's measured 0.8 ratio makes it the fastest at 2048+ rows.
+  EXPECT_EQ(p.bucket_for(4096).strategy, "matmul-allreduce");
+  o.margin = 0.49;
+  const Plan q = make_plan(cm, m, 2, cands, o, nullptr);
+  EXPECT_EQ(q.layout, "tp");
+  for (const auto& b : q.buckets) EXPECT_EQ(b.strategy, "standard") << b.tokens;
+}
+
+TEST(Planner, BucketsAreDeterministicRanges) {
+  const CostModel cm(synthetic());
+  PlanOptions o;
+  o.workload = parse_workload("16:0.7,2048:0.3");
+  EXPECT_DOUBLE_EQ(o.workload[0].second, 0.7);
+  const Plan p = make_plan(cm, ModelSpec::preset("tiny"), 2, candidates(), o, nullptr);
+  ASSERT_EQ(p.buckets.size(), 2u);
+  EXPECT_EQ(p.buckets[0].max_tokens, 181);  // floor(sqrt(16 * 2048))
+  EXPECT_EQ(p.buckets[1].max_tokens, -1);
+  EXPECT_EQ(&p.bucket_for(1), &p.buckets[0]);
+  EXPECT_EQ(&p.bucket_for(181), &p.buckets[0]);
+  EXPECT_EQ(&p.bucket_for(182), &p.buckets[1]);
+  EXPECT_EQ(&p.bucket_for(1 << 20), &p.buckets[1]);
+  const Plan q = Plan::from_json(p.to_json(), "mem");
+  EXPECT_EQ(q.to_json(), p.to_json());
+}
+
+TEST(Planner, PlanFileErrorsNameTheField) {
+  const CostModel cm(synthetic());
+  PlanOptions o;
+  o.workload = parse_workload("16,2048");
+  const nlohmann::json good =
+      make_plan(cm, ModelSpec::preset("tiny"), 2, candidates(), o, nullptr).to_json();
+  struct Case {
+    std::function<void(nlohmann::json&)> edit;
+    std::string field;
+  };
+  const Case cases[] = {
+      {[](nlohmann::json& j) { j["world"] = 3; }, "tp"},
+      {[](nlohmann::json& j) { j["buckets"][0]["strategy"] = "nope"; }, "buckets[0].strategy"},
+      {[](nlohmann::json& j) { j["buckets"][1]["max_tokens"] = 5; }, "buckets[1].max_tokens"},
+      {[](nlohmann::json& j) { j.erase("buckets"); }, "buckets"},
+      {[](nlohmann::json& j) { j["configs"].begin().value()["tp"] = 1; }, "configs."},
+  };
+  for (const Case& c : cases) {
+    nlohmann::json j = good;
+    c.edit(j);
+    const std::string msg = error_of([&] { Plan::from_json(j, "plan.json"); });
+    EXPECT_NE(msg.find("plan.json"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("'" + c.field), std::string::npos) << c.field << ": " << msg;
+  }
+  const Plan p = Plan::from_json(good, "plan.json");
+  const std::string msg = error_of([&] { p.check_matches("tiny", 4, "plan.json"); });
+  EXPECT_NE(msg.find("'world'"), std::string::npos) << msg;
+  EXPECT_NO_THROW(p.check_matches("tiny", 2, "plan.json"));
+}
+
+TEST(Planner, WorkloadParsing) {
+  const auto w = parse_workload("2048:1,16:3");
+  ASSERT_EQ(w.size(), 2u);
+  EXPECT_EQ(w[0].first, 16);
+  EXPECT_DOUBLE_EQ(w[0].second, 0.75);
+  for (const char* bad : {"", "x", "16:", "16:-1", "0", "16,16", "16:1:2"})
+    EXPECT_THROW(parse_workload(bad), InvalidArgument) << bad;
+}
+
+}  // namespace
+}  // namespace tpl
