@@ -244,11 +244,18 @@ int run_bench(Communicator& world, const BenchOptions& o, std::vector<BenchRow>*
   struct Point {
     std::string name;
     Config cfg;
+    const Plan* plan = nullptr;
   };
   std::vector<std::string> notes;
   std::vector<Point> plan;
   for (auto& c : bench_candidates(o.model, world.size(), o.strategies, &notes))
     plan.push_back({c.name, c.config});
+  Plan from_file;
+  if (!o.plan.empty()) {
+    from_file = Plan::from_file(o.plan);
+    from_file.check_matches(model.name, world.size(), o.plan);
+    plan.push_back({"plan", from_file.config_for(tokens.front()), &from_file});
+  }
   if (plan.empty())
     TPL_THROW(ConfigError, kWhere, "no strategy applies to ", world.size(), " ranks (DP ", dp,
               " x TP ", tp, ")", notes.empty() ? "" : "; " + notes.front());
@@ -293,11 +300,13 @@ int run_bench(Communicator& world, const BenchOptions& o, std::vector<BenchRow>*
 
   std::vector<Row> rows;
   for (const auto& p : plan) {
-    DecoderStack stack(world, model, p.cfg, *weights, so);
+    // A plan builds the stack of its bucket's strategy for each token count.
+    const Config* built = &p.cfg;
+    auto stack = std::make_unique<DecoderStack>(world, model, p.cfg, *weights, so);
     // Group size n per kind for algbw: max(TP, the largest group of its layers); FC2's o_proj
     // reports its P but all-to-alls over TP, MLP-TP's layers report m while TP may be 1.
     std::array<int, 5> group{tp, tp, tp, tp, tp};
-    for (const auto& r : stack.report()) {
+    for (const auto& r : stack->report()) {
       if (const int k = linear_kind_of(r.prefix); k >= 0) group[k] = std::max(group[k], r.tp_size);
       group[4] = std::max(group[4], r.tp_size);
     }
@@ -309,10 +318,13 @@ int run_bench(Communicator& world, const BenchOptions& o, std::vector<BenchRow>*
       for (const auto& [k, v] : cj.items())
         if (k != "tp" && k != "dp" && (!def.contains(k) || def[k] != v))
           diff += fmt::format("{}{}={}", diff.empty() ? "" : " ", k, v.dump());
-      fmt::print("# {} ({}): {}\n", p.name, find_strategy(p.name).what,
-                 diff.empty() ? "default config" : diff);
+      if (p.plan)
+        fmt::print("# plan ({}): per token count, the strategy of its bucket\n", o.plan);
+      else
+        fmt::print("# {} ({}): {}\n", p.name, find_strategy(p.name).what,
+                   diff.empty() ? "default config" : diff);
       if (&p == &plan.front())
-        for (const auto& s : stack.skipped()) fmt::print("# model: {}\n", s);
+        for (const auto& s : stack->skipped()) fmt::print("# model: {}\n", s);
     }
     for (const std::int64_t n : tokens) {
       if (progress && (o.progress == "always" ||
@@ -325,28 +337,34 @@ int run_bench(Communicator& world, const BenchOptions& o, std::vector<BenchRow>*
         std::fflush(stderr);
       }
       ++step;
-      std::mt19937_64 gen(o.model.seed * 7919 + static_cast<std::uint64_t>(stack.dp_rank()));
+      if (p.plan && &p.plan->config_for(n) != built) {
+        built = &p.plan->config_for(n);
+        stack.reset();
+        stack = std::make_unique<DecoderStack>(world, model, *built, *weights, so);
+      }
+      const std::string label = p.plan ? "plan:" + p.plan->bucket_for(n).strategy : p.name;
+      std::mt19937_64 gen(o.model.seed * 7919 + static_cast<std::uint64_t>(stack->dp_rank()));
       std::normal_distribution<float> dist(0.f, 1.f);
       std::vector<float> xv(static_cast<std::size_t>(n * model.hidden));
       for (auto& v : xv) v = dist(gen);
       const Tensor x = Tensor::from_f32(xv, n, model.hidden, so.dtype);
-      for (int i = 0; i < o.warmup; ++i) stack.forward(x);
+      for (int i = 0; i < o.warmup; ++i) stack->forward(x);
 
       // Per iteration: ms of the 4 kinds, linear total, whole forward; then the bytes of the
       // last iteration (per kind and total). One all-gather at the end.
       Tensor mine(DType::kF32, 1, o.iters * kCols + 5);
       float* m = mine.ptr<float>();
       for (int i = 0; i < o.iters; ++i) {
-        const std::vector<LayerReport> before = stack.report();
+        const std::vector<LayerReport> before = stack->report();
         world.barrier();
         const auto t0 = std::chrono::steady_clock::now();
-        stack.forward(x);
+        stack->forward(x);
         const double fwd =
             std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
                 .count();
         std::array<double, 5> ms{}, bytes{};
         for (std::size_t l = 0; l < before.size(); ++l) {
-          const LayerReport& r = stack.report()[l];
+          const LayerReport& r = stack->report()[l];
           const int k = linear_kind_of(r.prefix);
           const double dms = r.ms - before[l].ms, db = r.bytes_sent - before[l].bytes_sent;
           if (k >= 0) ms[k] += dms, bytes[k] += db;
@@ -377,8 +395,8 @@ int run_bench(Communicator& world, const BenchOptions& o, std::vector<BenchRow>*
         const int g = group[std::min(k, 4)];
         const double algbw = g > 1 ? busbw * g / (2.0 * (g - 1)) : 0;
         const std::string layer = k < 4 ? kKinds[k] : k == 4 ? "linear" : "forward";
-        rows.push_back({p.name, layer, n, ms, bytes, algbw, busbw});
-        fmt::print("  {:<16} {:>8} {:<13} {:>10.3f} {:>12.0f} {:>11.3f} {:>11.3f}\n", p.name, n,
+        rows.push_back({label, layer, n, ms, bytes, algbw, busbw});
+        fmt::print("  {:<16} {:>8} {:<13} {:>10.3f} {:>12.0f} {:>11.3f} {:>11.3f}\n", label, n,
                    layer, ms, bytes, algbw, busbw);
       }
       std::fflush(stdout);

@@ -22,6 +22,7 @@ struct BenchOptions {
   std::string json, csv, svg;     // output files ("" = none)
   std::string progress = "auto";  // auto (stderr is a TTY), always, never
   bool sync_layers = false;       // barrier before each linear layer (StackOptions)
+  std::string plan;               // plan.json: adds rows "plan:<strategy>" (the bucket's choice)
 };
 
 // The known strategy names, comma separated (for --help).

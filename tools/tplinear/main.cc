@@ -95,6 +95,8 @@ int main(int argc, char** argv) {
   tpl::cli::add_model_options(*r, run);
   r->add_option("--tokens", run.tokens, "prefill tokens per DP replica")
       ->check(CLI::Range(1, 1 << 20));
+  r->add_option("--plan", run.plan,
+                "plan.json from `tplinear plan`: the strategy of the bucket of --tokens");
   r->add_option("--dump", run.dump,
                 "write input, output and reference as .npy into this directory");
   r->add_option("--check-gemm", run.check_gemm,
@@ -123,6 +125,9 @@ int main(int argc, char** argv) {
   b->add_option("--json", bo.json, "write every row as JSON");
   b->add_option("--csv", bo.csv, "write every row as CSV");
   b->add_option("--svg", bo.svg, "plot of linear-layer time vs tokens per strategy");
+  b->add_option(
+      "--plan", bo.plan,
+      "also run a plan from `tplinear plan`: each token count with its bucket's strategy");
   b->add_flag("--sync-layers", bo.sync_layers,
               "barrier before each linear layer: layer times without waits for slower ranks");
   b->add_option("--progress", bo.progress, "progress bar on stderr: auto (TTY), always, never")

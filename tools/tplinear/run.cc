@@ -16,6 +16,7 @@
 #include "tpl/error.h"
 #include "tpl/model.h"
 #include "tpl/npy.h"
+#include "tpl/plan.h"
 #include "tpl/safetensors.h"
 
 namespace tpl::cli {
@@ -194,7 +195,15 @@ Config make_config(const RunOptions& o, int world_size) {
 
 int run_model(Communicator& world, const RunOptions& o) {
   const ModelSpec model = load_model(o);
-  const Config cfg = make_config(o, world.size());
+  Config cfg = make_config(o, world.size());
+  if (!o.plan.empty()) {
+    const Plan plan = Plan::from_file(o.plan);
+    plan.check_matches(model.name, world.size(), o.plan);
+    cfg = plan.config_for(o.tokens);
+    if (world.rank() == 0)
+      fmt::print("plan {}: {} tokens -> bucket of {} tokens, strategy {} ({})\n", o.plan, o.tokens,
+                 plan.bucket_for(o.tokens).tokens, plan.bucket_for(o.tokens).strategy, plan.layout);
+  }
   StackOptions so;
   so.dtype = parse_dtype(o.dtype);
   so.w8a8 = o.quant == "w8a8";

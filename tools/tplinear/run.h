@@ -33,6 +33,7 @@ struct RunOptions {
   int prefetch_step = -1;      // -1 = automatic
   std::string deployment;      // mixed, prefill, decode
   std::string dump;            // directory for .npy dumps
+  std::string plan;  // run: plan.json; the config of the --tokens bucket replaces the flags
   // GEMM of the one-rank reference: "reference" (tplinear's double-accumulating oracle, so the
   // check never compares an implementation with itself), "same" (the ranks' CPU GEMM, for models
   // too big for the oracle), or "auto" (reference up to kAutoReferenceFlops).
