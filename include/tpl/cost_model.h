@@ -52,6 +52,8 @@ class CostModel {
 
   // One GEMM of M rows on a [n, k] weight (f32, bf16 or int8 = the W8A8 int8 GEMM alone).
   double gemm_ms(DType dtype, std::int64_t m, std::int64_t n, std::int64_t k) const;
+  // The same from any GEMM table of the profile ("f32", ..., "w8a8").
+  double table_ms(const std::string& key, std::int64_t m, std::int64_t n, std::int64_t k) const;
   // One collective of S bytes (f32 bytes for sums) on a group of `group` ranks; 0 for 1 rank.
   // Unsupported when the profile has no table for that group size.
   double collective_ms(Collective c, double bytes, int group) const;

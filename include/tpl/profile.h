@@ -42,7 +42,8 @@ struct MachineInfo {
 struct MachineProfile {
   int version = 1;
   MachineInfo machine;
-  // dtype key ("f32", "bf16", "int8") -> reference shapes, smallest weight first.
+  // dtype key ("f32", "bf16", "int8", and "w8a8" = a W8A8 layer's quantise + int8 GEMM +
+  // dequantise as LocalGemm runs it) -> reference shapes, smallest weight first.
   std::map<std::string, std::vector<GemmTable>> gemm;
   // "<collective>/<group size>" -> points, x = S bytes ascending.
   std::map<std::string, std::vector<ProfilePoint>> collectives;

@@ -98,7 +98,7 @@ MachineProfile calibrate(Communicator& world, const CalibrateOptions& options) {
   const std::vector<std::int64_t> fused_rows =
       quick ? std::vector<std::int64_t>{1024} : std::vector<std::int64_t>{1024, 2048};
   Progress progress{options, world.rank() == 0};
-  progress.steps = 1 + int(dtypes.size() * shapes.size()) + int(groups.size()) * 5 * sizes +
+  progress.steps = 1 + int((dtypes.size() + 1) * shapes.size()) + int(groups.size()) * 5 * sizes +
                    (world.size() > 1 ? 3 * int(fused_rows.size()) : 0);
 
   // One core's memcpy, for the cost model's elementwise passes.
@@ -128,6 +128,34 @@ MachineProfile calibrate(Communicator& world, const CalibrateOptions& options) {
       }
       p.gemm[key].push_back(std::move(t));
     }
+  }
+
+  // W8A8 as a layer runs it (LocalGemm: quantise f32 x, int8 GEMM, dequantise into f32).
+  for (std::int64_t kn : shapes) {
+    progress("W8A8 layer path " + std::to_string(kn) + "x" + std::to_string(kn));
+    GemmDesc d{kn, kn, DType::kI8, DType::kI8, DType::kI32};
+    Tensor w = random_tensor(kn, kn, DType::kI8, 17 + kn);
+    auto gemm = chooser.make(d, w, TensorView());
+    Tensor deq = random_tensor(1, kn, DType::kF32, 19), qb(DType::kI32, 1, kn);
+    std::memset(qb.data(), 0, qb.nbytes());
+    W8A8Local q;
+    q.input_scale = 0.05f;
+    q.deq_scale = deq;
+    q.quant_bias = qb;
+    LocalGemm lg;
+    lg.gemm = gemm.get();
+    lg.out_dtype = DType::kF32;
+    lg.in_features = lg.out_features = lg.full_out_features = kn;
+    lg.quant = &q;
+    GemmTable t;
+    t.k = t.n = kn;
+    t.impl = gemm->name() + " + quantise/dequantise";
+    for (std::int64_t m : gemm_m) {
+      Tensor x = random_tensor(m, kn, DType::kF32, 23 + m), y(DType::kF32, m, kn);
+      const int reps = double(m) * kn * kn > 4e9 ? 2 : 3;
+      t.rows.push_back({double(m), time_calls(world, reps, [&] { lg.run_into(x, y, true); })});
+    }
+    p.gemm["w8a8"].push_back(std::move(t));
   }
 
   for (int g : groups) {

@@ -100,10 +100,15 @@ std::int64_t full_out(const LayerSpec& spec) {
 CostModel::CostModel(MachineProfile profile) : profile_(std::move(profile)) {}
 
 double CostModel::gemm_ms(DType dtype, std::int64_t m, std::int64_t n, std::int64_t k) const {
+  return table_ms(gemm_key(dtype), m, n, k);
+}
+
+double CostModel::table_ms(const std::string& key, std::int64_t m, std::int64_t n,
+                           std::int64_t k) const {
   if (m <= 0 || n <= 0 || k <= 0) return 0;
-  const auto it = profile_.gemm.find(gemm_key(dtype));
+  const auto it = profile_.gemm.find(key);
   TPL_CHECK_T(it != profile_.gemm.end() && !it->second.empty(), Unsupported, kWhere,
-              "the profile has no ", gemm_key(dtype), " GEMM table");
+              "the profile has no ", key, " GEMM table");
   // Time per weight element at M rows on each reference shape, interpolated in log(n*k).
   const auto& tabs = it->second;
   const double w = double(n) * double(k);
@@ -169,7 +174,9 @@ StackPrediction CostModel::predict(const ModelSpec& model, const Config& config,
   };
   // A local GEMM: float, or W8A8's quantise + int8 GEMM + dequantise passes.
   auto local_gemm = [&](std::int64_t m, std::int64_t n, std::int64_t k, LayerPrediction& lp) {
-    if (in.w8a8) {
+    if (in.w8a8 && profile_.gemm.count("w8a8")) {
+      lp.gemm_ms += table_ms("w8a8", m, n, k);  // measured as the layer runs it
+    } else if (in.w8a8) {
       lp.gemm_ms += gemm_ms(DType::kI8, m, n, k);
       lp.other_ms += copy_ms(double(m) * k * (e + 1)) + copy_ms(double(m) * n * (4 + e));
     } else {

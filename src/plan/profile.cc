@@ -98,7 +98,8 @@ MachineProfile MachineProfile::from_json(const nlohmann::json& j, const std::str
   if (!g.is_object() || g.empty()) rd.fail("gemm", "must be an object of dtype tables");
   for (const auto& [dt, tabs] : g.items()) {
     const std::string path = "gemm." + dt;
-    if (dt != "f32" && dt != "bf16" && dt != "int8") rd.fail(path, "is not f32, bf16 or int8");
+    if (dt != "f32" && dt != "bf16" && dt != "int8" && dt != "w8a8")
+      rd.fail(path, "is not f32, bf16, int8 or w8a8");
     if (!tabs.is_array() || tabs.empty()) rd.fail(path, "must be a non-empty array of shapes");
     for (std::size_t i = 0; i < tabs.size(); ++i) {
       const std::string tp = path + "[" + std::to_string(i) + "]";

@@ -153,6 +153,26 @@ TEST(CostModel, PredictedBytesAreTheOpsVolumes) {
   EXPECT_THROW(cm.predict(m, config_for(2), 4, n, {}), Error);
 }
 
+// W8A8 layers are priced from the measured layer path ("w8a8") when the profile has it, else from
+// the int8 GEMM plus quantise/dequantise passes.
+TEST(CostModel, W8A8UsesTheMeasuredLayerPath) {
+  MachineProfile p = synthetic();
+  const ModelSpec m = ModelSpec::preset("tiny");
+  CostInputs w8;
+  w8.w8a8 = true;
+  const StackPrediction passes = CostModel(p).predict(m, config_for(2), 2, 16, w8);
+  EXPECT_GT(passes.layers[0].other_ms, 0);
+  p.gemm["w8a8"] = p.gemm["int8"];
+  for (auto& t : p.gemm["w8a8"])
+    for (auto& r : t.rows) r.ms *= 3;
+  const CostModel cm(p);
+  const StackPrediction measured = cm.predict(m, config_for(2), 2, 16, w8);
+  const LayerPrediction& qkv = measured.layers[0];  // [16, 256] x [256 = 512 / 2 ranks, 256]
+  EXPECT_EQ(qkv.other_ms, 0);
+  EXPECT_NEAR(qkv.gemm_ms, 3 * cm.gemm_ms(DType::kI8, 16, 256, 256), 1e-12);
+  EXPECT_EQ(MachineProfile::from_json(p.to_json(), "mem").gemm.count("w8a8"), 1u);
+}
+
 TEST(CostModel, UncoveredOpsAreUnsupportedNotGuessed) {
   const CostModel cm(synthetic());
   const ModelSpec m = ModelSpec::preset("tiny");

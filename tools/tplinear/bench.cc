@@ -301,7 +301,7 @@ int run_bench(Communicator& world, const BenchOptions& o, std::vector<BenchRow>*
   std::vector<Row> rows;
   for (const auto& p : plan) {
     // A plan builds the stack of its bucket's strategy for each token count.
-    const Config* built = &p.cfg;
+    const Config* built = p.plan ? &p.plan->config_for(tokens.front()) : &p.cfg;
     auto stack = std::make_unique<DecoderStack>(world, model, p.cfg, *weights, so);
     // Group size n per kind for algbw: max(TP, the largest group of its layers); FC2's o_proj
     // reports its P but all-to-alls over TP, MLP-TP's layers report m while TP may be 1.
