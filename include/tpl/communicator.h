@@ -50,6 +50,10 @@ enum class Collective { kAllReduce, kReduceScatter, kAllGather, kAllToAll, kBroa
 // algorithms (docs/communication.md): all-reduce 2(n-1)/n·S, reduce-scatter (n-1)/n·S_in,
 // all-gather (n-1)/n·S_out, all-to-all (n-1)/n·S, broadcast S on the root. 16-bit float sums
 // count their f32 staging.
+// The bytes one member of a group of n sends for a collective of S bytes (S as above; the
+// root's share for a broadcast). Used by Communicator's counters and by the cost model.
+double collective_bytes_sent(Collective c, double s, int n, bool is_root = true);
+
 struct CommStats {
   double bytes_sent = 0;
   std::int64_t calls = 0;

@@ -103,7 +103,11 @@ class LinearLayer {
   // and float bias (on the runtime's device).
   TensorView local_weight() const { return weight_; }
   TensorView local_bias() const { return bias_; }
-  std::int64_t full_out_features() const;
+  std::int64_t full_out_features() const { return full_out_features(spec_); }
+  // Output features of the whole layer (the sum of a merged layer's parts, q + k + v for QKV).
+  static std::int64_t full_out_features(const LayerSpec& spec);
+  // Input columns this rank holds (row layers: whole in_unit blocks).
+  static ShardRange input_cols(const LayerSpec& spec, int tp_rank, int tp_size);
 
   // Rows of the full weight this rank holds, in local order (column-like layers).
   static std::vector<ShardRange> output_rows(const LayerSpec& spec, int tp_rank, int tp_size);

@@ -80,20 +80,25 @@ void Communicator::count(Collective c, const TensorView& t, int root) {
   if (n <= 1) return;
   const bool reduce = c == Collective::kAllReduce || c == Collective::kReduceScatter;
   const double elem = reduce && is_float16(t.dtype()) ? 4.0 : double(dtype_size(t.dtype()));
-  const double bytes = double(t.numel()) * elem;
+  // t is the input of a reduce-scatter and the output of an all-gather: S either way.
+  stats_.bytes_sent +=
+      collective_bytes_sent(c, double(t.numel()) * elem, static_cast<int>(n), root == rank());
+}
+
+double collective_bytes_sent(Collective c, double s, int n, bool is_root) {
+  if (n <= 1) return 0;
+  const double f = double(n - 1) / n;
   switch (c) {
     case Collective::kAllReduce:
-      stats_.bytes_sent += 2 * (n - 1) / n * bytes;
-      break;
-    case Collective::kReduceScatter:  // t = input
-    case Collective::kAllGather:      // t = output
+      return 2 * f * s;
+    case Collective::kReduceScatter:
+    case Collective::kAllGather:
     case Collective::kAllToAll:
-      stats_.bytes_sent += (n - 1) / n * bytes;
-      break;
+      return f * s;
     case Collective::kBroadcast:
-      if (root == rank()) stats_.bytes_sent += bytes;
-      break;
+      return is_root ? s : 0;
   }
+  return 0;
 }
 
 void Communicator::all_reduce(TensorView inout) {

@@ -88,15 +88,19 @@ std::vector<ShardRange> LinearLayer::output_rows(const LayerSpec& spec, int rank
   return {};
 }
 
-std::int64_t LinearLayer::full_out_features() const {
-  switch (spec_.kind) {
+std::int64_t LinearLayer::full_out_features(const LayerSpec& spec) {
+  switch (spec.kind) {
     case LayerKind::kMergedColumn:
-      return std::accumulate(spec_.output_sizes.begin(), spec_.output_sizes.end(), std::int64_t{0});
+      return std::accumulate(spec.output_sizes.begin(), spec.output_sizes.end(), std::int64_t{0});
     case LayerKind::kQkv:
-      return (spec_.qkv.num_heads + 2 * spec_.qkv.num_kv_heads) * spec_.qkv.head_dim;
+      return (spec.qkv.num_heads + 2 * spec.qkv.num_kv_heads) * spec.qkv.head_dim;
     default:
-      return spec_.out_features;
+      return spec.out_features;
   }
+}
+
+ShardRange LinearLayer::input_cols(const LayerSpec& spec, int tp_rank, int tp_size) {
+  return shard_range_units(spec.in_features / spec.in_unit, spec.in_unit, tp_size, tp_rank);
 }
 
 namespace {
@@ -224,8 +228,7 @@ void LinearLayer::init(const Selector& selector, const OpEnv& env, GemmBackend b
   if (spec_.kind == LayerKind::kRow) {
     TPL_CHECK(spec_.in_unit >= 1 && spec_.in_features % spec_.in_unit == 0, w, "in_unit ",
               spec_.in_unit, " must divide the input features ", spec_.in_features);
-    const ShardRange cols =
-        shard_range_units(spec_.in_features / spec_.in_unit, spec_.in_unit, size, rank);
+    const ShardRange cols = input_cols(spec_, rank, size);
     weight_ = load.cols(cols);
     TPL_CHECK(weight_.rows() == spec_.out_features && weight_.cols() == cols.size, w,
               "weight loader returned ", weight_.view().describe(), " for columns [", cols.offset,

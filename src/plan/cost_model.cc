@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "ops/gemm_collectives.h"
 #include "tpl/error.h"
 #include "tpl/forward_context.h"
 #include "tpl/linear.h"
@@ -61,12 +62,6 @@ const char* gemm_key(DType d) {
   }
 }
 
-double sent_bytes(Collective c, double s, int n) {
-  if (n <= 1) return 0;
-  const double f = double(n - 1) / n;
-  return c == Collective::kAllReduce ? 2 * f * s : c == Collective::kBroadcast ? s : f * s;
-}
-
 // The largest local slice over the group's ranks (the slowest rank's shape).
 std::int64_t max_out_local(const LayerSpec& spec, int t) {
   std::int64_t best = 0;
@@ -79,20 +74,8 @@ std::int64_t max_out_local(const LayerSpec& spec, int t) {
 }
 std::int64_t max_in_local(const LayerSpec& spec, int t) {
   std::int64_t best = 0;
-  const std::int64_t unit = std::max<std::int64_t>(1, spec.in_unit);
-  for (int r = 0; r < t; ++r)
-    best = std::max(best, shard_range_units(spec.in_features / unit, unit, t, r).size);
+  for (int r = 0; r < t; ++r) best = std::max(best, LinearLayer::input_cols(spec, r, t).size);
   return best;
-}
-std::int64_t full_out(const LayerSpec& spec) {
-  if (spec.kind == LayerKind::kQkv)
-    return (spec.qkv.num_heads + 2 * spec.qkv.num_kv_heads) * spec.qkv.head_dim;
-  if (spec.kind == LayerKind::kMergedColumn) {
-    std::int64_t s = 0;
-    for (auto v : spec.output_sizes) s += v;
-    return s;
-  }
-  return spec.out_features;
 }
 
 }  // namespace
@@ -167,10 +150,12 @@ StackPrediction CostModel::predict(const ModelSpec& model, const Config& config,
   const double e_r = in.dtype == DType::kF32 ? e : 4.0;  // sums staged through f32
 
   auto chunks = [&](std::int64_t rows) {
-    const int c = config.fused_chunks > 0
-                      ? config.fused_chunks
-                      : static_cast<int>(std::clamp<std::int64_t>(rows / 512, 1, 4));
-    return std::min<std::int64_t>(c, std::max<std::int64_t>(rows, 1));
+    return ops::fused_chunk_count(rows, config.fused_chunks);
+  };
+  // A fused path: the unfused steps times the measured fused / unfused ratio.
+  auto fuse = [&](const char* path, std::int64_t rows, LayerPrediction& lp) {
+    const double r = fused_ratio(path, rows);
+    lp.gemm_ms *= r, lp.comm_ms *= r, lp.other_ms *= r;
   };
   // A local GEMM: float, or W8A8's quantise + int8 GEMM + dequantise passes.
   auto local_gemm = [&](std::int64_t m, std::int64_t n, std::int64_t k, LayerPrediction& lp) {
@@ -185,7 +170,7 @@ StackPrediction CostModel::predict(const ModelSpec& model, const Config& config,
   };
   auto coll = [&](Collective c, double s, int g, LayerPrediction& lp) {
     lp.comm_ms += collective_ms(c, s, g);
-    lp.bytes_sent += sent_bytes(c, s, g);
+    lp.bytes_sent += collective_bytes_sent(c, s, g);
   };
 
   StackPrediction out;
@@ -199,7 +184,7 @@ StackPrediction CostModel::predict(const ModelSpec& model, const Config& config,
       lp.prefix = spec.prefix;
       lp.op = op_kind_name(choice.kind);
       lp.kind = linear_kind_of(spec.prefix);
-      const std::int64_t out_f = full_out(spec);
+      const std::int64_t out_f = LinearLayer::full_out_features(spec);
       switch (choice.kind) {
         case OpKind::kStandardColumn:
         case OpKind::kReplicated:
@@ -211,10 +196,8 @@ StackPrediction CostModel::predict(const ModelSpec& model, const Config& config,
           local_gemm(n_tok, out_f, max_in_local(spec, t), lp);
           coll(Collective::kAllReduce, double(n_tok) * out_f * e_r, t, lp);
           if (choice.kind == OpKind::kMatmulAllreduceRow && t > 1 && in.overlap &&
-              chunks(n_tok) > 1) {
-            const double r = fused_ratio("gemm_all_reduce", n_tok);
-            lp.gemm_ms *= r, lp.comm_ms *= r, lp.other_ms *= r;
-          }
+              chunks(n_tok) > 1)
+            fuse("gemm_all_reduce", n_tok, lp);
           break;
         }
         case OpKind::kSequenceColumn:
@@ -225,10 +208,8 @@ StackPrediction CostModel::predict(const ModelSpec& model, const Config& config,
                 in.w8a8 && config.fc1_quantized_allgather && choice.kind == OpKind::kSequenceColumn;
             coll(Collective::kAllGather, double(n_pad) * k * (int8 ? 1.0 : e), t, lp);
             local_gemm(n_tok, n, k, lp);
-            if (choice.kind == OpKind::kSequenceColumn && in.overlap && chunks(n_pad) > 1) {
-              const double r = fused_ratio("all_gather_gemm", n_pad);
-              lp.gemm_ms *= r, lp.comm_ms *= r, lp.other_ms *= r;
-            }
+            if (choice.kind == OpKind::kSequenceColumn && in.overlap && chunks(n_pad) > 1)
+              fuse("all_gather_gemm", n_pad, lp);
           } else {
             local_gemm(n_tok, n, k, lp);
           }
@@ -240,10 +221,8 @@ StackPrediction CostModel::predict(const ModelSpec& model, const Config& config,
             if (n_pad > n_tok) lp.other_ms += copy_ms(double(n_pad) * k * e);
             local_gemm(n_pad, out_f, k, lp);
             coll(Collective::kReduceScatter, double(n_pad) * out_f * e_r, t, lp);
-            if (ctx.mmrs_fusion && in.overlap && chunks(n_pad) > 1) {
-              const double r = fused_ratio("gemm_reduce_scatter", n_pad);
-              lp.gemm_ms *= r, lp.comm_ms *= r, lp.other_ms *= r;
-            }
+            if (ctx.mmrs_fusion && in.overlap && chunks(n_pad) > 1)
+              fuse("gemm_reduce_scatter", n_pad, lp);
           } else {
             local_gemm(n_tok, out_f, k, lp);
             coll(Collective::kAllReduce, double(n_tok) * out_f * e_r, t, lp);
