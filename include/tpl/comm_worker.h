@@ -17,6 +17,8 @@
 
 namespace tpl {
 
+class Communicator;
+
 class CommWorker {
  public:
   CommWorker();
@@ -45,5 +47,15 @@ class CommWorker {
   bool stop_ = false;
   std::thread thread_;
 };
+
+// Whether a CommWorker would get a core of its own beside a rank's GEMM threads: a rank may use
+// `usable_cores` (its share of the host) and runs `gemm_threads`. Config::overlap = auto runs
+// the fused paths' overlap only then.
+bool worker_has_spare_core(int usable_cores, int gemm_threads);
+// The same for this rank: usable = min(the cores its affinity allows, the host's cores / the
+// ranks of `world` on this host), GEMM threads = omp_get_max_threads(). Collective over
+// `world`: it compares host names to count the ranks per host, and is true only when it holds
+// on every rank, so all ranks run the same collectives.
+bool worker_has_spare_core(Communicator& world);
 
 }  // namespace tpl

@@ -34,6 +34,14 @@ struct ModelInfo {
   bool is_moe_layer(const std::string& prefix) const;
 };
 
+// Whether fused GEMM + collective paths run their collectives on the overlap worker thread.
+// kAuto: only where the thread gets a core of its own (worker_has_spare_core), since a worker
+// that shares the rank's only core slows the GEMM it should hide behind (docs/planner.md).
+enum class Overlap { kAuto, kOn, kOff };
+const char* overlap_name(Overlap o);  // "auto", "on", "off"
+// kOn and kOff as they are; kAuto resolves to `spare_core`.
+bool overlap_enabled(Overlap o, bool spare_core);
+
 struct Config {
   ParallelLayout layout;
   bool flashcomm1 = false;                   // sequence parallelism (VLLM_ASCEND_ENABLE_FLASHCOMM1)
@@ -49,6 +57,7 @@ struct Config {
   Deployment deployment = Deployment::kMixed;
   bool fc1_quantized_allgather = false;  // W8A8: FC1 all-gathers int8 instead of activations
   int fused_chunks = 0;  // chunks of fused GEMM+collective paths; 0 = automatic rule
+  Overlap overlap = Overlap::kAuto;
 
   // Parses the JSON form (docs/config.md), then validate()s. Unknown keys are errors.
   static Config from_json(const nlohmann::json& j);

@@ -42,7 +42,9 @@ extern const std::array<const char*, 4> kLinearKinds;
 struct CostInputs {
   DType dtype = DType::kF32;
   bool w8a8 = false;
-  bool overlap = true;  // the stack has a CommWorker (DecoderStack always does)
+  // Whether the overlap worker gets a core of its own on the machine the prediction is for
+  // (worker_has_spare_core): resolves Config::overlap = auto as DecoderStack does.
+  bool spare_core = false;
 };
 
 class CostModel {

@@ -19,6 +19,9 @@ struct ForwardContext {
   bool flashcomm_v2_enabled = false;
   bool mmrs_fusion = false;  // fused GEMM + reduce-scatter allowed for this batch
   std::optional<int> layer_idx;
+  // Which op variant of each layer runs this batch (LinearLayer::add_variant): the strategy of
+  // a plan's bucket in a DecoderStack built from a Plan; 0 otherwise.
+  int variant = 0;
 
   std::int64_t padded_tokens() const { return num_tokens + pad_size; }  // N'
 

@@ -92,13 +92,22 @@ class LinearLayer {
   LinearLayer(const LinearLayer&) = delete;
   LinearLayer& operator=(const LinearLayer&) = delete;
 
+  // Runs the op variant ctx.variant (0, the op chosen at construction, unless add_variant added
+  // more); InvalidArgument when there is no such variant.
   LinearOutput forward(TensorView x, const ForwardContext& ctx);
+  // Adds another op for this layer over the same weight shard, chosen by `selector` (a plan's
+  // other strategy, with its own config in `env`), and returns its variant index. ConfigError
+  // unless the new op holds exactly this shard: the same (tp_rank, tp_size) and unsharded flag,
+  // and a layer-sharded o_proj only with another of the same kind. No weight is loaded.
+  int add_variant(const Selector& selector, const OpEnv& env);
+  int num_variants() const { return static_cast<int>(variants_.size()); }
 
   const LayerSpec& spec() const { return spec_; }
-  const OpChoice& choice() const { return choice_; }
-  const LinearOp& op() const { return *op_; }
-  int tp_rank() const { return op_->tp_rank(); }
-  int tp_size() const { return op_->tp_size(); }
+  const OpChoice& choice() const { return choice_; }  // variant 0's
+  const LinearOp& op() const { return op_at(0); }     // variant 0's
+  const LinearOp& op(int variant) const { return op_at(variant); }
+  int tp_rank() const { return op_at(0).tp_rank(); }
+  int tp_size() const { return op_at(0).tp_size(); }
   // This rank's weight shard (host; the GEMM keeps its own copy, on the device for cuBLASLt)
   // and float bias (on the runtime's device).
   TensorView local_weight() const { return weight_; }
@@ -115,11 +124,18 @@ class LinearLayer {
  private:
   LayerSpec spec_;
   OpChoice choice_;
-  std::unique_ptr<LinearOp> op_;
+  struct Variant {
+    OpChoice choice;
+    std::unique_ptr<LinearOp> op;
+  };
+  std::vector<Variant> variants_;      // [0]: the op chosen at construction
+  LinearOp& op_at(int variant) const;  // InvalidArgument when out of range
   Tensor weight_;
   Tensor bias_;
   void init(const Selector& selector, const OpEnv& env, GemmBackend backend,
             const WeightLoader& load, const W8A8Params* quant);
+  // The equal-split constraints of `choice`'s op, checked before any collective runs.
+  void check_op(const OpChoice& choice, const LinearOp& op, const OpEnv& env, const Where& w) const;
   void check_full(TensorView full_weight, TensorView full_bias, const Where& w);
   static WeightLoader view_loader(TensorView weight, TensorView bias);
 

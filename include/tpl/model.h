@@ -22,6 +22,8 @@
 
 namespace tpl {
 
+struct MachineProfile;
+
 struct ModelSpec {
   std::string name;        // preset name or config path
   std::string model_type;  // llama, qwen2, qwen3, qwen3_moe, qwen2_moe, ...
@@ -83,18 +85,40 @@ struct StackOptions {
   // Profiling: a world barrier before each linear layer, so its reported time excludes the wait
   // for slower ranks' attention (`tplinear bench --sync-layers`, `plan --check`).
   bool sync_layers = false;
+  // A stack built from one Config with this profile takes the choices the config leaves open
+  // (overlap = auto, FC1's threshold) per batch size from the cost model (default_plan in
+  // tpl/plan.h); without one, or where the cost model does not cover the config, overlap = auto
+  // follows worker_has_spare_core() and FC1 its configured threshold.
+  const MachineProfile* profile = nullptr;
 };
+
+struct Plan;
 
 class DecoderStack {
  public:
   // Builds every layer on this rank (collective: groups are created over `world`).
   DecoderStack(Communicator& world, const ModelSpec& model, const Config& config,
                const WeightProvider& weights, const StackOptions& options);
+  // Builds the stack a plan describes (tpl/plan.h): its weight layout once, and for every
+  // strategy its buckets use one op per layer over those weights. forward() then runs each
+  // batch with the strategy of the bucket its token count falls in (Plan::bucket_for), so one
+  // loaded model serves decode and prefill with different collectives. ConfigError when the
+  // plan is for another model or world size, or its strategies need different weight layouts or
+  // process groups.
+  DecoderStack(Communicator& world, const ModelSpec& model, const Plan& plan,
+               const WeightProvider& weights, const StackOptions& options);
   ~DecoderStack();
 
   // Runs all layers on `hidden` (this DP replica's [N, H] input, replicated over its TP group)
   // and returns the final hidden states of this replica, [N, H], replicated.
   Tensor forward(TensorView hidden);
+  // The strategy forward() uses for a batch of `tokens` rows: the plan bucket's, or "config"
+  // for a stack built from one Config.
+  const std::string& strategy_for(std::int64_t tokens) const;
+  // Whether that strategy's fused paths overlap their collectives with the GEMM: its
+  // Config::overlap, with auto resolved by worker_has_spare_core() at construction.
+  bool overlap_for(std::int64_t tokens) const;
+  int num_strategies() const { return static_cast<int>(variants_.size()); }
   const std::vector<LayerReport>& report() const { return report_; }
   std::vector<std::string> skipped() const { return skipped_; }
   const ProcessGroups& groups() const { return *groups_; }
@@ -104,17 +128,29 @@ class DecoderStack {
 
  private:
   struct Layer;
+  struct Variant;  // one strategy: its config, features, selector and op environment
+  struct Strategies {
+    std::vector<std::pair<std::string, Config>> list;  // [0] fixes the groups and weights
+    std::unique_ptr<Plan> plan;                        // null: list has one entry
+  };
+  static Strategies strategies_for(const Plan& plan);
+  static Strategies strategies_for(const ModelSpec& model, const Config& config, int world,
+                                   const StackOptions& options);
+  DecoderStack(Communicator& world, const ModelSpec& model, Strategies strategies,
+               const WeightProvider& weights, const StackOptions& options);
+  int variant_for(std::int64_t tokens) const;
   Communicator& world_;
   ModelSpec model_;
-  Config config_;
+  Config config_;  // variant 0's: the layout and groups every variant shares
   StackOptions options_;
   Features features_;
   std::unique_ptr<ProcessGroups> groups_;
-  std::unique_ptr<Selector> selector_;
+  std::vector<std::unique_ptr<Variant>> variants_;
+  std::unique_ptr<Plan> plan_;       // null for a one-Config stack
+  std::vector<int> bucket_variant_;  // plan bucket -> variant
   std::unique_ptr<CommWorker> worker_;
   std::unique_ptr<CpuGemmChooser> cpu_gemm_;  // measures once per layer shape
   std::unique_ptr<LayerShardSeries> series_;
-  std::unique_ptr<OpEnv> env_;
   std::vector<std::unique_ptr<Layer>> layers_;
   std::vector<LayerReport> report_;
   std::vector<std::string> skipped_;

@@ -72,6 +72,16 @@ Plan make_plan(const CostModel& cost, const ModelSpec& model, int world,
                const std::vector<PlanCandidate>& candidates, const PlanOptions& options,
                std::vector<std::string>* notes);
 
+// The per-batch choices a config leaves to the library, decided by the cost model: overlap =
+// auto becomes on or off, and FlashComm1's token threshold (when FC1 is on) becomes a bucket
+// edge, for every bucket of `kDefaultWorkload`. The baseline is the config with overlap off and
+// its own threshold, so overlap is enabled only where predicted faster by the margin. Returns a
+// one-bucket plan of `config` when nothing is left to decide; Unsupported when the cost model
+// does not cover the config (the caller keeps the built-in rule).
+extern const char* const kDefaultWorkload;  // "1,16,64,256,1024,4096"
+Plan default_plan(const CostModel& cost, const ModelSpec& model, const Config& config, int world,
+                  const CostInputs& inputs, double margin = 0.03);
+
 // "16:0.7,2048:0.3" or "16,256,1024" (equal weights) -> ascending (tokens, weight), weights
 // normalised to sum 1. InvalidArgument on a malformed item.
 std::vector<std::pair<std::int64_t, double>> parse_workload(const std::string& s);

@@ -29,6 +29,7 @@ struct ParallelLayout {
   int world_size() const { return pp * dp * tp; }
   // Throws ConfigError when a size is < 1 or pp*dp*tp != world_size.
   void validate(int world_size) const;
+  bool operator==(const ParallelLayout&) const = default;
 };
 
 struct RankCoord {
@@ -75,6 +76,7 @@ struct GroupSizes {
   int oproj_tp = 0;                               // 0 = no O-proj-TP group
   int flashcomm2_p = 0;                           // 0 = FlashComm2 off
   std::optional<ShardWeightScheme> shard_weight;  // nullopt = no shard-weight group
+  bool operator==(const GroupSizes&) const = default;
 };
 
 class ProcessGroups {

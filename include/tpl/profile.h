@@ -37,6 +37,10 @@ struct MachineInfo {
   std::string cpu, isa, mpi;
   int cores = 0;  // cores this process may run on
   int ranks = 0;  // ranks calibrated together
+  // Whether those ranks' overlap worker had a core of its own (worker_has_spare_core with
+  // cores / ranks usable per rank and this process's GEMM threads): what the cost model
+  // resolves Config::overlap = auto with.
+  bool spare_core() const;
 };
 
 struct MachineProfile {

@@ -105,6 +105,22 @@ bool get_bool(const nlohmann::json& j, const char* key, bool def) {
 }
 }  // namespace
 
+const char* overlap_name(Overlap o) {
+  switch (o) {
+    case Overlap::kOn:
+      return "on";
+    case Overlap::kOff:
+      return "off";
+    case Overlap::kAuto:
+      break;
+  }
+  return "auto";
+}
+
+bool overlap_enabled(Overlap o, bool spare_core) {
+  return o == Overlap::kOn || (o == Overlap::kAuto && spare_core);
+}
+
 Config Config::from_json(const nlohmann::json& j) {
   static const std::set<std::string> kKeys{"pp",
                                            "dp",
@@ -121,6 +137,7 @@ Config Config::from_json(const nlohmann::json& j) {
                                            "eager",
                                            "deployment",
                                            "fused_chunks",
+                                           "overlap",
                                            "fc1_quantized_allgather"};
   if (!j.is_object()) TPL_THROW(ConfigError, kWhere, "config must be a JSON object");
   for (auto it = j.begin(); it != j.end(); ++it)
@@ -143,6 +160,15 @@ Config Config::from_json(const nlohmann::json& j) {
     c.eager = get_bool(j, "eager", false);
     c.fused_chunks = get_int(j, "fused_chunks", 0);
     c.fc1_quantized_allgather = get_bool(j, "fc1_quantized_allgather", false);
+    const std::string ov = j.value("overlap", std::string("auto"));
+    if (ov == "auto")
+      c.overlap = Overlap::kAuto;
+    else if (ov == "on")
+      c.overlap = Overlap::kOn;
+    else if (ov == "off")
+      c.overlap = Overlap::kOff;
+    else
+      TPL_THROW(ConfigError, kWhere, "overlap must be auto, on or off, got '", ov, "'");
     const std::string dep = j.value("deployment", std::string("mixed"));
     if (dep == "mixed")
       c.deployment = Deployment::kMixed;
@@ -183,6 +209,7 @@ nlohmann::json Config::to_json() const {
           {"eager", eager},
           {"deployment", dep},
           {"fused_chunks", fused_chunks},
+          {"overlap", overlap_name(overlap)},
           {"fc1_quantized_allgather", fc1_quantized_allgather}};
 }
 

@@ -208,19 +208,11 @@ void LinearLayer::init(const Selector& selector, const OpEnv& env, GemmBackend b
   // One selection, one op (seed §16 item 21).
   const LayerName name = parse_layer_name(spec_.prefix);
   choice_ = selector.choose(spec_.prefix, direction_of(spec_.kind), spec_.disable_tp);
-  op_ = make_linear_op(choice_, name, spec_.flags, env);
-  const int rank = op_->tp_rank(), size = op_->tp_size();
+  variants_.push_back({choice_, make_linear_op(choice_, name, spec_.flags, env)});
+  const LinearOp& op = *variants_.front().op;
+  const int rank = op.tp_rank(), size = op.tp_size();
   prefetch_ = env.prefetch;
-  // Equal-split constraints, checked here so every rank fails the same way before any
-  // collective runs.
-  if (choice_.kind == OpKind::kFlashcomm2OProjRow)
-    TPL_CHECK_EQ(spec_.in_features % env.config.layout.tp, 0, w,
-                 "FlashComm2 exchanges equal head slices: the o_proj input features must be "
-                 "divisible by the TP size");
-  if (choice_.kind == OpKind::kOProjRow)
-    TPL_CHECK_EQ(spec_.in_features % size, 0, w,
-                 "O-proj TP cuts the features into equal slices: the input features must be "
-                 "divisible by the O-proj TP size");
+  check_op(choice_, op, env, w);
 
   // Narrow the weight and the per-output-channel vectors by the op's coordinates. Row layers
   // split the input features and keep every output channel (bias, deq_scale, quant_bias full).
@@ -315,7 +307,52 @@ void LinearLayer::init(const Selector& selector, const OpEnv& env, GemmBackend b
   local_.in_unit = spec_.kind == LayerKind::kRow ? spec_.in_unit : 1;
 }
 
+void LinearLayer::check_op(const OpChoice& choice, const LinearOp& op, const OpEnv& env,
+                           const Where& w) const {
+  // Checked at construction, so every rank fails the same way before any collective runs.
+  if (choice.kind == OpKind::kFlashcomm2OProjRow)
+    TPL_CHECK_EQ(spec_.in_features % env.config.layout.tp, 0, w,
+                 "FlashComm2 exchanges equal head slices: the o_proj input features must be "
+                 "divisible by the TP size");
+  if (choice.kind == OpKind::kOProjRow)
+    TPL_CHECK_EQ(spec_.in_features % op.tp_size(), 0, w,
+                 "O-proj TP cuts the features into equal slices: the input features must be "
+                 "divisible by the O-proj TP size");
+}
+
+int LinearLayer::add_variant(const Selector& selector, const OpEnv& env) {
+  const Where w{"linear " + spec_.prefix, env.groups.world_rank()};
+  const OpChoice choice = selector.choose(spec_.prefix, direction_of(spec_.kind), spec_.disable_tp);
+  std::unique_ptr<LinearOp> op =
+      make_linear_op(choice, parse_layer_name(spec_.prefix), spec_.flags, env);
+  const LinearOp& base = op_at(0);
+  if (op->tp_rank() != base.tp_rank() || op->tp_size() != base.tp_size() ||
+      choice.unsharded != choice_.unsharded)
+    TPL_THROW(ConfigError, w, "op variant ", op_kind_name(choice.kind), " shards the weight as ",
+              op->tp_rank(), "/", op->tp_size(), choice.unsharded ? " (unsharded)" : "",
+              " but the layer holds shard ", base.tp_rank(), "/", base.tp_size(),
+              choice_.unsharded ? " (unsharded)" : "",
+              ": a plan's strategies must share one weight layout");
+  const bool sharded_here = layer_shard_ != nullptr;
+  const bool sharded_there = env.layer_shard && choice.kind == OpKind::kFlashcomm2OProjRow;
+  if ((sharded_here || sharded_there) && choice.kind != choice_.kind)
+    TPL_THROW(ConfigError, w, "op variant ", op_kind_name(choice.kind), " and the layer's ",
+              op_kind_name(choice_.kind),
+              " differ in whether the o_proj weight is layer-sharded: a plan's strategies must "
+              "share one weight layout");
+  check_op(choice, *op, env, w);
+  variants_.push_back({choice, std::move(op)});
+  return static_cast<int>(variants_.size()) - 1;
+}
+
+LinearOp& LinearLayer::op_at(int variant) const {
+  TPL_CHECK(variant >= 0 && variant < num_variants(), (Where{"linear " + spec_.prefix}),
+            "no op variant ", variant, " (the layer has ", num_variants(), ")");
+  return *variants_[static_cast<std::size_t>(variant)].op;
+}
+
 LinearOutput LinearLayer::forward(TensorView x, const ForwardContext& ctx) {
+  LinearOp& op_here = op_at(ctx.variant);
   LinearOutput out;
   if (layer_shard_) {
     // Re-plan over this layer's window (oneDNN reorders it once) and drop the plan afterwards,
@@ -324,14 +361,14 @@ LinearOutput LinearLayer::forward(TensorView x, const ForwardContext& ctx) {
                       spec_.bias ? bias_.view() : TensorView(), rt_, cpu_gemm_);
     local_.gemm = gemm_.get();
   }
-  out.output = op_->forward(x, ctx, local_);
+  out.output = op_here.forward(x, ctx, local_);
   if (layer_shard_) {
     gemm_.reset();
     local_.gemm = nullptr;
   }
-  out.placement = op_->output_placement(ctx);
+  out.placement = op_here.output_placement(ctx);
   if (prefetch_ && direction_of(spec_.kind) == Direction::kRow)
-    prefetch_->after_row_op(op_->name(), ctx, out.output);
+    prefetch_->after_row_op(op_here.name(), ctx, out.output);
   if (spec_.flags.return_bias && spec_.flags.skip_bias_add && spec_.bias) out.bias = bias_.view();
   return out;
 }

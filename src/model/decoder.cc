@@ -5,6 +5,7 @@
 
 #include "tpl/error.h"
 #include "tpl/model.h"
+#include "tpl/plan.h"
 #include "tpl/quant.h"
 
 namespace tpl {
@@ -151,6 +152,15 @@ std::unique_ptr<WeightProvider> make_random_weights(std::uint64_t seed) {
   return std::make_unique<RandomWeights>(seed);
 }
 
+struct DecoderStack::Variant {
+  std::string name;
+  Config config;
+  Features features;
+  std::unique_ptr<Selector> selector;
+  std::unique_ptr<OpEnv> env;
+  bool overlap = false;  // config.overlap resolved: the worker runs the fused collectives
+};
+
 struct DecoderStack::Layer {
   int index = 0;
   bool moe = false;
@@ -200,29 +210,106 @@ std::vector<LayerSpec> decoder_linear_specs(const ModelSpec& model, std::int64_t
   return v;
 }
 
+DecoderStack::Strategies DecoderStack::strategies_for(const Plan& plan) {
+  Strategies st;
+  for (const PlanBucket& b : plan.buckets) {
+    bool seen = false;
+    for (const auto& s : st.list) seen = seen || s.first == b.strategy;
+    if (seen) continue;
+    const PlanCandidate* c = nullptr;
+    for (const PlanCandidate& pc : plan.configs)
+      if (pc.name == b.strategy) c = &pc;
+    TPL_CHECK(c != nullptr, (Where{"plan"}), "bucket of ", b.tokens, " tokens names strategy '",
+              b.strategy, "', which the plan's configs do not define");
+    st.list.emplace_back(c->name, c->config);
+  }
+  TPL_CHECK(!st.list.empty(), (Where{"plan"}), "the plan has no buckets");
+  st.plan = std::make_unique<Plan>(plan);
+  return st;
+}
+
+DecoderStack::Strategies DecoderStack::strategies_for(const ModelSpec& model, const Config& config,
+                                                      int world, const StackOptions& options) {
+  const bool open = config.overlap == Overlap::kAuto || config.flashcomm1;
+  if (options.profile && open && config.layout.world_size() == world) {
+    CostInputs in;
+    in.dtype = options.dtype;
+    in.w8a8 = options.w8a8;
+    in.spare_core = options.profile->machine.spare_core();
+    try {
+      const CostModel cost(*options.profile);
+      return strategies_for(default_plan(cost, model, config, world, in));
+    } catch (const Unsupported&) {
+      // Not covered by the cost model (e.g. MLP-TP): the built-in rule below.
+    }
+  }
+  Strategies st;
+  st.list.emplace_back("config", config);
+  return st;
+}
+
 DecoderStack::DecoderStack(Communicator& world, const ModelSpec& model, const Config& config,
                            const WeightProvider& weights, const StackOptions& options)
-    : world_(world), model_(model), config_(config), options_(options) {
+    : DecoderStack(world, model, strategies_for(model, config, world.size(), options), weights,
+                   options) {}
+
+DecoderStack::DecoderStack(Communicator& world, const ModelSpec& model, const Plan& plan,
+                           const WeightProvider& weights, const StackOptions& options)
+    : DecoderStack(world, model, strategies_for(plan), weights, options) {}
+
+DecoderStack::DecoderStack(Communicator& world, const ModelSpec& model, Strategies st,
+                           const WeightProvider& weights, const StackOptions& options)
+    : world_(world),
+      model_(model),
+      config_(st.list.front().second),
+      options_(options),
+      plan_(std::move(st.plan)) {
+  const auto& strategies = st.list;
+  const Where where{"decoder", world.rank()};
+  if (plan_) plan_->check_matches(model.name, world.size(), "plan");
   config_.validate();
   features_ = Features::derive(config_, model_.info);
-  groups_ = std::make_unique<ProcessGroups>(world, config_.layout, group_sizes(config_, features_));
-  selector_ = std::make_unique<Selector>(config_, model_.info);
+  const auto sizes = group_sizes(config_, features_);
+  groups_ = std::make_unique<ProcessGroups>(world, config_.layout, sizes);
   worker_ = std::make_unique<CommWorker>();
-  env_ = std::make_unique<OpEnv>(OpEnv{config_, features_, *groups_});
-  env_->overlap = worker_.get();
-  if (options.backend == GemmBackend::kCpu) {
-    cpu_gemm_ = std::make_unique<CpuGemmChooser>();
-    env_->cpu_gemm = cpu_gemm_.get();
-  }
+  // overlap = auto: the worker runs the fused paths' collectives only with a core of its own.
+  const bool spare_core = worker_has_spare_core(world);
+  if (options.backend == GemmBackend::kCpu) cpu_gemm_ = std::make_unique<CpuGemmChooser>();
   if (features_.flashcomm2_oshard) {
     // Auto (-1): prefetch one layer ahead when the series is long enough (k <= L - 2).
     const int k = options.prefetch_step >= 0 ? options.prefetch_step
                                              : static_cast<int>(std::min<std::int64_t>(
                                                    1, std::max<std::int64_t>(0, model.layers - 2)));
     series_ = std::make_unique<LayerShardSeries>(groups_->shard_weight(), k);
-    env_->oshard = series_.get();
-    env_->layer_shard = series_.get();
   }
+  for (const auto& [name, cfg] : strategies) {
+    auto v = std::make_unique<Variant>();
+    v->name = name;
+    v->config = cfg;
+    v->config.validate();
+    v->features = Features::derive(v->config, model_.info);
+    // Every strategy runs over the same groups and weights; a plan whose strategies differ in
+    // either needs a reload, which a running stack never does.
+    TPL_CHECK(v->config.layout == config_.layout && group_sizes(v->config, v->features) == sizes &&
+                  v->features.flashcomm2_oshard == features_.flashcomm2_oshard,
+              where, "strategy '", name, "' needs other process groups or weight layout (",
+              weight_layout_of(v->config), ") than '", strategies.front().first, "' (",
+              weight_layout_of(config_), "): one stack holds one weight layout");
+    v->selector = std::make_unique<Selector>(v->config, model_.info);
+    v->env = std::make_unique<OpEnv>(OpEnv{v->config, v->features, *groups_});
+    v->overlap = overlap_enabled(v->config.overlap, spare_core);
+    if (v->overlap) v->env->overlap = worker_.get();
+    v->env->cpu_gemm = cpu_gemm_.get();
+    v->env->oshard = series_.get();
+    v->env->layer_shard = series_.get();
+    variants_.push_back(std::move(v));
+  }
+  if (plan_)
+    for (const PlanBucket& b : plan_->buckets)
+      for (std::size_t i = 0; i < variants_.size(); ++i)
+        if (variants_[i]->name == b.strategy) bucket_variant_.push_back(static_cast<int>(i));
+  const Selector& selector0 = *variants_.front()->selector;
+  const OpEnv& env0 = *variants_.front()->env;
   const DType dt = options.dtype;
   const std::int64_t h = model.hidden, hd = model.head_dim;
   const std::int64_t q_out = model.heads * hd, kv_out = model.kv_heads * hd;
@@ -232,17 +319,23 @@ DecoderStack::DecoderStack(Communicator& world, const ModelSpec& model, const Co
                   float stddev, const char* kind) {
     const WeightLoader load =
         stacked_loader(weights, parts, bias_parts, spec.in_features, dt, stddev);
-    if (!options.w8a8)
-      return std::make_unique<LinearLayer>(spec, *selector_, *env_, options.backend, load);
-    std::int64_t out = 0;
-    for (const Part& p : parts) out += p.rows;
-    Tensor w = load.rows({0, out});
-    Tensor b = bias_parts.empty() ? Tensor() : load.bias({0, out});
-    LayerSpec s = spec;
-    s.bias = false;
-    const W8A8Params p = make_w8a8_params(w, bias_parts.empty() ? TensorView() : b.view(),
-                                          calibrate_for(kind, spec.in_features, 99));
-    return std::make_unique<LinearLayer>(s, *selector_, *env_, options.backend, p);
+    std::unique_ptr<LinearLayer> layer;
+    if (!options.w8a8) {
+      layer = std::make_unique<LinearLayer>(spec, selector0, env0, options.backend, load);
+    } else {
+      std::int64_t out = 0;
+      for (const Part& p : parts) out += p.rows;
+      Tensor w = load.rows({0, out});
+      Tensor b = bias_parts.empty() ? Tensor() : load.bias({0, out});
+      LayerSpec s = spec;
+      s.bias = false;
+      const W8A8Params p = make_w8a8_params(w, bias_parts.empty() ? TensorView() : b.view(),
+                                            calibrate_for(kind, spec.in_features, 99));
+      layer = std::make_unique<LinearLayer>(s, selector0, env0, options.backend, p);
+    }
+    for (std::size_t i = 1; i < variants_.size(); ++i)
+      layer->add_variant(*variants_[i]->selector, *variants_[i]->env);
+    return layer;
   };
   for (std::int64_t l = 0; l < model.layers; ++l) {
     auto L = std::make_unique<Layer>();
@@ -368,6 +461,20 @@ Tensor attention(TensorView qkv, const std::vector<ShardRange>& rows, const Mode
 
 }  // namespace
 
+int DecoderStack::variant_for(std::int64_t tokens) const {
+  if (!plan_) return 0;
+  const PlanBucket& b = plan_->bucket_for(tokens);
+  return bucket_variant_[static_cast<std::size_t>(&b - plan_->buckets.data())];
+}
+
+const std::string& DecoderStack::strategy_for(std::int64_t tokens) const {
+  return variants_[static_cast<std::size_t>(variant_for(tokens))]->name;
+}
+
+bool DecoderStack::overlap_for(std::int64_t tokens) const {
+  return variants_[static_cast<std::size_t>(variant_for(tokens))]->overlap;
+}
+
 Tensor DecoderStack::forward(TensorView hidden) {
   const std::int64_t n = hidden.rows();
   const int d = dp_rank();
@@ -381,7 +488,10 @@ Tensor DecoderStack::forward(TensorView hidden) {
     for (int r = 0; r < world_.size(); ++r)
       across[coord_of(config_.layout, r).d] = all.ptr<std::int32_t>()[r];
   }
-  const ForwardContext ctx = ForwardContext::make(config_, features_, model_.info, n, across);
+  const int vi = variant_for(n);
+  const Variant& var = *variants_[static_cast<std::size_t>(vi)];
+  ForwardContext ctx = ForwardContext::make(var.config, var.features, model_.info, n, across);
+  ctx.variant = vi;
   Communicator& tp = groups_->tp();
   const int t = tp.rank(), T = tp.size();
   (void)d;

@@ -149,6 +149,8 @@ StackPrediction CostModel::predict(const ModelSpec& model, const Config& config,
   const double e = double(dtype_size(in.dtype));
   const double e_r = in.dtype == DType::kF32 ? e : 4.0;  // sums staged through f32
 
+  // Overlap as DecoderStack resolves it: on, off, or auto = the worker has a core of its own.
+  const bool overlap = overlap_enabled(config.overlap, in.spare_core);
   auto chunks = [&](std::int64_t rows) {
     return ops::fused_chunk_count(rows, config.fused_chunks);
   };
@@ -195,8 +197,7 @@ StackPrediction CostModel::predict(const ModelSpec& model, const Config& config,
         case OpKind::kMatmulAllreduceRow: {
           local_gemm(n_tok, out_f, max_in_local(spec, t), lp);
           coll(Collective::kAllReduce, double(n_tok) * out_f * e_r, t, lp);
-          if (choice.kind == OpKind::kMatmulAllreduceRow && t > 1 && in.overlap &&
-              chunks(n_tok) > 1)
+          if (choice.kind == OpKind::kMatmulAllreduceRow && t > 1 && overlap && chunks(n_tok) > 1)
             fuse("gemm_all_reduce", n_tok, lp);
           break;
         }
@@ -208,7 +209,7 @@ StackPrediction CostModel::predict(const ModelSpec& model, const Config& config,
                 in.w8a8 && config.fc1_quantized_allgather && choice.kind == OpKind::kSequenceColumn;
             coll(Collective::kAllGather, double(n_pad) * k * (int8 ? 1.0 : e), t, lp);
             local_gemm(n_tok, n, k, lp);
-            if (choice.kind == OpKind::kSequenceColumn && in.overlap && chunks(n_pad) > 1)
+            if (choice.kind == OpKind::kSequenceColumn && overlap && chunks(n_pad) > 1)
               fuse("all_gather_gemm", n_pad, lp);
           } else {
             local_gemm(n_tok, n, k, lp);
@@ -221,7 +222,7 @@ StackPrediction CostModel::predict(const ModelSpec& model, const Config& config,
             if (n_pad > n_tok) lp.other_ms += copy_ms(double(n_pad) * k * e);
             local_gemm(n_pad, out_f, k, lp);
             coll(Collective::kReduceScatter, double(n_pad) * out_f * e_r, t, lp);
-            if (ctx.mmrs_fusion && in.overlap && chunks(n_pad) > 1)
+            if (ctx.mmrs_fusion && overlap && chunks(n_pad) > 1)
               fuse("gemm_reduce_scatter", n_pad, lp);
           } else {
             local_gemm(n_tok, out_f, k, lp);

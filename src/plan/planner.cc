@@ -4,6 +4,7 @@
 #include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 
 #include "tpl/error.h"
@@ -324,6 +325,37 @@ void Plan::check_matches(const std::string& model_name, int world_size,
   if (model != model_name)
     TPL_THROW(ConfigError, Where{"plan"}, source, ": field 'model' is '", model,
               "' but the model is '", model_name, "'");
+}
+
+const char* const kDefaultWorkload = "1,16,64,256,1024,4096";
+
+Plan default_plan(const CostModel& cost, const ModelSpec& model, const Config& config, int world,
+                  const CostInputs& inputs, double margin) {
+  std::vector<PlanCandidate> cands;
+  auto with = [&](const char* name, Overlap ov, std::optional<std::int64_t> threshold) {
+    PlanCandidate c{name, config};
+    if (config.overlap == Overlap::kAuto) c.config.overlap = ov;
+    if (threshold) c.config.flashcomm1_threshold = *threshold;
+    for (const auto& x : cands)
+      if (x.config.to_json() == c.config.to_json()) return;
+    cands.push_back(std::move(c));
+  };
+  // Baseline first: the config as given, overlap off.
+  with("config", Overlap::kOff, std::nullopt);
+  with("config+overlap", Overlap::kOn, std::nullopt);
+  if (config.flashcomm1) {
+    with("fc1", Overlap::kOff, 0);
+    with("fc1+overlap", Overlap::kOn, 0);
+    with("no-fc1", Overlap::kOff, std::numeric_limits<std::int64_t>::max());
+  }
+  PlanOptions o;
+  o.workload = parse_workload(kDefaultWorkload);
+  o.margin = margin;
+  o.inputs = inputs;
+  // The cost model must cover the baseline; otherwise the caller keeps its rule.
+  for (const auto& [tokens, w] : o.workload)
+    (void)cost.predict(model, cands.front().config, world, tokens, inputs);
+  return make_plan(cost, model, world, cands, o, nullptr);
 }
 
 }  // namespace tpl

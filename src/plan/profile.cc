@@ -1,5 +1,6 @@
 #include "tpl/profile.h"
 
+#include <omp.h>
 #include <sched.h>
 
 #include <cmath>
@@ -7,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tpl/backends.h"
+#include "tpl/comm_worker.h"
 #include "tpl/cpu_isa.h"
 #include "tpl/error.h"
 
@@ -179,6 +181,10 @@ std::vector<std::string> MachineProfile::mismatches(const MachineInfo& now) cons
   cmp("cores", std::to_string(machine.cores), std::to_string(now.cores));
   cmp("mpi", machine.mpi, now.mpi);
   return v;
+}
+
+bool MachineInfo::spare_core() const {
+  return worker_has_spare_core(std::max(1, cores / std::max(1, ranks)), omp_get_max_threads());
 }
 
 MachineInfo this_machine(int ranks) {

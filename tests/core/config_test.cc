@@ -56,6 +56,7 @@ TEST(ConfigJsonTest, RoundTripAllKeys) {
                   {"shared_expert_dp", true},
                   {"expert_parallel", true},
                   {"eager", true},
+                  {"overlap", "off"},
                   {"deployment", "prefill"}};
   const Config c = Config::from_json(j);
   EXPECT_EQ(c.layout.dp, 2);
@@ -70,6 +71,7 @@ TEST(ConfigJsonTest, RoundTripAllKeys) {
   EXPECT_TRUE(c.expert_parallel);
   EXPECT_TRUE(c.eager);
   EXPECT_EQ(c.deployment, Deployment::kPrefill);
+  EXPECT_EQ(c.overlap, Overlap::kOff);
   // to_json() carries every key given (and may add keys with their defaults).
   const json out = c.to_json();
   for (auto it = j.begin(); it != j.end(); ++it) {
@@ -86,6 +88,10 @@ TEST(ConfigJsonTest, DefaultsAndDeployments) {
   EXPECT_EQ(c.flashcomm1_threshold, 1000);
   EXPECT_EQ(c.deployment, Deployment::kMixed);
   EXPECT_EQ(c.to_json()["deployment"], "mixed");
+  EXPECT_EQ(c.overlap, Overlap::kAuto);
+  EXPECT_EQ(c.to_json()["overlap"], "auto");
+  for (const char* o : {"auto", "on", "off"})
+    EXPECT_EQ(Config::from_json(json{{"overlap", o}}).to_json()["overlap"], o);
   for (const char* d : {"mixed", "prefill", "decode"}) {
     const Config x = Config::from_json(json{{"deployment", d}});
     EXPECT_EQ(x.to_json()["deployment"], d);
@@ -106,6 +112,11 @@ TEST(ConfigJsonTest, Errors) {
       },
       "deployment must be");
   expect_throw_with<ConfigError>([] { Config::from_json(json{{"tp", "four"}}); }, "'tp'");
+  expect_throw_with<ConfigError>(
+      [] {
+        Config::from_json(json{{"overlap", "yes"}});
+      },
+      "overlap must be auto, on or off, got 'yes'");
   expect_throw_with<ConfigError>(
       [] {
         Config::from_json(json{{"flashcomm1", 1}});

@@ -1,13 +1,16 @@
-// The cost model against the ops it models: at 1-4 ranks, for every strategy it covers, the
-// bytes it predicts per layer are the bytes the stack's communicators counted in a real forward.
+// At 1-4 ranks: the cost model against the ops it models (the bytes it predicts per layer are
+// the bytes the stack's communicators counted in a real forward), and a DecoderStack built from
+// a Plan, which must run each batch exactly as a stack of its bucket's strategy would.
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
 
 #include "harness.h"
+#include "tpl/comm_worker.h"
 #include "tpl/cost_model.h"
 #include "tpl/error.h"
 #include "tpl/model.h"
+#include "tpl/plan.h"
 
 namespace tpl {
 namespace {
@@ -70,6 +73,131 @@ TEST(CostModelVsOps, PredictedBytesMatchTheCountedBytes) {
       testing::expect_agreed(world, bad);
     }
   }
+}
+
+ModelSpec mha12() {
+  // 12 heads of 16 (MHA), an intermediate size 3 ranks split unevenly.
+  return ModelSpec::from_hf_json({{"model_type", "llama"},
+                                  {"hidden_size", 192},
+                                  {"intermediate_size", 352},
+                                  {"num_attention_heads", 12},
+                                  {"num_key_value_heads", 12},
+                                  {"num_hidden_layers", 2}},
+                                 "mha12");
+}
+
+Config config_of(nlohmann::json j, int w) {
+  j["tp"] = w, j["dp"] = 1, j["pp"] = 1;
+  return Config::from_json(j);
+}
+
+// A two-bucket plan: `small` up to 64 tokens, `large` above.
+Plan two_bucket_plan(const ModelSpec& model, int w, const std::string& small, const Config& cs,
+                     const std::string& large, const Config& cl) {
+  Plan plan;
+  plan.model = model.name;
+  plan.world = plan.tp = w;
+  plan.dp = 1;
+  plan.layout = weight_layout_of(cs);
+  plan.buckets = {{16, 64, 0.5, small, 1, "", 0, ""}, {1024, -1, 0.5, large, 1, "", 0, ""}};
+  plan.configs = {{small, cs}, {large, cl}};
+  return plan;
+}
+
+TEST(PlanStack, EachBatchRunsItsBucketsStrategyBitExactly) {
+  Communicator& world = testing::world();
+  const int w = world.size();
+  const ModelSpec model = mha12();
+  const auto weights = make_random_weights(3);
+  // Standard TP for decode; above 64 tokens FlashComm1 with its fused (chunked) paths, or
+  // matmul-allreduce on one rank, where FlashComm1 does not apply.
+  const Config standard = config_of(nlohmann::json::object(), w);
+  const std::string large_name = w > 1 ? "fc1" : "matmul-allreduce";
+  const Config large =
+      w > 1 ? config_of({{"flashcomm1", true}, {"flashcomm1_threshold", 0}, {"fused_chunks", 3}}, w)
+            : config_of({{"matmul_allreduce", true}, {"fused_chunks", 3}}, w);
+  const Plan plan = two_bucket_plan(model, w, "standard", standard, large_name, large);
+  // One fixed GEMM: the cpu backend times its candidates per stack, so two stacks may round
+  // differently (a layer's variants share its one GEMM).
+  StackOptions so;
+  so.backend = GemmBackend::kOneDnn;
+  DecoderStack planned(world, model, plan, *weights, so);
+  DecoderStack alone_small(world, model, standard, *weights, so);
+  DecoderStack alone_large(world, model, large, *weights, so);
+  EXPECT_EQ(planned.num_strategies(), 2);
+  std::string bad;
+  // Awkward counts on both sides of the edge, twice each, in an order that switches back.
+  for (std::int64_t n : {7, 65, 64, 203, 1, 65}) {
+    const Tensor x = testing::random_normal(n, model.hidden, 1.f, 11 + n);
+    const std::string expect = n <= 64 ? "standard" : large_name;
+    if (planned.strategy_for(n) != expect)
+      bad += "tokens " + std::to_string(n) + " took " + planned.strategy_for(n) + "; ";
+    DecoderStack& alone = n <= 64 ? alone_small : alone_large;
+    const std::vector<LayerReport> p0 = planned.report(), a0 = alone.report();
+    const Tensor y = planned.forward(x);
+    const Tensor want = alone.forward(x);
+    bad += testing::compare(y, want, 0, 0, "tokens " + std::to_string(n) + " vs " + expect);
+    // The same collectives ran: at 2 ranks sums agree bit for bit whatever the strategy, but
+    // FC1 pads odd token counts, so its bytes differ from plain TP's.
+    for (std::size_t l = 0; l < p0.size(); ++l) {
+      const double got = planned.report()[l].bytes_sent - p0[l].bytes_sent;
+      const double exp = alone.report()[l].bytes_sent - a0[l].bytes_sent;
+      if (got != exp)
+        bad += "tokens " + std::to_string(n) + " " + p0[l].prefix + ": sent " +
+               std::to_string(got) + " bytes, " + expect + " alone sends " + std::to_string(exp) +
+               "; ";
+    }
+  }
+  // The report names variant 0's ops; times and bytes accumulate over both strategies.
+  for (const auto& r : planned.report())
+    if (r.bytes_sent <= 0 && w > 1) bad += r.prefix + " counted no bytes; ";
+  testing::expect_agreed(world, bad);
+}
+
+// overlap = auto takes the worker only when every rank has a core to spare for it.
+TEST(PlanStack, OverlapAutoIsResolvedOnceAndAgreed) {
+  Communicator& world = testing::world();
+  const int w = world.size();
+  const ModelSpec model = mha12();
+  const auto weights = make_random_weights(3);
+  const bool spare = worker_has_spare_core(world);
+  std::string bad;
+  for (const char* ov : {"auto", "on", "off"}) {
+    DecoderStack s(world, model, config_of({{"matmul_allreduce", true}, {"overlap", ov}}, w),
+                   *weights, StackOptions{});
+    const bool want = std::string(ov) == "on" || (std::string(ov) == "auto" && spare);
+    if (s.overlap_for(2048) != want)
+      bad += std::string("overlap ") + ov + ": stack says " + (want ? "off" : "on") + "; ";
+  }
+  testing::expect_agreed(world, bad);
+}
+
+TEST(PlanStack, StrategiesWithAnotherWeightLayoutAreRefused) {
+  Communicator& world = testing::world();
+  const int w = world.size();
+  if (w < 2) GTEST_SKIP() << "MLP-TP and FlashComm2 layouts need at least 2 ranks";
+  const ModelSpec model = mha12();
+  const auto weights = make_random_weights(3);
+  const Config standard = config_of(nlohmann::json::object(), w);
+  // FlashComm2 with P = 1 keeps the whole o_proj on every rank: another weight layout.
+  const Config fc2 =
+      config_of({{"flashcomm1", true}, {"flashcomm1_threshold", 0}, {"flashcomm2_p", 1}}, w);
+  const std::string msg = testing::message_of([&] {
+    DecoderStack s(world, model, two_bucket_plan(model, w, "standard", standard, "fc2", fc2),
+                   *weights, StackOptions{});
+  });
+  std::string bad;
+  if (msg.find("one stack holds one weight layout") == std::string::npos &&
+      msg.find("share one weight layout") == std::string::npos)
+    bad = "expected a weight-layout ConfigError, got: " + msg;
+  // A plan for another world size names the field.
+  Plan other = two_bucket_plan(model, w, "standard", standard, "standard2", standard);
+  other.world = w + 1;
+  const std::string msg2 =
+      testing::message_of([&] { DecoderStack s(world, model, other, *weights, StackOptions{}); });
+  if (msg2.find("field 'world'") == std::string::npos)
+    bad += "expected a world-size error, got: " + msg2;
+  testing::expect_agreed(world, bad);
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 
+#include "tpl/comm_worker.h"
 #include "tpl/cost_model.h"
 #include "tpl/error.h"
 #include "tpl/plan.h"
@@ -153,6 +154,39 @@ TEST(CostModel, PredictedBytesAreTheOpsVolumes) {
   EXPECT_THROW(cm.predict(m, config_for(2), 4, n, {}), Error);
 }
 
+// Overlap = auto runs the fused paths only where the worker thread has a core of its own; the
+// cost model resolves it as DecoderStack does, from CostInputs::spare_core.
+TEST(CostModel, OverlapAutoFollowsTheSpareCore) {
+  EXPECT_FALSE(worker_has_spare_core(1, 1));
+  EXPECT_FALSE(worker_has_spare_core(2, 2));
+  EXPECT_TRUE(worker_has_spare_core(2, 1));
+  EXPECT_TRUE(worker_has_spare_core(8, 4));
+  EXPECT_FALSE(worker_has_spare_core(1, 0));  // 0 threads counts as 1
+  EXPECT_TRUE(overlap_enabled(Overlap::kOn, false));
+  EXPECT_FALSE(overlap_enabled(Overlap::kOff, true));
+  EXPECT_EQ(overlap_enabled(Overlap::kAuto, true), true);
+  EXPECT_EQ(overlap_enabled(Overlap::kAuto, false), false);
+  MachineInfo two_cores{"c", "avx2", "m", 2, 2};
+  EXPECT_FALSE(two_cores.spare_core());  // one core per rank
+  MachineInfo many{"c", "avx2", "m", 64, 2};
+  EXPECT_TRUE(many.spare_core());
+
+  const CostModel cm(synthetic());
+  const ModelSpec m = ModelSpec::preset("tiny");
+  const std::int64_t n = 2048;  // 4 chunks: the fused ratio 0.8 applies to the row layers
+  CostInputs spare, busy;
+  spare.spare_core = true;
+  auto ms = [&](const char* overlap, const CostInputs& in) {
+    return cm
+        .predict(m, config_for(2, {{"matmul_allreduce", true}, {"overlap", overlap}}), 2, n, in)
+        .kind_ms[1];
+  };
+  const double off = ms("off", spare), on = ms("on", busy);
+  EXPECT_NEAR(on / off, 0.8, 1e-9);
+  EXPECT_EQ(ms("auto", spare), on);
+  EXPECT_EQ(ms("auto", busy), off);
+}
+
 // W8A8 layers are priced from the measured layer path ("w8a8") when the profile has it, else from
 // the int8 GEMM plus quantise/dequantise passes.
 TEST(CostModel, W8A8UsesTheMeasuredLayerPath) {
@@ -183,8 +217,9 @@ TEST(CostModel, UncoveredOpsAreUnsupportedNotGuessed) {
 std::vector<PlanCandidate> candidates() {
   return {
       {"standard", config_for(2)},
-      {"fc1", config_for(2, {{"flashcomm1", true}, {"flashcomm1_threshold", 0}})},
-      {"matmul-allreduce", config_for(2, {{"matmul_allreduce", true}})},
+      {"fc1",
+       config_for(2, {{"flashcomm1", true}, {"flashcomm1_threshold", 0}, {"overlap", "on"}})},
+      {"matmul-allreduce", config_for(2, {{"matmul_allreduce", true}, {"overlap", "on"}})},
       {"fc2",
        config_for(2, {{"flashcomm1", true}, {"flashcomm1_threshold", 0}, {"flashcomm2_p", 1}})}};
 }
@@ -214,6 +249,29 @@ TEST(Planner, MarginZeroPicksThePredictedFastestAndALargeMarginKeepsTheBaseline)
   const Plan q = make_plan(cm, m, 2, cands, o, nullptr);
   EXPECT_EQ(q.layout, "tp");
   for (const auto& b : q.buckets) EXPECT_EQ(b.strategy, "standard") << b.tokens;
+}
+
+// Without a plan, the choices a config leaves open come from the cost model: overlap = auto is
+// off (the baseline) unless predicted faster; explicit settings stay; uncovered ops are refused.
+TEST(Planner, DefaultPlanDecidesOnlyWhatTheConfigLeavesOpen) {
+  const CostModel cm(synthetic());
+  const ModelSpec m = ModelSpec::preset("tiny");
+  const Plan p = default_plan(cm, m, config_for(2, {{"matmul_allreduce", true}}), 2, {});
+  ASSERT_EQ(p.buckets.size(), 6u);
+  EXPECT_EQ(p.bucket_for(16).strategy, "config");            // unchunked below 512 rows
+  EXPECT_EQ(p.bucket_for(4096).strategy, "config+overlap");  // measured 0.8 fused ratio
+  EXPECT_EQ(p.config_for(16).overlap, Overlap::kOff);
+  EXPECT_EQ(p.config_for(4096).overlap, Overlap::kOn);
+  // overlap given: nothing left open without FC1, one strategy.
+  const Plan q =
+      default_plan(cm, m, config_for(2, {{"matmul_allreduce", true}, {"overlap", "off"}}), 2, {});
+  EXPECT_EQ(q.configs.size(), 1u);
+  EXPECT_EQ(q.bucket_for(4096).strategy, "config");
+  // FC1 on: its threshold becomes a choice among the same weights.
+  const Plan f = default_plan(cm, m, config_for(2, {{"flashcomm1", true}}), 2, {});
+  for (const auto& c : f.configs) EXPECT_EQ(weight_layout_of(c.config), "tp") << c.name;
+  nlohmann::json mlp{{"tp", 1}, {"dp", 2}, {"pp", 1}, {"mlp_tp", 2}};
+  EXPECT_THROW(default_plan(cm, m, Config::from_json(mlp), 2, {}), Unsupported);
 }
 
 TEST(Planner, BucketsAreDeterministicRanges) {

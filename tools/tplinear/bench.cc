@@ -40,17 +40,18 @@ struct Strategy {
 const std::vector<Strategy>& strategies() {
   static const std::vector<Strategy> k{
       {"standard", "the flags as given", [](RunOptions&, int, int) { return std::string(); }},
-      {"fc1", "FlashComm1, threshold 0",
+      {"fc1", "FlashComm1, threshold 0, overlap on",
        [](RunOptions& o, int, int) {
          o.fc1 = true;
          o.fc1_threshold = 0;
+         o.overlap = "on";
          return std::string();
        }},
-      {"fc1-serial", "FlashComm1, threshold 0, no overlap (fused_chunks 1)",
+      {"fc1-serial", "FlashComm1, threshold 0, overlap off",
        [](RunOptions& o, int, int) {
          o.fc1 = true;
          o.fc1_threshold = 0;
-         o.fused_chunks = 1;
+         o.overlap = "off";
          return std::string();
        }},
       {"fc2", "FlashComm2 P = 1 + FlashComm1",
@@ -64,9 +65,10 @@ const std::vector<Strategy>& strategies() {
          return tp >= 4 && tp % 2 == 0 ? std::string()
                                        : fmt::format("needs TP >= 4 divisible by 2, TP = {}", tp);
        }},
-      {"matmul-allreduce", "fused GEMM + all-reduce row ops",
+      {"matmul-allreduce", "fused GEMM + all-reduce row ops, overlap on",
        [](RunOptions& o, int, int) {
          o.matmul_allreduce = true;
+         o.overlap = "on";
          return std::string();
        }},
       {"mlp-tp", "MLP-TP over all DP replicas",
@@ -300,9 +302,10 @@ int run_bench(Communicator& world, const BenchOptions& o, std::vector<BenchRow>*
 
   std::vector<Row> rows;
   for (const auto& p : plan) {
-    // A plan builds the stack of its bucket's strategy for each token count.
-    const Config* built = p.plan ? &p.plan->config_for(tokens.front()) : &p.cfg;
-    auto stack = std::make_unique<DecoderStack>(world, model, p.cfg, *weights, so);
+    // A plan's stack holds every bucket's strategy over one set of weights; forward() picks
+    // the bucket by token count, as an engine running the plan would.
+    auto stack = p.plan ? std::make_unique<DecoderStack>(world, model, *p.plan, *weights, so)
+                        : std::make_unique<DecoderStack>(world, model, p.cfg, *weights, so);
     // Group size n per kind for algbw: max(TP, the largest group of its layers); FC2's o_proj
     // reports its P but all-to-alls over TP, MLP-TP's layers report m while TP may be 1.
     std::array<int, 5> group{tp, tp, tp, tp, tp};
@@ -337,12 +340,7 @@ int run_bench(Communicator& world, const BenchOptions& o, std::vector<BenchRow>*
         std::fflush(stderr);
       }
       ++step;
-      if (p.plan && &p.plan->config_for(n) != built) {
-        built = &p.plan->config_for(n);
-        stack.reset();
-        stack = std::make_unique<DecoderStack>(world, model, *built, *weights, so);
-      }
-      const std::string label = p.plan ? "plan:" + p.plan->bucket_for(n).strategy : p.name;
+      const std::string label = p.plan ? "plan:" + stack->strategy_for(n) : p.name;
       std::mt19937_64 gen(o.model.seed * 7919 + static_cast<std::uint64_t>(stack->dp_rank()));
       std::normal_distribution<float> dist(0.f, 1.f);
       std::vector<float> xv(static_cast<std::size_t>(n * model.hidden));

@@ -97,6 +97,9 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 1 << 20));
   r->add_option("--plan", run.plan,
                 "plan.json from `tplinear plan`: the strategy of the bucket of --tokens");
+  r->add_option("--profile", run.profile,
+                "profile.json from `tplinear calibrate`: without --plan, the cost model decides "
+                "what the flags leave open (overlap auto, the FC1 threshold)");
   r->add_option("--dump", run.dump,
                 "write input, output and reference as .npy into this directory");
   r->add_option("--check-gemm", run.check_gemm,

@@ -60,9 +60,11 @@ MachineProfile measure(Communicator& world, bool quick, const std::string& progr
   return p;
 }
 
-// Non-fused: no GEMM + collective overlap anywhere (no fused row ops, FC1 only without chunks).
+// Non-fused: no GEMM + collective overlap anywhere (no fused row ops, FC1 only without chunks
+// or without the overlap worker).
 bool non_fused(const Config& c) {
-  return !c.matmul_allreduce && (!c.flashcomm1 || c.fused_chunks == 1);
+  return !c.matmul_allreduce &&
+         (!c.flashcomm1 || c.fused_chunks == 1 || c.overlap == Overlap::kOff);
 }
 
 double spearman(const std::vector<double>& a, const std::vector<double>& b) {
@@ -126,6 +128,7 @@ int run_plan(Communicator& world, const PlanCliOptions& o) {
     if (root)
       for (const auto& d : diff) fmt::print("# WARNING: {}: {}\n", o.profile, d);
   }
+  po.inputs.spare_core = profile.machine.spare_core();
   const CostModel cost(profile);
   const Plan plan = make_plan(cost, model, world.size(), candidates, po, &notes);
 

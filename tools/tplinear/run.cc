@@ -17,6 +17,7 @@
 #include "tpl/model.h"
 #include "tpl/npy.h"
 #include "tpl/plan.h"
+#include "tpl/profile.h"
 #include "tpl/safetensors.h"
 
 namespace tpl::cli {
@@ -145,6 +146,10 @@ void add_model_options(CLI::App& app, RunOptions& o) {
   app.add_option("--fused-chunks", o.fused_chunks,
                  "chunks of fused GEMM + collective paths (1 = no overlap, 0 = automatic)")
       ->check(CLI::Range(0, 64));
+  app.add_option("--overlap", o.overlap,
+                 "fused paths' collectives on the overlap thread: on, off, or auto (only when "
+                 "each rank has a core to spare for it)")
+      ->check(CLI::IsMember({"auto", "on", "off"}));
   app.add_option("--layer-sharding", o.layer_sharding,
                  "comma-separated layer suffixes, e.g. o_proj");
   app.add_option("--prefetch-step", o.prefetch_step, "layer-sharding prefetch distance k")
@@ -188,6 +193,7 @@ Config make_config(const RunOptions& o, int world_size) {
   if (o.oproj_tp) j["oproj_tp"] = o.oproj_tp;
   if (o.matmul_allreduce) j["matmul_allreduce"] = true;
   if (o.fused_chunks >= 0) j["fused_chunks"] = o.fused_chunks;
+  if (!o.overlap.empty()) j["overlap"] = o.overlap;
   if (!o.layer_sharding.empty()) j["layer_sharding"] = split_list(o.layer_sharding);
   if (!o.deployment.empty()) j["deployment"] = o.deployment;
   return Config::from_json(j);
@@ -196,8 +202,12 @@ Config make_config(const RunOptions& o, int world_size) {
 int run_model(Communicator& world, const RunOptions& o) {
   const ModelSpec model = load_model(o);
   Config cfg = make_config(o, world.size());
+  if (!o.profile.empty() && !o.plan.empty())
+    TPL_THROW(InvalidArgument, (Where{"run"}),
+              "--profile and --plan both given: a plan already holds the cost model's choices");
+  Plan plan;
   if (!o.plan.empty()) {
-    const Plan plan = Plan::from_file(o.plan);
+    plan = Plan::from_file(o.plan);
     plan.check_matches(model.name, world.size(), o.plan);
     cfg = plan.config_for(o.tokens);
     if (world.rank() == 0)
@@ -208,6 +218,14 @@ int run_model(Communicator& world, const RunOptions& o) {
   so.dtype = parse_dtype(o.dtype);
   so.w8a8 = o.quant == "w8a8";
   so.prefetch_step = o.prefetch_step;
+  MachineProfile profile;
+  if (!o.profile.empty()) {
+    profile = MachineProfile::from_file(o.profile);
+    if (world.rank() == 0)
+      for (const auto& d : profile.mismatches(this_machine(world.size())))
+        fmt::print("# WARNING: {}: {}\n", o.profile, d);
+    so.profile = &profile;
+  }
   std::unique_ptr<WeightProvider> source =
       o.weights.empty() ? make_random_weights(o.seed)
                         : std::unique_ptr<WeightProvider>(new CheckpointWeights(o.weights));
@@ -218,7 +236,9 @@ int run_model(Communicator& world, const RunOptions& o) {
               "more ranks than the model can shard: TP = ", cfg.layout.tp, " exceeds the ",
               model.heads, " attention heads");
 
-  DecoderStack stack(world, model, cfg, *weights, so);
+  // A plan's stack holds all its strategies; forward() takes the bucket of o.tokens.
+  DecoderStack stack = o.plan.empty() ? DecoderStack(world, model, cfg, *weights, so)
+                                      : DecoderStack(world, model, plan, *weights, so);
   const int d = stack.dp_rank();
   // Each DP replica gets its own seeded input.
   std::mt19937_64 gen(o.seed * 7919 + static_cast<std::uint64_t>(d));
@@ -283,6 +303,13 @@ int run_model(Communicator& world, const RunOptions& o) {
                model.name, model.model_type, model.layers, o.tokens, o.dtype,
                so.w8a8 ? " W8A8" : "", world.size(), cfg.layout.dp, cfg.layout.tp);
     fmt::print("config: {}\n", cfg.to_json().dump());
+    fmt::print("strategy for {} tokens: {} (of {}), overlap of fused paths {}{}\n", o.tokens,
+               stack.strategy_for(o.tokens), stack.num_strategies(),
+               stack.overlap_for(o.tokens) ? "on" : "off",
+               so.profile ? " (cost model, " + o.profile + ")"
+               : cfg.overlap == Overlap::kAuto && o.plan.empty()
+                   ? " (overlap auto: on only with a core to spare per rank)"
+                   : "");
     fmt::print("{:<44} {:<20} {:<10} {:>9} {:>12} {:>9}\n", "layer (rank 0)", "op", "group",
                "rank/size", "sent/rank", "ms");
     double bytes = 0, ms = 0;

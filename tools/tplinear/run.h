@@ -29,11 +29,13 @@ struct RunOptions {
   int oproj_tp = 0;
   bool matmul_allreduce = false;
   int fused_chunks = -1;       // -1 = keep (0 = automatic rule)
+  std::string overlap;         // "" = keep (auto); auto, on or off
   std::string layer_sharding;  // comma separated, e.g. "o_proj"
   int prefetch_step = -1;      // -1 = automatic
   std::string deployment;      // mixed, prefill, decode
   std::string dump;            // directory for .npy dumps
-  std::string plan;  // run: plan.json; the config of the --tokens bucket replaces the flags
+  std::string plan;     // run: plan.json; the config of the --tokens bucket replaces the flags
+  std::string profile;  // run: profile.json; the cost model's defaults (StackOptions::profile)
   // GEMM of the one-rank reference: "reference" (tplinear's double-accumulating oracle, so the
   // check never compares an implementation with itself), "same" (the ranks' CPU GEMM, for models
   // too big for the oracle), or "auto" (reference up to kAutoReferenceFlops).
