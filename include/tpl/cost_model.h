@@ -25,6 +25,10 @@ struct LayerPrediction {
   int kind = -1;       // 0 qkv_proj, 1 o_proj, 2 gate_up_proj, 3 down_proj
   double gemm_ms = 0, comm_ms = 0, other_ms = 0, ms = 0;
   double bytes_sent = 0;  // per rank, the docs/ops.md volume (what Communicator counts)
+  // Weight memory of the largest shard: the layer's own copy of its shard plus the GEMM's
+  // planned copy (reordered, transposed or, for bf16 through f32, widened), as LinearLayer holds
+  // them today.
+  double weight_bytes = 0;
 };
 
 struct StackPrediction {
@@ -32,6 +36,7 @@ struct StackPrediction {
   std::array<double, 4> kind_ms{};     // qkv_proj, o_proj, gate_up_proj, down_proj
   std::array<double, 4> kind_bytes{};  // bytes sent per rank
   double linear_ms = 0;                // all linear layers
+  double weight_bytes = 0;             // resident weight bytes per rank, all linear layers
   std::vector<LayerPrediction> layers;
 };
 

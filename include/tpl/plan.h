@@ -42,7 +42,8 @@ struct Plan {
   int world = 0, tp = 0, dp = 0;
   std::string dtype = "f32";
   bool w8a8 = false;
-  std::string layout;  // weight_layout_of() of every bucket's config
+  std::string layout;       // weight_layout_of() of every bucket's config
+  double weight_bytes = 0;  // predicted resident weight bytes per rank of that layout (0 = unknown)
   std::vector<PlanBucket> buckets;
   std::vector<PlanCandidate> configs;  // the chosen strategies' configs, by name
   MachineInfo machine;                 // the profile's machine
@@ -64,6 +65,9 @@ struct PlanOptions {
   std::vector<std::pair<std::int64_t, double>> workload;  // (tokens, weight), tokens ascending
   double margin = 0.03;
   CostInputs inputs;
+  // Resident weight bytes a rank may hold (StackPrediction::weight_bytes); 0 = no cap. A
+  // candidate above it is left out with a note; ConfigError when none fits.
+  double memory_cap_bytes = 0;
 };
 
 // Candidates whose prediction throws Unsupported are left out with a note. ConfigError when no

@@ -43,6 +43,9 @@ struct MachineInfo {
   bool spare_core() const;
 };
 
+// "all_reduce", "reduce_scatter", "all_gather", "all_to_all", "broadcast" (profile keys).
+const char* collective_name(Collective c);
+
 struct MachineProfile {
   int version = 1;
   MachineInfo machine;

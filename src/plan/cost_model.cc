@@ -159,8 +159,16 @@ StackPrediction CostModel::predict(const ModelSpec& model, const Config& config,
     const double r = fused_ratio(path, rows);
     lp.gemm_ms *= r, lp.comm_ms *= r, lp.other_ms *= r;
   };
+  // Resident bytes per weight element: the layer's shard in its dtype plus the GEMM's copy (4
+  // bytes when bf16 runs through f32 on this machine's profile).
+  const auto gemm_table = profile_.gemm.find(in.w8a8 ? "int8" : dtype_name(in.dtype));
+  const bool widened = !in.w8a8 && in.dtype == DType::kBF16 && gemm_table != profile_.gemm.end() &&
+                       !gemm_table->second.empty() &&
+                       gemm_table->second.front().impl.rfind("bf16_via_f32", 0) == 0;
+  const double per_weight = in.w8a8 ? 2.0 : e + (widened ? 4.0 : e);
   // A local GEMM: float, or W8A8's quantise + int8 GEMM + dequantise passes.
   auto local_gemm = [&](std::int64_t m, std::int64_t n, std::int64_t k, LayerPrediction& lp) {
+    lp.weight_bytes = double(n) * double(k) * per_weight;
     if (in.w8a8 && profile_.gemm.count("w8a8")) {
       lp.gemm_ms += table_ms("w8a8", m, n, k);  // measured as the layer runs it
     } else if (in.w8a8) {
@@ -230,6 +238,28 @@ StackPrediction CostModel::predict(const ModelSpec& model, const Config& config,
           }
           break;
         }
+        // MLP-TP and O-proj-TP run over m DP replicas with equal token counts here (the stack
+        // passes no per-replica counts), so Bmax = N: rows are m·N after the token exchange.
+        case OpKind::kMlpColumn: {
+          const std::int64_t rows = std::int64_t(t) * n_tok;
+          if (t > 1) coll(Collective::kAllGather, double(rows) * spec.in_features * e, t, lp);
+          local_gemm(rows, max_out_local(spec, t), spec.in_features, lp);
+          break;
+        }
+        case OpKind::kMlpRow: {
+          const std::int64_t rows = std::int64_t(t) * n_tok;
+          local_gemm(rows, out_f, max_in_local(spec, t), lp);
+          if (t > 1) coll(Collective::kReduceScatter, double(rows) * out_f * e_r, t, lp);
+          break;
+        }
+        case OpKind::kOProjRow: {
+          const std::int64_t rows = std::int64_t(t) * n_tok, c = spec.in_features / t;
+          lp.other_ms += copy_ms(double(rows) * c * e);  // the padded send buffer
+          if (t > 1) coll(Collective::kAllToAll, double(rows) * c * e, t, lp);
+          local_gemm(rows, out_f, c, lp);
+          if (t > 1) coll(Collective::kReduceScatter, double(rows) * out_f * e_r, t, lp);
+          break;
+        }
         case OpKind::kFlashcomm2OProjRow: {
           const int p = std::max(1, config.flashcomm2_p), g = tp / p;
           const std::int64_t unit = std::max<std::int64_t>(1, spec.in_unit);
@@ -250,7 +280,7 @@ StackPrediction CostModel::predict(const ModelSpec& model, const Config& config,
         }
         default:
           TPL_THROW(Unsupported, kWhere, spec.prefix, ": the cost model does not cover op ",
-                    op_kind_name(choice.kind), " yet (MLP-TP, O-proj-TP and DSA-CP ops)");
+                    op_kind_name(choice.kind), " yet (DSA-CP's sharded-CP ops)");
       }
       lp.ms = lp.gemm_ms + lp.comm_ms + lp.other_ms;
       if (lp.kind >= 0) {
@@ -258,6 +288,7 @@ StackPrediction CostModel::predict(const ModelSpec& model, const Config& config,
         out.kind_bytes[lp.kind] += lp.bytes_sent;
       }
       out.linear_ms += lp.ms;
+      out.weight_bytes += lp.weight_bytes;
       out.layers.push_back(std::move(lp));
     }
   }

@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <limits>
 #include <map>
@@ -66,6 +67,17 @@ std::vector<std::pair<std::int64_t, double>> parse_workload(const std::string& s
   return v;
 }
 
+namespace {
+// "<a><x GiB, 2 decimals><b><y>" for the cap messages.
+std::string fmt_gib(const std::string& a, double x, const std::string& b, double y) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.3g", x);
+  std::string s = a + buf + b;
+  std::snprintf(buf, sizeof buf, "%.3g", y);
+  return s + buf;
+}
+}  // namespace
+
 Plan make_plan(const CostModel& cost, const ModelSpec& model, int world,
                const std::vector<PlanCandidate>& candidates, const PlanOptions& o,
                std::vector<std::string>* notes) {
@@ -73,17 +85,39 @@ Plan make_plan(const CostModel& cost, const ModelSpec& model, int world,
   // Predictions per candidate and workload point; a candidate the model cannot predict is out.
   std::vector<const PlanCandidate*> ok;
   std::map<const PlanCandidate*, std::vector<double>> pred;
+  std::map<const PlanCandidate*, double> weight_bytes;
+  const double gib = 1024.0 * 1024 * 1024;
+  double smallest = -1;
+  std::string smallest_name;
   for (const auto& c : candidates) {
     try {
       std::vector<double> v;
-      for (const auto& [tokens, w] : o.workload)
-        v.push_back(cost.predict(model, c.config, world, tokens, o.inputs).linear_ms);
+      double wb = 0;
+      for (const auto& [tokens, w] : o.workload) {
+        const StackPrediction sp = cost.predict(model, c.config, world, tokens, o.inputs);
+        v.push_back(sp.linear_ms);
+        wb = sp.weight_bytes;
+      }
+      if (smallest < 0 || wb < smallest) smallest = wb, smallest_name = c.name;
+      if (o.memory_cap_bytes > 0 && wb > o.memory_cap_bytes) {
+        if (notes)
+          notes->push_back(fmt_gib("left out " + c.name + ": needs ", wb / gib,
+                                   " GiB of weights per rank, over the cap of ",
+                                   o.memory_cap_bytes / gib));
+        continue;
+      }
       pred[&c] = std::move(v);
+      weight_bytes[&c] = wb;
       ok.push_back(&c);
     } catch (const Unsupported& e) {
       if (notes) notes->push_back("left out " + c.name + ": " + e.what());
     }
   }
+  if (ok.empty() && smallest >= 0)
+    TPL_THROW(ConfigError, kWhere,
+              fmt_gib("no strategy fits the memory cap of ", o.memory_cap_bytes / gib,
+                      " GiB of weights per rank; the smallest (" + smallest_name + ") needs ",
+                      smallest / gib));
   TPL_CHECK_T(!ok.empty(), ConfigError, kWhere, "no candidate strategy can be predicted");
 
   // Per bucket within one layout: the baseline (the layout's first candidate) unless another is
@@ -140,6 +174,7 @@ Plan make_plan(const CostModel& cost, const ModelSpec& model, int world,
   p.layout = layout;
   p.machine = cost.profile().machine;
   const auto& in_layout = by_layout[layout];
+  for (const auto* c : in_layout) p.weight_bytes = std::max(p.weight_bytes, weight_bytes[c]);
   for (std::size_t i = 0; i < o.workload.size(); ++i) {
     const auto [pick, second] = choose(in_layout, i);
     PlanBucket b;
@@ -198,6 +233,7 @@ nlohmann::json Plan::to_json() const {
                    {"dtype", dtype},
                    {"w8a8", w8a8},
                    {"layout", layout},
+                   {"weight_bytes", weight_bytes},
                    {"buckets", nlohmann::json::array()},
                    {"configs", nlohmann::json::object()},
                    {"machine",
@@ -248,6 +284,11 @@ Plan Plan::from_json(const nlohmann::json& j, const std::string& source) {
   if (!get(j, "w8a8", "").is_boolean()) fail("w8a8", "must be a boolean");
   p.w8a8 = j.at("w8a8").get<bool>();
   p.layout = string(get(j, "layout", ""), "layout");
+  if (j.contains("weight_bytes")) {  // optional: plans written before the memory cap lack it
+    if (!j.at("weight_bytes").is_number() || j.at("weight_bytes").get<double>() < 0)
+      fail("weight_bytes", "must be a number >= 0");
+    p.weight_bytes = j.at("weight_bytes").get<double>();
+  }
   const auto& cfgs = get(j, "configs", "");
   if (!cfgs.is_object()) fail("configs", "must be an object of strategy configs");
   for (const auto& [name, cj] : cfgs.items()) {

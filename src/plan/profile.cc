@@ -14,8 +14,6 @@
 
 namespace tpl {
 
-namespace {
-
 const char* collective_name(Collective c) {
   switch (c) {
     case Collective::kAllReduce:
@@ -31,6 +29,8 @@ const char* collective_name(Collective c) {
   }
   return "?";
 }
+
+namespace {
 
 // Field access with errors that name the file and the field's path.
 struct Reader {

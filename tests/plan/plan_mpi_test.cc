@@ -26,18 +26,22 @@ MachineProfile flat_profile(int group) {
   return p;
 }
 
+ModelSpec mha12() {
+  // 12 heads of 16 (MHA, so every TP size up to 12 splits the attention), an intermediate size
+  // that 3 ranks split unevenly.
+  return ModelSpec::from_hf_json({{"model_type", "llama"},
+                                  {"hidden_size", 192},
+                                  {"intermediate_size", 352},
+                                  {"num_attention_heads", 12},
+                                  {"num_key_value_heads", 12},
+                                  {"num_hidden_layers", 2}},
+                                 "mha12");
+}
+
 TEST(CostModelVsOps, PredictedBytesMatchTheCountedBytes) {
   Communicator& world = testing::world();
   const int w = world.size();
-  // 12 heads of 16 (MHA, so every TP size up to 12 splits the attention), an intermediate size
-  // that 3 ranks split unevenly.
-  const ModelSpec model = ModelSpec::from_hf_json({{"model_type", "llama"},
-                                                   {"hidden_size", 192},
-                                                   {"intermediate_size", 352},
-                                                   {"num_attention_heads", 12},
-                                                   {"num_key_value_heads", 12},
-                                                   {"num_hidden_layers", 2}},
-                                                  "mha12");
+  const ModelSpec model = mha12();
   const CostModel cm(flat_profile(w));
   const auto weights = make_random_weights(3);
   std::vector<nlohmann::json> configs{
@@ -46,8 +50,14 @@ TEST(CostModelVsOps, PredictedBytesMatchTheCountedBytes) {
       {{"flashcomm1", true}, {"flashcomm1_threshold", 0}, {"fused_chunks", 1}},
       {{"matmul_allreduce", true}},
       {{"flashcomm1", true}, {"flashcomm1_threshold", 0}, {"flashcomm2_p", 1}}};
+  // MLP-TP and O-proj-TP: TP = 1, every rank its own DP replica, one module group.
+  if (w > 1) {
+    configs.push_back({{"tp", 1}, {"dp", w}, {"mlp_tp", w}});
+    configs.push_back({{"tp", 1}, {"dp", w}, {"oproj_tp", w}, {"deployment", "decode"}});
+  }
   for (auto j : configs) {
-    j["tp"] = w, j["dp"] = 1, j["pp"] = 1;
+    if (!j.contains("tp")) j["tp"] = w, j["dp"] = 1;
+    j["pp"] = 1;
     if (w == 1 && j.contains("flashcomm1")) continue;  // FlashComm1 needs TP > 1
     const Config cfg = Config::from_json(j);
     for (std::int64_t n : {7, 33}) {
@@ -73,17 +83,6 @@ TEST(CostModelVsOps, PredictedBytesMatchTheCountedBytes) {
       testing::expect_agreed(world, bad);
     }
   }
-}
-
-ModelSpec mha12() {
-  // 12 heads of 16 (MHA), an intermediate size 3 ranks split unevenly.
-  return ModelSpec::from_hf_json({{"model_type", "llama"},
-                                  {"hidden_size", 192},
-                                  {"intermediate_size", 352},
-                                  {"num_attention_heads", 12},
-                                  {"num_key_value_heads", 12},
-                                  {"num_hidden_layers", 2}},
-                                 "mha12");
 }
 
 Config config_of(nlohmann::json j, int w) {

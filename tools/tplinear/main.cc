@@ -168,6 +168,9 @@ int main(int argc, char** argv) {
                  "candidates, comma list of: " + tpl::cli::bench_strategy_names());
   pl->add_option("--margin", po.margin,
                  "switch from the baseline only when predicted faster by more");
+  pl->add_option("--memory-cap", po.memory_cap_gib,
+                 "GiB of weights a rank may hold; layouts above it are left out")
+      ->check(CLI::PositiveNumber);
   pl->add_option("--out", po.out, "plan JSON to write");
   pl->add_flag("--strict", po.strict, "refuse a profile measured on another machine");
   pl->add_flag("--check", po.check, "measure every candidate: model error and plan regret");
@@ -178,6 +181,22 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0, 100));
   pl->add_option("--progress", po.progress, "progress bar on stderr: auto (TTY), always, never")
       ->check(CLI::IsMember({"auto", "always", "never"}));
+
+  tpl::cli::SimulateCliOptions so;
+  so.model.dtype = "bf16";  // GPU clusters: the default inference dtype
+  auto* sim = app.add_subcommand("simulate",
+                                 "predict per-strategy times on a simulated cluster described by "
+                                 "published figures (docs/planner.md)");
+  tpl::cli::add_model_options(*sim, so.model);
+  sim->add_option("--profile", so.profile, "cluster profile JSON (e.g. profiles/h100-*.json)")
+      ->required();
+  sim->add_option("--world", so.world, "comma list of TP sizes");
+  sim->add_option("--tokens", so.tokens, "comma list of token counts");
+  sim->add_option("--strategies", so.strategies,
+                  "candidates, comma list of: " + tpl::cli::bench_strategy_names());
+  sim->add_option("--json", so.json, "write the predictions as JSON");
+  sim->add_flag("--validate", so.validate,
+                "compare the profile's model with the published measurements it carries");
 
   try {
     app.parse(argc, argv);
@@ -198,6 +217,7 @@ int main(int argc, char** argv) {
     if (*inf) rc = tpl::cli::run_info(*world, io);
     if (*cal) rc = tpl::cli::run_calibrate(*world, co);
     if (*pl) rc = tpl::cli::run_plan(*world, po);
+    if (*sim) rc = tpl::cli::run_simulate(*world, so);
   } catch (const tpl::Error& err) {
     // Bad input fails the same way on every rank; one line, from rank 0.
     if (world->rank() == 0) std::fprintf(stderr, "tplinear: error: %s\n", err.what());

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bench.h"
+#include "tpl/cluster.h"
 #include "tpl/cost_model.h"
 #include "tpl/error.h"
 #include "tpl/plan.h"
@@ -106,6 +107,7 @@ int run_plan(Communicator& world, const PlanCliOptions& o) {
   PlanOptions po;
   po.workload = parse_workload(o.workload);
   po.margin = o.margin;
+  po.memory_cap_bytes = o.memory_cap_gib * 1024.0 * 1024 * 1024;
   po.inputs.dtype = parse_dtype(o.model.dtype);
   po.inputs.w8a8 = o.model.quant == "w8a8";
   std::vector<std::string> notes;
@@ -139,9 +141,12 @@ int run_plan(Communicator& world, const PlanCliOptions& o) {
     fmt::print("# profile: {} | {} | {} cores\n", profile.machine.cpu, profile.machine.isa,
                profile.machine.cores);
     for (const auto& n : notes) fmt::print("# {}\n", n);
-    fmt::print("# weight layout: {}\n#\n# {:>8} {:>10} {:>7} {:<18} {:>13} {:<18} {:>10}  why\n",
-               plan.layout, "tokens", "bucket", "weight", "strategy", "predicted(ms)", "runner-up",
-               "(ms)");
+    fmt::print(
+        "# weight layout: {}, {:.3g} GiB of weights per rank{}\n#\n# {:>8} {:>10} {:>7} "
+        "{:<18} {:>13} {:<18} {:>10}  why\n",
+        plan.layout, plan.weight_bytes / (1024.0 * 1024 * 1024),
+        o.memory_cap_gib > 0 ? fmt::format(" (cap {:.3g} GiB)", o.memory_cap_gib) : "", "tokens",
+        "bucket", "weight", "strategy", "predicted(ms)", "runner-up", "(ms)");
     std::int64_t lo = 1;
     for (const auto& b : plan.buckets) {
       const std::string range =
@@ -281,6 +286,106 @@ int run_plan(Communicator& world, const PlanCliOptions& o) {
     std::ofstream f(o.json);
     f << out.dump(2) << "\n";
     if (!f) TPL_THROW(IoError, kWhere, "cannot write '", o.json, "'");
+  }
+  return 0;
+}
+
+int run_simulate(Communicator& world, const SimulateCliOptions& o) {
+  const Where where{"simulate"};
+  const ClusterProfile cluster = ClusterProfile::from_file(o.profile);
+  const ModelSpec model = load_model(o.model);
+  std::vector<int> worlds;
+  std::vector<std::int64_t> tokens;
+  for (const auto& w : split_list(o.world)) {
+    try {
+      worlds.push_back(std::stoi(w));
+    } catch (const std::exception&) {
+      TPL_THROW(InvalidArgument, where, "--world item '", w, "' is not a number");
+    }
+    if (worlds.back() < 1 || worlds.back() > 4096)
+      TPL_THROW(InvalidArgument, where, "--world item ", w, " must be in [1, 4096]");
+  }
+  for (const auto& [t, wgt] : parse_workload(o.tokens)) tokens.push_back(t);
+  if (world.rank() != 0) return 0;
+
+  if (o.validate) {
+    fmt::print("# tplinear simulate --validate: {} ({})\n", cluster.name, o.profile);
+    fmt::print("# {:<13} {:>12} {:>11} {:>11} {:>8}  source\n", "kind", "x", "published",
+               "predicted", "error");
+    std::map<std::string, std::vector<double>> by_source;
+    for (const CheckResult& r : validate(cluster)) {
+      fmt::print("  {:<13} {:>12.0f} {:>11.2f} {:>11.2f} {:>+7.1f}%  {}\n", r.kind, r.x,
+                 r.published, r.predicted, 100 * r.error(), r.source);
+      by_source[r.source].push_back(std::fabs(r.error()));
+    }
+    for (const auto& [src, errs] : by_source) {
+      double sum = 0, mx = 0;
+      for (double e : errs) sum += e, mx = std::max(mx, e);
+      fmt::print("# mean |error| {:.1f}%, max {:.1f}% over {} points: {}\n",
+                 100 * sum / double(errs.size()), 100 * mx, errs.size(), src);
+    }
+    return 0;
+  }
+
+  CostInputs in;
+  in.dtype = parse_dtype(o.model.dtype);
+  in.w8a8 = o.model.quant == "w8a8";
+  in.spare_core = true;  // a GPU's collectives run beside its GEMMs
+  fmt::print("# tplinear simulate: {} ({}), {} layers, {}{} on {}\n", model.name, model.model_type,
+             model.layers, o.model.dtype, in.w8a8 ? " W8A8" : "", cluster.name);
+  fmt::print("# predicted linear-layer time of the whole stack; fused paths priced unfused\n");
+  fmt::print("# {:>5} {:>8} {:<18} {:>11} {:>10} {:>7}  best\n", "world", "tokens", "strategy",
+             "linear(ms)", "comm(ms)", "comm%");
+  nlohmann::json rows = nlohmann::json::array();
+  for (const int w : worlds) {
+    std::vector<int> groups;
+    for (int g = 2; g <= w; ++g)
+      if (w % g == 0) groups.push_back(g);
+    const CostModel cost(cluster.synthesize(groups));
+    std::vector<std::string> notes;
+    RunOptions base = o.model;
+    const std::vector<PlanCandidate> cands = bench_candidates(base, w, o.strategies, &notes);
+    for (const auto& n : notes) fmt::print("# world {}: {}\n", w, n);
+    for (const std::int64_t n : tokens) {
+      struct Point {
+        std::string name;
+        double ms, comm;
+      };
+      std::vector<Point> pts;
+      for (const PlanCandidate& c : cands) {
+        try {
+          const StackPrediction sp = cost.predict(model, c.config, w, n, in);
+          double comm = 0;
+          for (const auto& l : sp.layers) comm += l.comm_ms;
+          pts.push_back({c.name, sp.linear_ms, comm});
+        } catch (const Error& e) {
+          fmt::print("# world {} tokens {}: {} left out: {}\n", w, n, c.name, e.what());
+        }
+      }
+      if (pts.empty()) continue;
+      const auto best = std::min_element(
+          pts.begin(), pts.end(), [](const Point& a, const Point& b) { return a.ms < b.ms; });
+      for (const Point& p : pts) {
+        fmt::print("  {:>5} {:>8} {:<18} {:>11.3f} {:>10.3f} {:>6.1f}%  {}\n", w, n, p.name, p.ms,
+                   p.comm, p.ms > 0 ? 100 * p.comm / p.ms : 0, &p == &*best ? "*" : "");
+        rows.push_back({{"world", w},
+                        {"tokens", n},
+                        {"strategy", p.name},
+                        {"linear_ms", p.ms},
+                        {"comm_ms", p.comm},
+                        {"best", &p == &*best}});
+      }
+    }
+  }
+  if (!o.json.empty()) {
+    std::ofstream f(o.json);
+    if (!f) TPL_THROW(IoError, where, "cannot write '", o.json, "'");
+    f << nlohmann::json{{"cluster", cluster.name},
+                        {"model", model.name},
+                        {"dtype", o.model.dtype},
+                        {"rows", rows}}
+             .dump(1)
+      << "\n";
   }
   return 0;
 }

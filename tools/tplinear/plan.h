@@ -22,14 +22,27 @@ struct PlanCliOptions {
   std::string workload = "16,256,1024";
   std::string strategies = "standard,fc1,fc1-serial,fc2,matmul-allreduce";
   double margin = 0.03;
-  std::string out, json;  // plan file; --check's rows as JSON
-  bool strict = false;    // refuse a profile from another machine
+  double memory_cap_gib = 0;  // 0 = no cap
+  std::string out, json;      // plan file; --check's rows as JSON
+  bool strict = false;        // refuse a profile from another machine
   bool check = false;
   int iters = 3, warmup = 1;
   std::string progress = "auto";
 };
 
+struct SimulateCliOptions {
+  RunOptions model;                  // --model / --hf-config / --layers / --dtype
+  std::string profile;               // cluster profile (tpl/cluster.h)
+  std::string world = "8,16,32,64";  // TP sizes (DP 1)
+  std::string tokens = "16,2048";
+  std::string strategies = "standard,fc1,fc1-serial,fc2,matmul-allreduce";
+  std::string json;
+  bool validate = false;  // print the profile's published checks against its predictions
+};
+
 int run_calibrate(Communicator& world, const CalibrateCliOptions& o);
+// Prediction only, on rank 0 (no collective).
+int run_simulate(Communicator& world, const SimulateCliOptions& o);
 int run_plan(Communicator& world, const PlanCliOptions& o);
 
 }  // namespace tpl::cli
