@@ -1,4 +1,5 @@
-// Collective bandwidth of the MPI communicator (nccl-tests conventions).
+// Collective bandwidth of the MPI and the SHM communicators, side by side in one run
+// (nccl-tests conventions), with one core's copy bandwidth B measured in the same run.
 //
 // Run under mpirun; every rank runs every benchmark in lockstep and only rank 0 reports:
 //   mpirun -np 2 --bind-to core build/bench/tpl_comm_bench
@@ -12,6 +13,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <random>
@@ -20,6 +23,7 @@
 
 #include "tpl/backends.h"
 #include "tpl/communicator.h"
+#include "tpl/shm.h"
 #include "tpl/tensor.h"
 
 namespace {
@@ -134,18 +138,61 @@ int main(int argc, char** argv) {
   }
   benchmark::Initialize(&argc, argv);
 
-  const std::int64_t sizes[] = {4 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20};
+  // The SHM communicator over the same ranks, when the world is MPI (TPL_COMM unset or mpi).
+  // TPL_SHM_SLOTS="262144,4194304" adds one SHM communicator per slot size ("shm-<bytes>"),
+  // to compare chunkings in one run.
+  std::vector<std::unique_ptr<tpl::Communicator>> shms;
+  std::vector<std::pair<std::string, tpl::Communicator*>> comms{{"mpi", comm.get()}};
+  if (comm->name() == "mpi") {
+    shms.push_back(tpl::make_shm_communicator(*comm));
+    comms.emplace_back("shm", shms.back().get());
+    if (const char* e = std::getenv("TPL_SHM_SLOTS"))
+      for (std::string rest = e; !rest.empty();) {
+        const auto comma = rest.find(',');
+        tpl::ShmOptions o;
+        o.slot_bytes = std::stoull(rest.substr(0, comma));
+        shms.push_back(tpl::make_shm_communicator(*comm, o));
+        comms.emplace_back("shm-" + rest.substr(0, comma), shms.back().get());
+        rest = comma == std::string::npos ? "" : rest.substr(comma + 1);
+      }
+  }
+
+  // B: one core copying 64 MiB (every rank at once, as the collectives run), bytes copied / s.
+  benchmark::RegisterBenchmark(
+      "copy",
+      [&comm](benchmark::State& st) {
+        std::vector<char> a(64 << 20, 1), b(64 << 20, 2);
+        double total = 0;
+        for (auto _ : st) {
+          comm->barrier();
+          const double t0 = MPI_Wtime();
+          std::memcpy(b.data(), a.data(), a.size());
+          benchmark::DoNotOptimize(b.data());
+          double dt = MPI_Wtime() - t0;
+          MPI_Allreduce(MPI_IN_PLACE, &dt, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+          st.SetIterationTime(dt);
+          total += dt;
+        }
+        st.counters["GBs"] = double(a.size()) * double(st.iterations()) / total / 1e9;
+      })
+      ->Iterations(20)
+      ->UseManualTime()
+      ->Unit(benchmark::kMicrosecond);
+
+  const std::int64_t sizes[] = {4 << 10, 16 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20};
   for (const Op& op : ops(comm->size())) {
     for (std::int64_t s : sizes) {
-      // A fixed iteration count (about 256 MiB moved, 10..2000 calls) keeps every rank in
-      // lockstep regardless of how Google Benchmark would size the run from local clocks.
-      const std::int64_t iters = std::clamp<std::int64_t>((256 << 20) / s, 10, 2000);
-      benchmark::RegisterBenchmark(
-          op.name, [&comm, op](benchmark::State& st) { run_collective(st, *comm, op); })
-          ->Arg(s)
-          ->Iterations(iters)
-          ->UseManualTime()
-          ->Unit(benchmark::kMicrosecond);
+      for (const auto& [label, c] : comms) {
+        // A fixed iteration count (about 256 MiB moved, 10..2000 calls) keeps every rank in
+        // lockstep regardless of how Google Benchmark would size the run from local clocks.
+        const std::int64_t iters = std::clamp<std::int64_t>((256 << 20) / s, 10, 2000);
+        benchmark::RegisterBenchmark((label + "/" + op.name).c_str(),
+                                     [c, op](benchmark::State& st) { run_collective(st, *c, op); })
+            ->Arg(s)
+            ->Iterations(iters)
+            ->UseManualTime()
+            ->Unit(benchmark::kMicrosecond);
+      }
     }
   }
 
@@ -156,6 +203,7 @@ int main(int argc, char** argv) {
     benchmark::RunSpecifiedBenchmarks(&display);
   }
   benchmark::Shutdown();
-  comm.reset();  // frees the MPI communicator before MPI_Finalize
+  shms.clear();
+  comm.reset();  // frees the communicators before MPI_Finalize
   return 0;
 }

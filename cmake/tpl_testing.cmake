@@ -23,7 +23,7 @@ message(STATUS "tplinear: AVX2-capped test entries ${TPL_WITH_CAPPED_TESTS}")
 set(TPL_MPI_TEST_ENV
     "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMPI_MCA_btl=self,vader;OMPI_MCA_oob_tcp_if_include=lo;OMPI_MCA_rmaps_base_oversubscribe=1;OMP_NUM_THREADS=1")
 function(tpl_add_mpi_test name target)
-  cmake_parse_arguments(ARG "CAPPED" "TIMEOUT" "NPROCS;ARGS" ${ARGN})
+  cmake_parse_arguments(ARG "CAPPED;SHM" "TIMEOUT" "NPROCS;ARGS" ${ARGN})
   if(NOT ARG_TIMEOUT)
     set(ARG_TIMEOUT 300)
   endif()
@@ -34,6 +34,16 @@ function(tpl_add_mpi_test name target)
                      ${MPIEXEC_POSTFLAGS} ${ARG_ARGS})
     set_tests_properties(${name}_np${np} PROPERTIES ENVIRONMENT "${TPL_MPI_TEST_ENV}"
                          TIMEOUT ${ARG_TIMEOUT} LABELS mpi PROCESSORS 2)
+    # SHM: the same program with every communicator on shared memory (TPL_COMM=shm).
+    if(ARG_SHM)
+      add_test(NAME ${name}_shm_np${np}
+               COMMAND ${MPIEXEC_EXECUTABLE} ${MPIEXEC_NUMPROC_FLAG} ${np} --oversubscribe
+                       --bind-to none ${MPIEXEC_PREFLAGS} $<TARGET_FILE:${target}>
+                       ${MPIEXEC_POSTFLAGS} ${ARG_ARGS})
+      set_tests_properties(${name}_shm_np${np} PROPERTIES
+                           ENVIRONMENT "${TPL_MPI_TEST_ENV};TPL_COMM=shm"
+                           TIMEOUT ${ARG_TIMEOUT} LABELS "mpi;shm" PROCESSORS 2)
+    endif()
     if(ARG_CAPPED AND TPL_WITH_CAPPED_TESTS)
       add_test(NAME ${name}_avx2_np${np}
                COMMAND ${MPIEXEC_EXECUTABLE} ${MPIEXEC_NUMPROC_FLAG} ${np} --oversubscribe

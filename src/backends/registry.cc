@@ -7,6 +7,7 @@
 #include "tpl/build_config.h"
 #include "tpl/cpu_gemm.h"
 #include "tpl/error.h"
+#include "tpl/shm.h"
 #if TPL_WITH_MPI
 #include "comm/mpi_communicator.h"
 #endif
@@ -180,6 +181,14 @@ std::unique_ptr<Communicator> make_device_communicator(Communicator& bootstrap, 
 #endif
 }
 
+#if !TPL_WITH_MPI
+// The SHM communicator is built on MPI-3 windows (src/comm/shm_communicator.cc).
+std::unique_ptr<Communicator> make_shm_communicator(Communicator& group, const ShmOptions&) {
+  TPL_THROW(Unsupported, (Where{"shm", group.rank()}),
+            "the SHM communicator needs MPI, which this build does not have");
+}
+#endif
+
 std::string mpi_library_version() {
 #if TPL_WITH_MPI
   char buf[MPI_MAX_LIBRARY_VERSION_STRING];
@@ -198,6 +207,7 @@ std::vector<std::string> built_backends() {
   std::vector<std::string> v{"local"};
 #if TPL_WITH_MPI
   v.push_back("mpi");
+  v.push_back("shm");
 #endif
   v.push_back("reference");
   v.push_back("avx2_int8");

@@ -1,6 +1,11 @@
 #include "comm/mpi_communicator.h"
+
+#include <cstdlib>
+#include <string>
+
 #include "tpl/backends.h"
 #include "tpl/error.h"
+#include "tpl/shm.h"
 
 namespace tpl {
 
@@ -24,7 +29,15 @@ MpiSession::~MpiSession() {
 std::unique_ptr<Communicator> MpiSession::world() const {
   MPI_Comm dup;
   TPL_MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &dup), -1);
-  return std::make_unique<MpiCommunicator>(dup);
+  auto mpi = std::make_unique<MpiCommunicator>(dup);
+  // TPL_COMM: which communicator serves the world and every group split from it. auto is MPI
+  // until the planner chooses per group (docs/communication.md).
+  const char* env = std::getenv("TPL_COMM");
+  const std::string comm = env && *env ? env : "auto";
+  if (comm == "mpi" || comm == "auto") return mpi;
+  if (comm == "shm") return make_shm_communicator(*mpi);
+  TPL_THROW(ConfigError, (Where{"TPL_COMM", mpi->rank()}),
+            "TPL_COMM must be mpi, shm or auto, got '", comm, "'");
 }
 
 }  // namespace tpl

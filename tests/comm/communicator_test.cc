@@ -15,6 +15,7 @@
 #include "harness.h"
 #include "tpl/communicator.h"
 #include "tpl/error.h"
+#include "tpl/shm.h"
 #include "tpl/tensor.h"
 
 namespace tpl {
@@ -126,6 +127,21 @@ class CommConformance : public ::testing::TestWithParam<std::string> {
     } else if (impl == "mpi_split") {
       // Even and odd world ranks form two groups; collectives run inside each group.
       owned_ = world().split(world().rank() % 2, world().rank());
+    } else if (impl == "shm_world" || impl == "shm_split") {
+      if (world().name() != "mpi") GTEST_SKIP() << "the world is " << world().name();
+      // Small slots, so every collective here runs through several chunks and both all-reduce
+      // algorithms.
+      ShmOptions o;
+      o.slot_bytes = 4096;
+      o.two_shot_bytes = 1024;
+      if (impl == "shm_world") {
+        o.mpi_move_bytes = 0;  // every collective through the slots
+        owned_ = make_shm_communicator(world(), o);
+      } else {
+        o.mpi_move_bytes = 2048;  // larger data movement handed to MPI
+        auto half = world().split(world().rank() % 2, world().rank());
+        owned_ = make_shm_communicator(*half, o);
+      }
     }
     comm_ = owned_ ? owned_.get() : &world();
   }
@@ -144,8 +160,9 @@ TEST_P(CommConformance, Identity) {
   if (GetParam() == "local") {
     if (comm().size() != 1 || comm().rank() != 0 || comm().name() != "local")
       fail += "local communicator is not a size-1 group named local\n";
-  } else if (GetParam() == "mpi_world") {
-    if (comm().name() != "mpi" || comm().size() != wn || comm().rank() != wr)
+  } else if (GetParam() == "mpi_world" || GetParam() == "shm_world") {
+    const std::string want = GetParam() == "mpi_world" ? "mpi" : "shm";
+    if (comm().name() != want || comm().size() != wn || comm().rank() != wr)
       fail += "world communicator disagrees with the world rank/size\n";
   } else {
     const int expect_size = (wn - wr % 2 + 1) / 2;  // ranks with the same parity
@@ -491,7 +508,8 @@ TEST_P(CommConformance, SplitAndAllTrue) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Impl, CommConformance,
-                         ::testing::Values("local", "mpi_world", "mpi_split"),
+                         ::testing::Values("local", "mpi_world", "mpi_split", "shm_world",
+                                           "shm_split"),
                          [](const ::testing::TestParamInfo<std::string>& info) {
                            return info.param;
                          });

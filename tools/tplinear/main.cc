@@ -6,6 +6,8 @@
 // directly (as one rank, or as a rank of an outer mpirun).
 #include <unistd.h>
 
+#include <mpi.h>
+
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <cstdlib>
@@ -73,7 +75,16 @@ int maybe_relaunch(int argc, char** argv) {
 int main(int argc, char** argv) {
   if (const int rc = maybe_relaunch(argc, argv); rc >= 0) return rc;
   tpl::MpiSession session(&argc, &argv);
-  auto world = session.world();
+  std::unique_ptr<tpl::Communicator> world;
+  try {
+    world = session.world();  // TPL_COMM picks its communicator
+  } catch (const tpl::Error& err) {
+    // The same setting on every rank, so every rank fails here; one line, from rank 0.
+    int rank = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    if (rank == 0) std::fprintf(stderr, "tplinear: error: %s\n", err.what());
+    return 2;
+  }
   CLI::App app{"tplinear: tensor-parallel linear layers across MPI ranks"};
   app.require_subcommand(1);
   app.add_option("--np", "launch N ranks under mpirun (handled before parsing)");

@@ -1,0 +1,29 @@
+// The shared-memory communicator (src/comm/shm_communicator.h): collectives for ranks of one
+// node through an MPI-3 shared window, with every sum in member order 0..n-1
+// (docs/communication.md). Selected for the world by TPL_COMM=shm (MpiSession::world); groups split
+// from it are SHM too.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+
+#include "tpl/communicator.h"
+
+namespace tpl {
+
+struct ShmOptions {
+  std::size_t slot_bytes = std::size_t(1) << 20;  // per slot; 4 slots per rank
+  std::size_t two_shot_bytes = 256 << 10;         // all-reduce: two-shot at or above this
+  // All-gather, all-to-all and broadcast of at least this many bytes go to MPI: they only move
+  // data, and OpenMPI's single-copy path (CMA) needs one copy where the slots need two. 0 = never.
+  std::size_t mpi_move_bytes = 64 << 10;
+  double timeout_s = 300;  // per wait; then CommError naming the members that did not arrive
+};
+
+// An SHM communicator over the ranks of `group`, which must be an MPI communicator (collective
+// over it). ConfigError, the same on every rank, when the ranks span nodes, the group is not MPI,
+// or the window cannot be allocated; Unsupported when the build has no MPI.
+std::unique_ptr<Communicator> make_shm_communicator(Communicator& group,
+                                                    const ShmOptions& options = {});
+
+}  // namespace tpl

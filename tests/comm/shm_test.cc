@@ -1,0 +1,173 @@
+// The SHM communicator's own promises, at 1-4 ranks (the conformance suite in
+// communicator_test.cc covers the collectives' semantics):
+//  * every sum is the left-to-right fold over members 0..n-1, bit for bit, whatever the size,
+//    the chunking (slot size) or the algorithm (one-shot or two-shot);
+//  * so all-reducing row chunks (the fused paths) equals all-reducing the whole tensor;
+//  * a member that never arrives is a CommError naming it, not a hang.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "harness.h"
+#include "tpl/dtype.h"
+#include "tpl/error.h"
+#include "tpl/shm.h"
+
+namespace tpl {
+namespace {
+
+using testing::expect_agreed;
+using testing::world;
+
+// Rank r's data: normal values with a wide exponent range, so the order of the sums matters.
+std::vector<float> data_of(int r, std::size_t n) {
+  std::mt19937 gen(1234 + 17 * r);
+  std::normal_distribution<float> d(0.f, 1.f);
+  std::uniform_int_distribution<int> e(-12, 12);
+  std::vector<float> v(n);
+  for (auto& x : v) x = std::ldexp(d(gen), e(gen));
+  return v;
+}
+
+std::vector<float> fold(int members, std::size_t n) {
+  std::vector<float> acc = data_of(0, n);
+  for (int k = 1; k < members; ++k) {
+    const std::vector<float> v = data_of(k, n);
+    for (std::size_t i = 0; i < n; ++i) acc[i] += v[i];
+  }
+  return acc;
+}
+
+std::string first_mismatch(const float* got, const std::vector<float>& want,
+                           const std::string& label) {
+  for (std::size_t i = 0; i < want.size(); ++i)
+    if (std::memcmp(&got[i], &want[i], sizeof(float)) != 0) {
+      char buf[160];
+      std::snprintf(buf, sizeof buf, ": index %zu expected %.9g got %.9g\n", i, double(want[i]),
+                    double(got[i]));
+      return label + buf;
+    }
+  return "";
+}
+
+struct AlgoCase {
+  std::size_t slot, two_shot;
+  const char* what;
+};
+const AlgoCase kCases[] = {{4096, std::size_t(1) << 40, "one-shot, 4 KiB slots"},
+                           {4096, 0, "two-shot, 4 KiB slots"},
+                           {std::size_t(1) << 20, 256 << 10, "default algorithm, 1 MiB slots"}};
+
+TEST(ShmSums, MemberOrderFoldBitExactAtAnySizeChunkingAndAlgorithm) {
+  if (world().name() != "mpi") GTEST_SKIP() << "the world is " << world().name();
+  const int n = world().size(), me = world().rank();
+  std::string fail;
+  for (const AlgoCase& s : kCases) {
+    ShmOptions o;
+    o.slot_bytes = s.slot;
+    o.two_shot_bytes = s.two_shot;
+    auto comm = make_shm_communicator(world(), o);
+    for (std::size_t count : {std::size_t(1), std::size_t(7), std::size_t(1000),
+                              std::size_t(4096 + 3), std::size_t(100003)}) {
+      const std::vector<float> mine = data_of(me, count);
+      Tensor t = Tensor::from_f32(mine, 1, static_cast<std::int64_t>(count), DType::kF32);
+      comm->all_reduce(t.view());
+      fail += first_mismatch(t.ptr<float>(), fold(n, count),
+                             std::string(s.what) + " all_reduce of " + std::to_string(count));
+      // Reduce-scatter: this member's block of the fold.
+      Tensor in(DType::kF32, n, static_cast<std::int64_t>(count));
+      std::vector<float> want_block(count);
+      for (int b = 0; b < n; ++b) {
+        const std::vector<float> v = data_of(me + 100 * b, count);
+        std::copy(v.begin(), v.end(), in.ptr<float>() + static_cast<std::size_t>(b) * count);
+      }
+      {
+        std::vector<float> acc = data_of(0 + 100 * me, count);
+        for (int k = 1; k < n; ++k) {
+          const std::vector<float> v = data_of(k + 100 * me, count);
+          for (std::size_t i = 0; i < count; ++i) acc[i] += v[i];
+        }
+        want_block = acc;
+      }
+      Tensor out(DType::kF32, 1, static_cast<std::int64_t>(count));
+      comm->reduce_scatter(in.view(), out.view());
+      fail += first_mismatch(out.ptr<float>(), want_block,
+                             std::string(s.what) + " reduce_scatter of " + std::to_string(count));
+    }
+  }
+  expect_agreed(world(), fail);
+}
+
+TEST(ShmSums, Bf16SumsInF32AndRoundsOnce) {
+  if (world().name() != "mpi") GTEST_SKIP() << "the world is " << world().name();
+  const int n = world().size(), me = world().rank();
+  const std::size_t count = 5003;
+  ShmOptions o;
+  o.slot_bytes = 4096;
+  o.two_shot_bytes = 0;
+  auto comm = make_shm_communicator(world(), o);
+  // Inputs are bf16 values; the expected sum folds their f32 values and rounds once.
+  std::vector<float> want(count, 0.f);
+  for (int k = 0; k < n; ++k) {
+    const std::vector<float> v = data_of(k, count);
+    for (std::size_t i = 0; i < count; ++i)
+      want[i] = k == 0 ? round_to_bf16(v[i]) : want[i] + round_to_bf16(v[i]);
+  }
+  for (auto& w : want) w = round_to_bf16(w);
+  Tensor t = Tensor::from_f32(data_of(me, count), 1, count, DType::kBF16);
+  comm->all_reduce(t.view());
+  std::vector<float> got(count);
+  convert_to_f32(t.data(), DType::kBF16, got.data(), count);
+  expect_agreed(world(), first_mismatch(got.data(), want, "bf16 all_reduce"));
+}
+
+TEST(ShmSums, RowChunksEqualTheWholeTensor) {
+  if (world().name() != "mpi") GTEST_SKIP() << "the world is " << world().name();
+  const int me = world().rank();
+  const std::int64_t rows = 37, cols = 515;
+  auto comm = make_shm_communicator(world());
+  Tensor whole = Tensor::from_f32(data_of(me, rows * cols), rows, cols, DType::kF32);
+  Tensor chunked = Tensor::copy_of(whole.view());
+  comm->all_reduce(whole.view());
+  for (std::int64_t r = 0; r < rows; r += 10)  // as a fused path's chunks of rows
+    comm->all_reduce(chunked.view().row_slice(r, std::min<std::int64_t>(10, rows - r)));
+  expect_agreed(world(), testing::compare(chunked.view(), whole.view(), 0, 0, "row chunks"));
+}
+
+TEST(ShmErrors, AMemberThatNeverArrivesIsNamed) {
+  if (world().name() != "mpi") GTEST_SKIP() << "the world is " << world().name();
+  if (world().size() < 2) GTEST_SKIP() << "needs a second member";
+  ShmOptions o;
+  o.timeout_s = 0.3;
+  auto comm = make_shm_communicator(world(), o);
+  std::string fail;
+  if (world().rank() == 0) {
+    const std::string msg = testing::message_of([&] { comm->barrier(); });
+    std::string late;
+    for (int k = 1; k < world().size(); ++k) late += (late.empty() ? "" : ", ") + std::to_string(k);
+    if (msg.find("barrier: member(s) " + late + " of the group did not arrive within 0.3 s") ==
+        std::string::npos)
+      fail = "expected a CommError naming members " + late + ", got: " + msg;
+  }
+  // The others never enter the barrier; everyone meets again in MPI to free the window.
+  world().barrier();
+  expect_agreed(world(), fail);
+}
+
+TEST(ShmErrors, OnlyOverMpi) {
+  LocalCommunicator local;
+  const std::string msg = testing::message_of([&] { make_shm_communicator(local); });
+  EXPECT_NE(msg.find("an SHM communicator is built over an MPI communicator, not 'local'"),
+            std::string::npos)
+      << msg;
+}
+
+}  // namespace
+}  // namespace tpl
