@@ -22,6 +22,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -35,6 +36,13 @@
 namespace tpl {
 
 struct CpuGemmImpl;  // one entry of the list (src/gemm/cpu_gemm_impls.h)
+class Communicator;
+
+// Makes the ranks' choices agree: given this rank's choice for desc, returns the one every rank
+// uses. A collective: with an agreement set, every rank must call CpuGemmChooser::make() the same
+// number of times in the same order (DecoderStack builds every layer on every rank in one order).
+using GemmAgreement =
+    std::function<std::string(const GemmDesc& desc, const std::string& local_choice)>;
 
 struct GemmCandidate {
   std::string name;
@@ -70,8 +78,19 @@ class CpuGemmChooser {
   CpuGemmChooser& operator=(const CpuGemmChooser&) = delete;
 
   // Plans a GEMM for this weight on the implementation chosen for (desc, options().m_hint).
-  // Unsupported when nothing serves desc (or a forced implementation cannot).
-  std::unique_ptr<Gemm> make(const GemmDesc& desc, TensorView weight, TensorView bias);
+  // Unsupported when nothing serves desc (or a forced implementation cannot). With an agreement
+  // set, the agreed implementation replaces this rank's choice where it serves desc here (a
+  // rank whose CPU cannot run it keeps its own and says so on stderr). `chosen`, if given,
+  // receives the implementation's name, for make_as().
+  std::unique_ptr<Gemm> make(const GemmDesc& desc, TensorView weight, TensorView bias,
+                             std::string* chosen = nullptr);
+  // Plans on the named implementation: no timing, no agreement (a layer re-planning a weight
+  // it already chose for). Unsupported when it cannot serve desc.
+  std::unique_ptr<Gemm> make_as(const std::string& impl, const GemmDesc& desc, TensorView weight,
+                                TensorView bias);
+  // Measured choices can differ per rank (timings on a shared machine vary by 10-25 %), and
+  // ranks computing a replicated result on different implementations would round differently.
+  void set_agreement(GemmAgreement agreement) { agreement_ = std::move(agreement); }
   // The choice for (desc, m) with every candidate's verdict; times the serving ones on random
   // data of desc's shape when several serve and options().measure. Does not fill the cache.
   GemmChoice explain(const GemmDesc& desc, std::int64_t m);
@@ -90,6 +109,7 @@ class CpuGemmChooser {
   std::unique_ptr<Gemm> make_impl(const Impl& impl, const GemmDesc& desc, TensorView weight,
                                   TensorView bias);
   std::vector<const Impl*> ordered(const GemmDesc& desc) const;
+  const Impl& impl_named(const std::string& name) const;
   GemmChoice decide(const GemmDesc& desc, std::int64_t m, TensorView weight, TensorView bias,
                     std::unique_ptr<Gemm>* keep);
   void probe_once(const Impl& impl, const GemmDesc& desc);
@@ -99,7 +119,11 @@ class CpuGemmChooser {
   std::vector<Impl> impls_;
   std::map<Key, std::string> cache_;  // measured choices, at m_hint
   std::set<std::string> probed_;      // "<impl>/<dtypes>" checked against the reference
+  GemmAgreement agreement_;
 };
+
+// Every rank takes `root`'s choice: one broadcast of the name over comm per make().
+GemmAgreement gemm_agreement_from_root(Communicator& comm, int root = 0);
 
 // The chooser callers get when they bring none (make_gemm, a LinearLayer without
 // OpEnv::cpu_gemm): detect_cpu() and the environment's options, but list order unless

@@ -147,6 +147,7 @@ class LinearLayer {
   // Layer-sharded weight: fetched from the series before each forward (see layer_shard.h).
   LayerShardSeries* layer_shard_ = nullptr;
   int layer_index_ = -1;
+  std::string shard_impl_;  // the CPU GEMM implementation its window is planned on
   GemmBackend backend_ = GemmBackend::kReference;
   GemmDesc desc_;
   Runtime* rt_ = nullptr;  // env.runtime: where bias_ and the W8A8 vectors live

@@ -149,7 +149,8 @@ class DecoderStack {
   std::unique_ptr<Plan> plan_;       // null for a one-Config stack
   std::vector<int> bucket_variant_;  // plan bucket -> variant
   std::unique_ptr<CommWorker> worker_;
-  std::unique_ptr<CpuGemmChooser> cpu_gemm_;  // measures once per layer shape
+  std::unique_ptr<Communicator> gemm_comm_;   // the GEMM choices' agreement (its own stats)
+  std::unique_ptr<CpuGemmChooser> cpu_gemm_;  // measures once per layer shape, rank 0 decides
   std::unique_ptr<LayerShardSeries> series_;
   std::vector<std::unique_ptr<Layer>> layers_;
   std::vector<LayerReport> report_;

@@ -314,14 +314,39 @@ GemmChoice CpuGemmChooser::decide(const GemmDesc& desc, std::int64_t m, TensorVi
   return c;
 }
 
-std::unique_ptr<Gemm> CpuGemmChooser::make(const GemmDesc& desc, TensorView weight,
-                                           TensorView bias) {
-  std::unique_ptr<Gemm> gemm;
-  const GemmChoice c = decide(desc, options_.m_hint, weight, bias, &gemm);
+const CpuGemmImpl& CpuGemmChooser::impl_named(const std::string& name) const {
   const auto it =
-      std::find_if(impls_.begin(), impls_.end(), [&](const Impl& i) { return i.name == c.chosen; });
-  TPL_CHECK_T(it != impls_.end(), BackendError, kWhere, "chose unknown implementation ", c.chosen);
-  const Impl& impl = *it;
+      std::find_if(impls_.begin(), impls_.end(), [&](const Impl& i) { return i.name == name; });
+  TPL_CHECK_T(it != impls_.end(), BackendError, kWhere, "no CPU GEMM implementation named '", name,
+              "' in this build");
+  return *it;
+}
+
+std::unique_ptr<Gemm> CpuGemmChooser::make(const GemmDesc& desc, TensorView weight, TensorView bias,
+                                           std::string* chosen) {
+  std::unique_ptr<Gemm> gemm;
+  GemmChoice c = decide(desc, options_.m_hint, weight, bias, &gemm);
+  if (agreement_) {
+    const std::string agreed = agreement_(desc, c.chosen);
+    if (agreed != c.chosen) {
+      const auto it = std::find_if(impls_.begin(), impls_.end(),
+                                   [&](const Impl& i) { return i.name == agreed; });
+      const std::string why = it == impls_.end() ? "not in this build" : it->why_not(desc, cpu_);
+      if (why.empty()) {
+        c.how = "agreed across ranks; this rank chose " + c.chosen;
+        c.chosen = agreed;
+        gemm.reset();
+      } else {
+        // Heterogeneous ranks: each still runs an implementation checked against the reference.
+        std::fprintf(stderr,
+                     "tpl gemm: warning: the ranks chose %s for %s [n=%lld, k=%lld], which "
+                     "cannot serve on this rank (%s); it keeps %s\n",
+                     agreed.c_str(), dtypes(desc).c_str(), static_cast<long long>(desc.n),
+                     static_cast<long long>(desc.k), why.c_str(), c.chosen.c_str());
+      }
+    }
+  }
+  const Impl& impl = impl_named(c.chosen);
   probe_once(impl, desc);
   if (!gemm) gemm = make_impl(impl, desc, weight, bias);
   if (options_.log) {
@@ -337,7 +362,18 @@ std::unique_ptr<Gemm> CpuGemmChooser::make(const GemmDesc& desc, TensorView weig
     os << ")\n";
     std::fputs(os.str().c_str(), stderr);
   }
+  if (chosen) *chosen = c.chosen;
   return gemm;
+}
+
+std::unique_ptr<Gemm> CpuGemmChooser::make_as(const std::string& name, const GemmDesc& desc,
+                                              TensorView weight, TensorView bias) {
+  const Impl& impl = impl_named(name);
+  const std::string why = impl.why_not(desc, cpu_);
+  TPL_CHECK_T(why.empty(), Unsupported, kWhere, "CPU GEMM implementation '", name,
+              "' cannot serve ", dtypes(desc), ": ", why);
+  probe_once(impl, desc);
+  return make_impl(impl, desc, weight, bias);
 }
 
 std::unique_ptr<CpuGemmChooser> make_default_cpu_gemm_chooser() {

@@ -357,8 +357,15 @@ LinearOutput LinearLayer::forward(TensorView x, const ForwardContext& ctx) {
   if (layer_shard_) {
     // Re-plan over this layer's window (oneDNN reorders it once) and drop the plan afterwards,
     // so a rank holds k+1 windows, not a copy of every layer.
-    gemm_ = make_gemm(backend_, desc_, layer_shard_->wait_weight(layer_index_),
-                      spec_.bias ? bias_.view() : TensorView(), rt_, cpu_gemm_);
+    const TensorView window = layer_shard_->wait_weight(layer_index_);
+    const TensorView bias = spec_.bias ? bias_.view() : TensorView();
+    // The first plan chooses (and agrees across ranks); later ones reuse that implementation.
+    if (backend_ != GemmBackend::kCpu)
+      gemm_ = make_gemm(backend_, desc_, window, bias, rt_, cpu_gemm_);
+    else if (shard_impl_.empty())
+      gemm_ = cpu_gemm_->make(desc_, window, bias, &shard_impl_);
+    else
+      gemm_ = cpu_gemm_->make_as(shard_impl_, desc_, window, bias);
     local_.gemm = gemm_.get();
   }
   out.output = op_here.forward(x, ctx, local_);

@@ -274,7 +274,14 @@ DecoderStack::DecoderStack(Communicator& world, const ModelSpec& model, Strategi
   worker_ = std::make_unique<CommWorker>();
   // overlap = auto: the worker runs the fused paths' collectives only with a core of its own.
   const bool spare_core = worker_has_spare_core(world);
-  if (options.backend == GemmBackend::kCpu) cpu_gemm_ = std::make_unique<CpuGemmChooser>();
+  if (options.backend == GemmBackend::kCpu) {
+    cpu_gemm_ = std::make_unique<CpuGemmChooser>();
+    // Rank 0's measured choices hold on every rank, so replicated layers round alike.
+    if (world.size() > 1) {
+      gemm_comm_ = world.split(0, world.rank());
+      cpu_gemm_->set_agreement(gemm_agreement_from_root(*gemm_comm_));
+    }
+  }
   if (features_.flashcomm2_oshard) {
     // Auto (-1): prefetch one layer ahead when the series is long enough (k <= L - 2).
     const int k = options.prefetch_step >= 0 ? options.prefetch_step

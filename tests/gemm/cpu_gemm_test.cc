@@ -216,6 +216,49 @@ class SaturatingInt8Gemm final : public Gemm {
   Tensor w_;
 };
 
+// The agreement's choice replaces this rank's where it serves; where it cannot serve here (a
+// heterogeneous rank) or is unknown, the rank keeps its own choice instead of failing.
+TEST(CpuGemmChooser, AgreementOverridesTheLocalChoiceWhereItServes) {
+  CpuGemmChooser chooser(detect_cpu(), table_order());
+  std::vector<std::string> serving;
+  for (const GemmCandidate& c : chooser.candidates(kF32))
+    if (c.why_not.empty()) serving.push_back(c.name);
+  ASSERT_GE(serving.size(), 2u) << "the reference and at least one library serve f32";
+  Tensor w = testing::random_ints(kF32.n, kF32.k, 8, 6, DType::kF32);
+  std::string local;
+  EXPECT_EQ(chooser.make(kF32, w, TensorView(), &local)->name(), serving.front());
+  EXPECT_EQ(local, serving.front());
+  // The last serving one (the reference): never the table's own pick.
+  std::string asked;
+  std::vector<std::string> seen;
+  chooser.set_agreement([&](const GemmDesc& d, const std::string& mine) {
+    EXPECT_EQ(d.n, kF32.n);
+    seen.push_back(mine);
+    return asked;
+  });
+  asked = serving.back();
+  std::string got;
+  EXPECT_EQ(chooser.make(kF32, w, TensorView(), &got)->name(), serving.back());
+  EXPECT_EQ(got, serving.back());
+  // A choice that cannot serve f32 here, and one this build does not have: keep the local one.
+  for (const char* other : {"avx2_int8", "no_such_gemm"}) {
+    asked = other;
+    EXPECT_EQ(chooser.make(kF32, w, TensorView(), &got)->name(), serving.front()) << other;
+    EXPECT_EQ(got, serving.front()) << other;
+  }
+  EXPECT_EQ(seen, std::vector<std::string>(3, serving.front()));
+}
+
+TEST(CpuGemmChooser, MakeAsPlansTheNamedImplementationOrSaysWhyNot) {
+  CpuGemmChooser chooser(detect_cpu(), table_order());
+  Tensor w = testing::random_ints(kF32.n, kF32.k, 8, 7, DType::kF32);
+  EXPECT_EQ(chooser.make_as("reference", kF32, w, TensorView())->name(), "reference");
+  const std::string m = message_of([&] { chooser.make_as("avx2_int8", kF32, w, TensorView()); });
+  EXPECT_TRUE(has(m, "'avx2_int8' cannot serve f32")) << m;
+  const std::string u = message_of([&] { chooser.make_as("no_such_gemm", kF32, w, TensorView()); });
+  EXPECT_TRUE(has(u, "no CPU GEMM implementation named 'no_such_gemm'")) << u;
+}
+
 TEST(CpuGemmChooser, ProbeRejectsASaturatingKernel) {
   std::vector<CpuGemmImpl> impls;
   // Listed under the AVX2 kernel's name, so the list puts it first for int8.
