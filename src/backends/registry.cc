@@ -71,6 +71,11 @@ std::vector<CpuGemmImpl> built_cpu_gemm_impls(int threads) {
                [](const GemmDesc& d, TensorView w, TensorView b, const GemmFactory&) {
                  return make_onednn_gemm(d, w, b);
                }});
+  v.push_back({"onednn_conv",
+               [](const GemmDesc& d, const CpuInfo& cpu) { return onednn_conv_why_not(d, cpu); },
+               [](const GemmDesc& d, TensorView w, TensorView b, const GemmFactory&) {
+                 return make_onednn_gemm(d, w, b, OneDnnOp::kConv1x1);
+               }});
 #endif
 #if TPL_WITH_OPENBLAS
   v.push_back({"openblas",
@@ -214,6 +219,7 @@ std::vector<std::string> built_backends() {
   v.push_back("bf16_via_f32");
 #if TPL_WITH_ONEDNN
   v.push_back("onednn");
+  v.push_back("onednn_conv");
 #endif
 #if TPL_WITH_OPENBLAS
   v.push_back("openblas");

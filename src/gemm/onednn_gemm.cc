@@ -1,4 +1,8 @@
-// oneDNN 2.6 matmul behind tpl::Gemm (see docs/gemm.md). The only file that includes oneDNN.
+// oneDNN 2.6 behind tpl::Gemm (see docs/gemm.md). The only file that includes oneDNN. Two
+// implementations share this adapter: "onednn" plans a matmul, "onednn_conv" the same product
+// as a 1x1 convolution over M positions (x as nwc [1, k, M], W as oiw [n, k, 1]), whose AVX2
+// kernel (jit_1x1:avx2) streams a blocked weight much faster at decode M than the matmul's
+// gemm:jit or OpenBLAS (docs/gemm.md has the measurements).
 //
 // Design:
 //  * The caller's weight W [n, k] row-major is described to oneDNN as the logical {k, n} matrix
@@ -84,7 +88,8 @@ memory::data_type to_dnnl(DType t) {
 
 class OneDnnGemm final : public Gemm {
  public:
-  OneDnnGemm(const GemmDesc& desc, TensorView weight, TensorView bias) : desc_(desc) {
+  OneDnnGemm(const GemmDesc& desc, TensorView weight, TensorView bias, OneDnnOp op)
+      : desc_(desc), conv_(op == OneDnnOp::kConv1x1) {
     TPL_CHECK(desc.k > 0 && desc.n > 0, kWhere, "k and n must be positive, got k=", desc.k,
               " n=", desc.n);
     const bool f32 =
@@ -96,6 +101,9 @@ class OneDnnGemm final : public Gemm {
     TPL_CHECK_T(f32 || bf16 || int8, Unsupported, kWhere, "dtypes act=", dtype_name(desc.act),
                 " weight=", dtype_name(desc.weight), " out=", dtype_name(desc.out),
                 " (supported: f32 x f32 -> f32, bf16 x bf16 -> bf16 or f32, int8 x int8 -> int32)");
+    TPL_CHECK_T(f32 || !conv_, Unsupported, kWhere,
+                "onednn_conv serves f32 x f32 -> f32 only, got act=", dtype_name(desc.act),
+                " weight=", dtype_name(desc.weight), " out=", dtype_name(desc.out));
     TPL_CHECK(weight.device() == Device::kHost, kWhere, "weight must be a host tensor");
     TPL_CHECK(weight.rows() == desc.n && weight.cols() == desc.k && weight.dtype() == desc.weight,
               kWhere, "weight must be ", dtype_name(desc.weight), "[n=", desc.n, ", k=", desc.k,
@@ -122,7 +130,8 @@ class OneDnnGemm final : public Gemm {
     // every supported dst dtype, and a bf16 output is then rounded once, after the add.
     if (!bias.empty()) {
       guarded("bias memory", -1, [&] {
-        bias_md_ = memory::desc({1, desc.n}, memory::data_type::f32, tag::ab);
+        bias_md_ = conv_ ? memory::desc({desc.n}, memory::data_type::f32, tag::a)
+                         : memory::desc({1, desc.n}, memory::data_type::f32, tag::ab);
         bias_mem_ = memory(bias_md_, engine_);
         auto* dst = static_cast<float*>(bias_mem_.get_data_handle());
         for (std::int64_t j = 0; j < desc.n; ++j) dst[j] = get_f32(bias, 0, j);
@@ -133,7 +142,9 @@ class OneDnnGemm final : public Gemm {
     // Plan at a representative M with weights `any`, then reorder the caller's weight once.
     guarded("weight reorder", kPlanM, [&] {
       const auto pd = make_pd(kPlanM, desc.k, desc.n, any_weights_md(), has_bias_);
-      const memory::desc user_md({desc.k, desc.n}, wei_dt_, {1, weight.stride()});
+      const memory::desc user_md =
+          conv_ ? memory::desc({desc.n, desc.k, 1}, wei_dt_, {weight.stride(), 1, 1})
+                : memory::desc({desc.k, desc.n}, wei_dt_, {1, weight.stride()});
       memory user(user_md, engine_, weight.data());
       memory held(pd.weights_desc(), engine_);
       dnnl::reorder(user, held).execute(stream_, user, held);
@@ -143,7 +154,7 @@ class OneDnnGemm final : public Gemm {
   }
 
   const GemmDesc& desc() const override { return desc_; }
-  std::string name() const override { return "onednn"; }
+  std::string name() const override { return conv_ ? "onednn_conv" : "onednn"; }
   bool has_bias() const override { return has_bias_; }
 
   void run(TensorView x, TensorView y, bool with_bias) override {
@@ -158,7 +169,7 @@ class OneDnnGemm final : public Gemm {
     const TensorView x_dense = plan.stage_x ? scratch(scratch_x_, desc_.act, m, k) : x;
     const TensorView y_dense = plan.stage_y ? scratch(scratch_y_, desc_.out, m, n) : y;
     if (plan.stage_x) copy_into(x, x_dense);
-    guarded("matmul execute", m, [&] {
+    guarded(conv_ ? "convolution execute" : "matmul execute", m, [&] {
       plan.src.set_data_handle(x_dense.data());
       plan.dst.set_data_handle(y_dense.data());
       std::unordered_map<int, memory> args{
@@ -179,7 +190,7 @@ class OneDnnGemm final : public Gemm {
     bool operator<(const Key& o) const { return tie() < o.tie(); }
   };
   struct Plan {
-    dnnl::matmul prim;
+    dnnl::primitive prim;
     memory src, dst, weights;
     bool stage_x = false, stage_y = false;  // run through dense scratch rows
   };
@@ -204,11 +215,25 @@ class OneDnnGemm final : public Gemm {
   }
 
   memory::desc any_weights_md() const {
-    return memory::desc({desc_.k, desc_.n}, wei_dt_, tag::any);
+    return conv_ ? memory::desc({desc_.n, desc_.k, 1}, wei_dt_, tag::any)
+                 : memory::desc({desc_.k, desc_.n}, wei_dt_, tag::any);
   }
 
-  dnnl::matmul::primitive_desc make_pd(std::int64_t m, std::int64_t x_stride, std::int64_t y_stride,
-                                       const memory::desc& wei_md, bool bias) const {
+  dnnl::primitive_desc make_pd(std::int64_t m, std::int64_t x_stride, std::int64_t y_stride,
+                               const memory::desc& wei_md, bool bias) const {
+    if (conv_) {
+      // Row i of x is position i of a 1-D image with k channels: nwc with row strides.
+      const memory::desc src_md({1, desc_.k, m}, act_dt_, {m * x_stride, 1, x_stride});
+      const memory::desc dst_md({1, desc_.n, m}, out_dt_, {m * y_stride, 1, y_stride});
+      const auto fwd = dnnl::prop_kind::forward_inference;
+      const auto algo = dnnl::algorithm::convolution_direct;
+      const memory::dims one{1}, zero{0};
+      const auto d = bias ? dnnl::convolution_forward::desc(fwd, algo, src_md, wei_md, bias_md_,
+                                                            dst_md, one, zero, zero)
+                          : dnnl::convolution_forward::desc(fwd, algo, src_md, wei_md, dst_md, one,
+                                                            zero, zero);
+      return dnnl::convolution_forward::primitive_desc(d, engine_);
+    }
     const memory::desc src_md({m, desc_.k}, act_dt_, {x_stride, 1});
     const memory::desc dst_md({m, desc_.n}, out_dt_, {y_stride, 1});
     const auto d = bias ? dnnl::matmul::desc(src_md, wei_md, bias_md_, dst_md)
@@ -234,9 +259,9 @@ class OneDnnGemm final : public Gemm {
   }
 
   // The primitive descriptor, or nothing when no implementation (not even ref) takes the descs.
-  std::optional<dnnl::matmul::primitive_desc> try_pd(std::int64_t m, std::int64_t x_stride,
-                                                     std::int64_t y_stride,
-                                                     const memory::desc& wei_md, bool bias) const {
+  std::optional<dnnl::primitive_desc> try_pd(std::int64_t m, std::int64_t x_stride,
+                                             std::int64_t y_stride, const memory::desc& wei_md,
+                                             bool bias) const {
     try {
       return make_pd(m, x_stride, y_stride, wei_md, bias);
     } catch (const dnnl::error& e) {
@@ -245,7 +270,7 @@ class OneDnnGemm final : public Gemm {
     }
   }
 
-  static bool is_fast(const std::optional<dnnl::matmul::primitive_desc>& pd) {
+  static bool is_fast(const std::optional<dnnl::primitive_desc>& pd) {
     return pd && std::string(pd->impl_info_str()).rfind("ref", 0) != 0;
   }
 
@@ -254,7 +279,7 @@ class OneDnnGemm final : public Gemm {
     const std::int64_t k = desc_.k, n = desc_.n;
     const memory::desc& held = weights_.front().first;
     Plan plan;
-    guarded("matmul primitive creation", key.m, [&] {
+    guarded(conv_ ? "convolution primitive creation" : "matmul primitive creation", key.m, [&] {
       // 1. The caller's strides with the held weight layout.
       auto pd = try_pd(key.m, key.x_stride, key.y_stride, held, key.bias);
       // 2. Dense (staged) activations with the held layout.
@@ -269,10 +294,11 @@ class OneDnnGemm final : public Gemm {
         if (is_fast(any_pd) || !pd) pd = any_pd;
       }
       if (!pd) {
-        TPL_THROW(BackendError, kWhere, "oneDNN has no matmul implementation for ", context(key.m));
+        TPL_THROW(BackendError, kWhere, "oneDNN has no ", conv_ ? "convolution" : "matmul",
+                  " implementation for ", context(key.m));
       }
       plan.weights = weights_in(pd->weights_desc());
-      plan.prim = dnnl::matmul(*pd);
+      plan.prim = dnnl::primitive(*pd);
       plan.src = memory(pd->src_desc(), engine_, DNNL_MEMORY_NONE);
       plan.dst = memory(pd->dst_desc(), engine_, DNNL_MEMORY_NONE);
     });
@@ -285,6 +311,7 @@ class OneDnnGemm final : public Gemm {
   }
 
   GemmDesc desc_;
+  bool conv_ = false;  // planned as a 1x1 convolution ("onednn_conv") rather than a matmul
   memory::data_type act_dt_{}, wei_dt_{}, out_dt_{};
   dnnl::engine engine_;
   dnnl::stream stream_;
@@ -388,8 +415,15 @@ std::string onednn_description(const CpuInfo& cpu) {
   return os.str();
 }
 
-std::unique_ptr<Gemm> make_onednn_gemm(const GemmDesc& desc, TensorView weight, TensorView bias) {
-  return std::make_unique<OneDnnGemm>(desc, weight, bias);
+std::string onednn_conv_why_not(const GemmDesc& desc, const CpuInfo& cpu) {
+  if (std::string issue = apply_isa_cap(cpu); !issue.empty()) return issue;
+  const bool f32 = desc.act == DType::kF32 && desc.weight == DType::kF32 && desc.out == DType::kF32;
+  return f32 ? "" : "serves f32 only (bf16 and int8 run on oneDNN's matmul)";
+}
+
+std::unique_ptr<Gemm> make_onednn_gemm(const GemmDesc& desc, TensorView weight, TensorView bias,
+                                       OneDnnOp op) {
+  return std::make_unique<OneDnnGemm>(desc, weight, bias, op);
 }
 
 }  // namespace tpl
