@@ -128,7 +128,8 @@ class NullReporter : public benchmark::BenchmarkReporter {
 
 int main(int argc, char** argv) {
   tpl::MpiSession session(&argc, &argv);
-  std::unique_ptr<tpl::Communicator> comm = session.world();
+  std::unique_ptr<tpl::Communicator> comm =
+      session.mpi_world();  // the mpi/ rows, whatever TPL_COMM
   if (comm->rank() != 0) {
     // Only rank 0 writes reports, so the others drop any --benchmark_out* file options.
     int kept = 1;
@@ -140,7 +141,8 @@ int main(int argc, char** argv) {
 
   // The SHM communicator over the same ranks, when the world is MPI (TPL_COMM unset or mpi).
   // TPL_SHM_SLOTS="262144,4194304" adds one SHM communicator per slot size ("shm-<bytes>"),
-  // to compare chunkings in one run.
+  // to compare chunkings in one run; TPL_SHM_TWO_SHOT="1073741824" likewise adds one per
+  // all-reduce two-shot threshold ("shm-2s<bytes>"; a huge one means one-shot throughout).
   std::vector<std::unique_ptr<tpl::Communicator>> shms;
   std::vector<std::pair<std::string, tpl::Communicator*>> comms{{"mpi", comm.get()}};
   if (comm->name() == "mpi") {
@@ -153,6 +155,15 @@ int main(int argc, char** argv) {
         o.slot_bytes = std::stoull(rest.substr(0, comma));
         shms.push_back(tpl::make_shm_communicator(*comm, o));
         comms.emplace_back("shm-" + rest.substr(0, comma), shms.back().get());
+        rest = comma == std::string::npos ? "" : rest.substr(comma + 1);
+      }
+    if (const char* e = std::getenv("TPL_SHM_TWO_SHOT"))
+      for (std::string rest = e; !rest.empty();) {
+        const auto comma = rest.find(',');
+        tpl::ShmOptions o;
+        o.two_shot_bytes = std::stoull(rest.substr(0, comma));
+        shms.push_back(tpl::make_shm_communicator(*comm, o));
+        comms.emplace_back("shm-2s" + rest.substr(0, comma), shms.back().get());
         rest = comma == std::string::npos ? "" : rest.substr(comma + 1);
       }
   }

@@ -20,8 +20,12 @@ message(STATUS "tplinear: AVX2-capped test entries ${TPL_WITH_CAPPED_TESTS}")
 # Registers one CTest entry per rank count, each running the target under mpirun with the
 # environment root and oversubscription need on a 2-core machine (platform-notes §2.1, §2.7).
 # CAPPED adds <name>_avx2_np<n> entries under TPL_CAPPED_ENV (see above).
-set(TPL_MPI_TEST_ENV
+# The plain entries pin TPL_COMM=mpi (the default, auto, would pick SHM at 2 ranks on a 2-CPU
+# machine and MPI above, so what they test would depend on the machine); the *_shm entries set
+# shm, and CLI tests that name TPL_COMM=auto test the automatic choice.
+set(TPL_MPI_TEST_BASE_ENV
     "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMPI_MCA_btl=self,vader;OMPI_MCA_oob_tcp_if_include=lo;OMPI_MCA_rmaps_base_oversubscribe=1;OMP_NUM_THREADS=1")
+set(TPL_MPI_TEST_ENV "${TPL_MPI_TEST_BASE_ENV};TPL_COMM=mpi")
 function(tpl_add_mpi_test name target)
   cmake_parse_arguments(ARG "CAPPED;SHM" "TIMEOUT" "NPROCS;ARGS" ${ARGN})
   if(NOT ARG_TIMEOUT)
@@ -41,7 +45,7 @@ function(tpl_add_mpi_test name target)
                        --bind-to none ${MPIEXEC_PREFLAGS} $<TARGET_FILE:${target}>
                        ${MPIEXEC_POSTFLAGS} ${ARG_ARGS})
       set_tests_properties(${name}_shm_np${np} PROPERTIES
-                           ENVIRONMENT "${TPL_MPI_TEST_ENV};TPL_COMM=shm"
+                           ENVIRONMENT "${TPL_MPI_TEST_BASE_ENV};TPL_COMM=shm"
                            TIMEOUT ${ARG_TIMEOUT} LABELS "mpi;shm" PROCESSORS 2)
     endif()
     if(ARG_CAPPED AND TPL_WITH_CAPPED_TESTS)

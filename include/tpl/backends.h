@@ -50,8 +50,14 @@ class MpiSession {
   MpiSession(const MpiSession&) = delete;
   MpiSession& operator=(const MpiSession&) = delete;
   // Communicator over MPI_COMM_WORLD (a duplicate, so library traffic never mixes with the
-  // caller's).
-  std::unique_ptr<Communicator> world() const;
+  // caller's); every group split from it is of the same kind. TPL_COMM picks it: mpi, shm, or
+  // auto (the default): SHM when every rank shares one node and has a CPU of its own, MPI
+  // otherwise. Collective. `why`, if given, receives the choice and its reason, e.g.
+  // "shm (TPL_COMM=auto: 2 ranks on one node, 2 CPUs)".
+  std::unique_ptr<Communicator> world(std::string* why = nullptr) const;
+  // The MPI communicator over MPI_COMM_WORLD (a duplicate), whatever TPL_COMM says: for
+  // benchmarks that compare communicators and for building one over it.
+  std::unique_ptr<Communicator> mpi_world() const;
   int thread_level() const { return thread_level_; }
 
  private:

@@ -12,8 +12,8 @@
 namespace tpl {
 
 struct ShmOptions {
-  std::size_t slot_bytes = std::size_t(1) << 20;  // per slot; 4 slots per rank
-  std::size_t two_shot_bytes = 256 << 10;         // all-reduce: two-shot at or above this
+  std::size_t slot_bytes = 512 << 10;      // per slot; 4 slots per rank (docs/performance.md)
+  std::size_t two_shot_bytes = 256 << 10;  // all-reduce: two-shot at or above this
   // All-gather, all-to-all and broadcast of at least this many bytes go to MPI: they only move
   // data, and OpenMPI's single-copy path (CMA) needs one copy where the slots need two. 0 = never.
   std::size_t mpi_move_bytes = 64 << 10;

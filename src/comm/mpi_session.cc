@@ -1,5 +1,7 @@
 #include "comm/mpi_communicator.h"
 
+#include <unistd.h>
+
 #include <cstdlib>
 #include <string>
 
@@ -26,18 +28,69 @@ MpiSession::~MpiSession() {
   if (owns_) MPI_Finalize();
 }
 
-std::unique_ptr<Communicator> MpiSession::world() const {
+namespace {
+std::unique_ptr<MpiCommunicator> dup_world() {
   MPI_Comm dup;
   TPL_MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &dup), -1);
-  auto mpi = std::make_unique<MpiCommunicator>(dup);
-  // TPL_COMM: which communicator serves the world and every group split from it. auto is MPI
-  // until the planner chooses per group (docs/communication.md).
+  return std::make_unique<MpiCommunicator>(dup);
+}
+}  // namespace
+
+std::unique_ptr<Communicator> MpiSession::mpi_world() const {
+  return dup_world();
+}
+
+std::unique_ptr<Communicator> MpiSession::world(std::string* why) const {
+  std::unique_ptr<MpiCommunicator> mpi = dup_world();
+  // TPL_COMM: which communicator serves the world and every group split from it
+  // (docs/communication.md).
   const char* env = std::getenv("TPL_COMM");
   const std::string comm = env && *env ? env : "auto";
-  if (comm == "mpi" || comm == "auto") return mpi;
-  if (comm == "shm") return make_shm_communicator(*mpi);
-  TPL_THROW(ConfigError, (Where{"TPL_COMM", mpi->rank()}),
-            "TPL_COMM must be mpi, shm or auto, got '", comm, "'");
+  auto say = [&](const std::string& s) {
+    if (why) *why = s;
+  };
+  if (comm == "mpi") {
+    say("mpi (TPL_COMM=mpi)");
+    return mpi;
+  }
+  if (comm == "shm") {
+    say("shm (TPL_COMM=shm)");
+    return make_shm_communicator(*mpi);
+  }
+  if (comm != "auto")
+    TPL_THROW(ConfigError, (Where{"TPL_COMM", mpi->rank()}),
+              "TPL_COMM must be mpi, shm or auto, got '", comm, "'");
+  // auto: SHM when every rank shares this node and each has a CPU of its own. SHM waits spin
+  // (then yield), which costs nothing on a core of one's own and steals time from a peer's
+  // GEMM when ranks outnumber the CPUs; MPI's blocking paths are then the better neighbour.
+  MPI_Comm node = MPI_COMM_NULL;
+  TPL_MPI_CHECK(
+      MPI_Comm_split_type(mpi->handle(), MPI_COMM_TYPE_SHARED, mpi->rank(), MPI_INFO_NULL, &node),
+      mpi->rank());
+  int node_size = 0;
+  MPI_Comm_size(node, &node_size);
+  MPI_Comm_free(&node);
+  const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  const bool one_node = mpi->all_true(node_size == mpi->size());
+  const bool own_cpu = mpi->all_true(cpus >= node_size);
+  const std::string ranks = std::to_string(mpi->size()) + " rank" + (mpi->size() > 1 ? "s" : "");
+  if (mpi->size() > 1 && one_node && own_cpu) {
+    try {
+      auto shm = make_shm_communicator(*mpi);
+      say("shm (TPL_COMM=auto: " + ranks + " on one node, " + std::to_string(cpus) + " CPUs)");
+      return shm;
+    } catch (const ConfigError& e) {
+      // make_shm_communicator fails alike on every rank (its checks are agreed), so every rank
+      // falls back together.
+      say(std::string("mpi (TPL_COMM=auto: the shared window failed: ") + e.what() + ")");
+      return mpi;
+    }
+  }
+  say(mpi->size() == 1 ? "mpi (TPL_COMM=auto: one rank, nothing to share)"
+      : !one_node      ? "mpi (TPL_COMM=auto: the ranks span several nodes)"
+                  : "mpi (TPL_COMM=auto: " + std::to_string(node_size) + " ranks on a node of " +
+                        std::to_string(cpus) + " CPUs; SHM's spinning waits would share cores)");
+  return mpi;
 }
 
 }  // namespace tpl

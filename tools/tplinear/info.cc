@@ -30,6 +30,8 @@ int run_info(Communicator& world, const InfoOptions& options) {
              chooser.threads());
   for (const std::string& lib : cpu_gemm_libraries(cpu)) fmt::print("library: {}\n", lib);
   fmt::print("mpi: {}\n", mpi_library_version());
+  fmt::print("communicator: {}\n",
+             options.communicator.empty() ? world.name() : options.communicator);
   std::string built;
   for (const auto& b : built_backends()) built += (built.empty() ? "" : " ") + b;
   fmt::print("backends built: {}\n", built);

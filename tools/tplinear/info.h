@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "tpl/communicator.h"
 
@@ -10,7 +11,8 @@ namespace tpl::cli {
 struct InfoOptions {
   std::int64_t k = 1024;  // the shape the GEMM choices are shown for
   std::int64_t n = 1024;
-  bool measure = true;  // time the implementations that serve (false: list order)
+  bool measure = true;       // time the implementations that serve (false: list order)
+  std::string communicator;  // the world's communicator and why (MpiSession::world)
 };
 
 // Rank 0 prints; returns 0.

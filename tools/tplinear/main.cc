@@ -76,8 +76,9 @@ int main(int argc, char** argv) {
   if (const int rc = maybe_relaunch(argc, argv); rc >= 0) return rc;
   tpl::MpiSession session(&argc, &argv);
   std::unique_ptr<tpl::Communicator> world;
+  std::string comm_choice;
   try {
-    world = session.world();  // TPL_COMM picks its communicator
+    world = session.world(&comm_choice);  // TPL_COMM picks its communicator
   } catch (const tpl::Error& err) {
     // The same setting on every rank, so every rank fails here; one line, from rank 0.
     int rank = 0;
@@ -148,6 +149,7 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"auto", "always", "never"}));
 
   tpl::cli::InfoOptions io;
+  io.communicator = comm_choice;
   auto* inf = app.add_subcommand("info",
                                  "the CPU, its ISA and cap, the GEMM chosen per dtype and M, MPI "
                                  "and the backends built");
