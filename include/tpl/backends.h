@@ -10,6 +10,7 @@
 #include "tpl/cpu_gemm.h"
 #include "tpl/gemm.h"
 #include "tpl/runtime.h"
+#include "tpl/watchdog.h"
 
 namespace tpl {
 
@@ -59,10 +60,18 @@ class MpiSession {
   // benchmarks that compare communicators and for building one over it.
   std::unique_ptr<Communicator> mpi_world() const;
   int thread_level() const { return thread_level_; }
+  // The deadlines of every communicator this session makes (tpl/watchdog.h): TPL_TIMEOUT at
+  // first, set_timeout() after (the CLI's --timeout). On expiry it prints one line on stderr,
+  // writes the flight recorder to $TPL_DUMP_DIR/tplinear-flight-rank<r>.json if that is set,
+  // and aborts the job (MPI_Abort, exit code 3).
+  Watchdog& watchdog() const { return *watchdog_; }
 
  private:
   int thread_level_ = 0;
   bool owns_ = false;
+  std::unique_ptr<class MpiCommunicator> dup_world() const;
+  std::string timeout_error_;  // a bad TPL_TIMEOUT, reported by world() (a ConfigError)
+  std::unique_ptr<Watchdog> watchdog_;
 };
 
 // The MPI library's own version string (MPI_Get_library_version), or "not built".

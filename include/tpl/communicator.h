@@ -27,6 +27,8 @@
 
 namespace tpl {
 
+class Watchdog;
+
 class Work {
  public:
   virtual ~Work() = default;
@@ -99,6 +101,9 @@ class Communicator {
 
   // Logical AND of `value` over members (used to make errors and test verdicts agree).
   virtual bool all_true(bool value) = 0;
+
+  // The deadlines this communicator's collectives run under (tpl/watchdog.h); nullptr: none.
+  virtual Watchdog* watchdog() const { return nullptr; }
 
   const CommStats& stats() const { return stats_; }
   void reset_stats() { stats_ = {}; }

@@ -10,8 +10,10 @@
 // MpiWork, which runs it when the request completes.
 #include "comm/mpi_communicator.h"
 
+#include <algorithm>
 #include <climits>
 #include <functional>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -111,6 +113,8 @@ class MpiWork final : public Work {
     }
   }
 
+  void watch(Watchdog::Scope scope) { scope_ = std::move(scope); }
+
   void wait() override {
     if (done_) return;
     TPL_MPI_CHECK(MPI_Wait(&request_, MPI_STATUS_IGNORE), rank_);
@@ -129,10 +133,12 @@ class MpiWork final : public Work {
  private:
   void complete() {
     done_ = true;  // set first: a throwing finish must not run twice from the destructor
+    scope_.end();
     finish(staged_);
   }
 
   MPI_Request request_;
+  Watchdog::Scope scope_;  // in flight from the post until completion
   Staged staged_;
   int rank_;
   bool done_ = false;
@@ -140,6 +146,31 @@ class MpiWork final : public Work {
 
 WorkPtr completed() {
   return std::make_unique<CompletedWork>();
+}
+
+// An async collective stays watched until it completes; one that completed at once is done.
+WorkPtr watched(WorkPtr work, Watchdog::Scope scope) {
+  if (auto* w = dynamic_cast<MpiWork*>(work.get())) w->watch(std::move(scope));
+  return work;
+}
+
+std::string describe_group(MPI_Comm comm, int size) {
+  MPI_Group group = MPI_GROUP_NULL, world = MPI_GROUP_NULL;
+  std::string ranks;
+  if (MPI_Comm_group(comm, &group) == MPI_SUCCESS &&
+      MPI_Comm_group(MPI_COMM_WORLD, &world) == MPI_SUCCESS) {
+    const int shown = std::min(size, 16);
+    std::vector<int> in(static_cast<std::size_t>(shown)), out(in.size());
+    for (int i = 0; i < shown; ++i) in[static_cast<std::size_t>(i)] = i;
+    if (MPI_Group_translate_ranks(group, shown, in.data(), world, out.data()) == MPI_SUCCESS)
+      for (int i = 0; i < shown; ++i)
+        ranks += (i ? ", " : "") + std::to_string(out[static_cast<std::size_t>(i)]);
+    if (shown < size) ranks += ", ...";
+  }
+  if (group != MPI_GROUP_NULL) MPI_Group_free(&group);
+  if (world != MPI_GROUP_NULL) MPI_Group_free(&world);
+  return "mpi group of " + std::to_string(size) + " rank" + (size == 1 ? "" : "s") +
+         (ranks.empty() ? std::string() : " (world ranks " + ranks + ")");
 }
 
 WorkPtr pending(MPI_Request request, Staged st, int rank) {
@@ -281,12 +312,19 @@ WorkPtr run_broadcast(MPI_Comm comm, int rank, TensorView buf, int root, bool as
 
 }  // namespace
 
-MpiCommunicator::MpiCommunicator(MPI_Comm comm) : comm_(comm) {
+MpiCommunicator::MpiCommunicator(MPI_Comm comm, Watchdog* watchdog)
+    : comm_(comm), watchdog_(watchdog) {
   TPL_CHECK(comm != MPI_COMM_NULL, (Where{"mpi communicator"}), "null MPI communicator");
   // Failures come back as return codes so TPL_MPI_CHECK can throw CommError naming the call.
   TPL_MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN), -1);
   TPL_MPI_CHECK(MPI_Comm_rank(comm_, &rank_), -1);
   TPL_MPI_CHECK(MPI_Comm_size(comm_, &size_), rank_);
+  desc_ = describe_group(comm_, size_);
+}
+
+Watchdog::Scope MpiCommunicator::watch(const char* op, std::size_t bytes) {
+  if (!watchdog_) return {};
+  return watchdog_->watch(op, &desc_, ++seq_, static_cast<std::int64_t>(bytes));
 }
 
 MpiCommunicator::~MpiCommunicator() {
@@ -299,50 +337,65 @@ MpiCommunicator::~MpiCommunicator() {
 
 std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key) {
   MPI_Comm sub = MPI_COMM_NULL;
-  TPL_MPI_CHECK(MPI_Comm_split(comm_, color < 0 ? MPI_UNDEFINED : color, key, &sub), rank_);
+  {
+    auto s = watch("split", 0);
+    TPL_MPI_CHECK(MPI_Comm_split(comm_, color < 0 ? MPI_UNDEFINED : color, key, &sub), rank_);
+  }
   if (sub == MPI_COMM_NULL) return nullptr;
-  return std::make_unique<MpiCommunicator>(sub);
+  return std::make_unique<MpiCommunicator>(sub, watchdog_);
 }
 
 bool MpiCommunicator::all_true(bool value) {
   int v = value ? 1 : 0;
+  auto s = watch("all_true", sizeof v);
   TPL_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_INT, MPI_LAND, comm_), rank_);
   return v != 0;
 }
 
 void MpiCommunicator::do_all_reduce(TensorView inout) {
+  auto s = watch("all_reduce", inout.nbytes());
   run_all_reduce(comm_, rank_, inout, false);
 }
 void MpiCommunicator::do_reduce_scatter(TensorView in, TensorView out) {
+  auto s = watch("reduce_scatter", in.nbytes());
   run_reduce_scatter(comm_, rank_, in, out, false);
 }
 void MpiCommunicator::do_all_gather(TensorView in, TensorView out, int dim) {
+  auto s = watch("all_gather", out.nbytes());
   run_all_gather(comm_, rank_, size_, in, out, dim, false);
 }
 void MpiCommunicator::do_all_to_all(TensorView in, TensorView out) {
+  auto s = watch("all_to_all", in.nbytes());
   run_all_to_all(comm_, rank_, size_, in, out, false);
 }
 void MpiCommunicator::do_broadcast(TensorView buf, int root) {
+  auto s = watch("broadcast", buf.nbytes());
   run_broadcast(comm_, rank_, buf, root, false);
 }
 void MpiCommunicator::do_barrier() {
+  auto s = watch("barrier", 0);
   TPL_MPI_CHECK(MPI_Barrier(comm_), rank_);
 }
 
 WorkPtr MpiCommunicator::do_iall_reduce(TensorView inout) {
-  return run_all_reduce(comm_, rank_, inout, true);
+  auto s = watch("iall_reduce", inout.nbytes());
+  return watched(run_all_reduce(comm_, rank_, inout, true), std::move(s));
 }
 WorkPtr MpiCommunicator::do_ireduce_scatter(TensorView in, TensorView out) {
-  return run_reduce_scatter(comm_, rank_, in, out, true);
+  auto s = watch("ireduce_scatter", in.nbytes());
+  return watched(run_reduce_scatter(comm_, rank_, in, out, true), std::move(s));
 }
 WorkPtr MpiCommunicator::do_iall_gather(TensorView in, TensorView out, int dim) {
-  return run_all_gather(comm_, rank_, size_, in, out, dim, true);
+  auto s = watch("iall_gather", out.nbytes());
+  return watched(run_all_gather(comm_, rank_, size_, in, out, dim, true), std::move(s));
 }
 WorkPtr MpiCommunicator::do_iall_to_all(TensorView in, TensorView out) {
-  return run_all_to_all(comm_, rank_, size_, in, out, true);
+  auto s = watch("iall_to_all", in.nbytes());
+  return watched(run_all_to_all(comm_, rank_, size_, in, out, true), std::move(s));
 }
 WorkPtr MpiCommunicator::do_ibroadcast(TensorView buf, int root) {
-  return run_broadcast(comm_, rank_, buf, root, true);
+  auto s = watch("ibroadcast", buf.nbytes());
+  return watched(run_broadcast(comm_, rank_, buf, root, true), std::move(s));
 }
 
 }  // namespace tpl

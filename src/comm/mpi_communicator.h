@@ -4,16 +4,22 @@
 
 #include <mpi.h>
 
+#include <atomic>
+#include <cstdint>
 #include <memory>
+#include <string>
 
 #include "tpl/communicator.h"
+#include "tpl/watchdog.h"
 
 namespace tpl {
 
 class MpiCommunicator final : public Communicator {
  public:
   // Takes ownership of `comm` (freed with MPI_Comm_free unless it is MPI_COMM_WORLD/SELF).
-  explicit MpiCommunicator(MPI_Comm comm);
+  // With a watchdog, every collective (and split) is watched against its deadline; groups
+  // split from this one share it.
+  explicit MpiCommunicator(MPI_Comm comm, Watchdog* watchdog = nullptr);
   ~MpiCommunicator() override;
   MpiCommunicator(const MpiCommunicator&) = delete;
   MpiCommunicator& operator=(const MpiCommunicator&) = delete;
@@ -24,6 +30,11 @@ class MpiCommunicator final : public Communicator {
   std::unique_ptr<Communicator> split(int color, int key) override;
   bool all_true(bool value) override;
   MPI_Comm handle() const { return comm_; }
+  Watchdog* watchdog() const override { return watchdog_; }
+  // "mpi group of 2 ranks (world ranks 0, 1)", as the deadline diagnostics name it.
+  const std::string& description() const { return desc_; }
+  // In flight until the scope ends (nothing when there is no watchdog).
+  Watchdog::Scope watch(const char* op, std::size_t bytes);
 
  protected:
   void do_all_reduce(TensorView inout) override;
@@ -43,6 +54,9 @@ class MpiCommunicator final : public Communicator {
   MPI_Comm comm_;
   int rank_ = 0;
   int size_ = 1;
+  Watchdog* watchdog_ = nullptr;
+  std::string desc_;
+  std::atomic<std::uint64_t> seq_{0};  // this group's watched collectives
 };
 
 }  // namespace tpl

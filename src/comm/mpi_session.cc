@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 
@@ -10,6 +11,30 @@
 #include "tpl/shm.h"
 
 namespace tpl {
+namespace {
+
+// The deadline's action: one line, the flight recorder if asked for, then the whole job goes.
+void on_expiry(const std::string& line, const Watchdog& wd) {
+  std::string where;
+  if (const char* dir = std::getenv("TPL_DUMP_DIR"); dir && *dir) {
+    const std::string path =
+        std::string(dir) + "/tplinear-flight-rank" + std::to_string(wd.world_rank()) + ".json";
+    if (std::FILE* f = std::fopen(path.c_str(), "w")) {
+      const std::string json = wd.dump_json();
+      std::fwrite(json.data(), 1, json.size(), f);
+      std::fclose(f);
+      where = "; flight recorder: " + path;
+    } else {
+      where = "; cannot write the flight recorder to " + path;
+    }
+  }
+  std::fprintf(stderr, "tplinear: error: %s%s; aborting the job\n", line.c_str(), where.c_str());
+  std::fflush(stderr);
+  MPI_Abort(MPI_COMM_WORLD, 3);
+  std::_Exit(3);  // MPI_Abort does not return; if it did, the job must still end
+}
+
+}  // namespace
 
 MpiSession::MpiSession(int* argc, char*** argv) {
   int initialized = 0;
@@ -22,19 +47,31 @@ MpiSession::MpiSession(int* argc, char*** argv) {
   }
   // Errors come back as return codes, which TPL_MPI_CHECK turns into CommError.
   MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  double timeout = 300;
+  try {
+    timeout = Watchdog::timeout_from_env(timeout);
+  } catch (const ConfigError& e) {
+    timeout_error_ = e.what();  // thrown by world(), where the caller handles errors
+  }
+  watchdog_ = std::make_unique<Watchdog>(timeout, rank, on_expiry);
 }
 
 MpiSession::~MpiSession() {
-  if (owns_) MPI_Finalize();
+  if (!owns_) return;
+  // MPI_Finalize waits for every rank; a stalled peer would hold this one here forever.
+  std::string what = "MPI_Finalize of the world";
+  Watchdog::Scope s = watchdog_->watch("finalize", &what, 1, 0);
+  MPI_Finalize();
 }
 
-namespace {
-std::unique_ptr<MpiCommunicator> dup_world() {
+std::unique_ptr<MpiCommunicator> MpiSession::dup_world() const {
+  if (!timeout_error_.empty()) throw ConfigError(timeout_error_);
   MPI_Comm dup;
   TPL_MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &dup), -1);
-  return std::make_unique<MpiCommunicator>(dup);
+  return std::make_unique<MpiCommunicator>(dup, watchdog_.get());
 }
-}  // namespace
 
 std::unique_ptr<Communicator> MpiSession::mpi_world() const {
   return dup_world();

@@ -52,11 +52,15 @@ ShmCommunicator::ShmCommunicator(std::unique_ptr<MpiCommunicator> mpi, ShmOption
     : mpi_(std::move(mpi)), options_(options), rank_(mpi_->rank()), size_(mpi_->size()) {
   const Where where{"shm", rank_};
   isa_ = detect_cpu().effective();
+  desc_ = "shm" + mpi_->description().substr(3);
   // Every member must share this node: MPI's shared-memory split must keep the whole group.
   MPI_Comm node = MPI_COMM_NULL;
-  TPL_MPI_CHECK(
-      MPI_Comm_split_type(mpi_->handle(), MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node),
-      rank_);
+  {
+    auto watched = mpi_->watch("split_type", 0);
+    TPL_MPI_CHECK(
+        MPI_Comm_split_type(mpi_->handle(), MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node),
+        rank_);
+  }
   int node_size = 0;
   MPI_Comm_size(node, &node_size);
   MPI_Comm_free(&node);
@@ -72,6 +76,7 @@ ShmCommunicator::ShmCommunicator(std::unique_ptr<MpiCommunicator> mpi, ShmOption
   MPI_Info_create(&info);
   MPI_Info_set(info, "alloc_shared_noncontig", "true");  // each rank's pages stay its own
   void* base = nullptr;
+  auto watched = mpi_->watch("win_allocate_shared", per_rank);
   const int rc = MPI_Win_allocate_shared(static_cast<MPI_Aint>(per_rank), 1, info, mpi_->handle(),
                                          &base, &win_);
   MPI_Info_free(&info);
@@ -110,6 +115,12 @@ std::unique_ptr<Communicator> ShmCommunicator::split(int color, int key) {
   return std::make_unique<ShmCommunicator>(std::move(m), options_);
 }
 
+Watchdog::Scope ShmCommunicator::watch(const char* op, std::size_t bytes) {
+  Watchdog* wd = mpi_->watchdog();
+  if (!wd) return {};
+  return wd->watch(op, &desc_, ++seq_, static_cast<std::int64_t>(bytes));
+}
+
 ShmCommunicator::Control* ShmCommunicator::control(int member) const {
   return std::launder(reinterpret_cast<Control*>(bases_[static_cast<std::size_t>(member)]));
 }
@@ -123,7 +134,13 @@ void ShmCommunicator::round(const char* what) {
   const std::uint64_t r = ++round_;
   control(rank_)->arrived.store(r, std::memory_order_release);
   const auto start = std::chrono::steady_clock::now();
-  const auto deadline = start + std::chrono::duration<double>(options_.timeout_s);
+  // The earlier of ShmOptions::timeout_s and the watchdog's deadline (TPL_TIMEOUT, --timeout;
+  // 0 there means none), so that SHM, which knows who is late, usually reports first.
+  const Watchdog* wd = mpi_->watchdog();
+  const double wd_timeout = wd ? wd->timeout() : 0;
+  const double timeout =
+      wd_timeout > 0 ? std::min(wd_timeout, options_.timeout_s) : options_.timeout_s;
+  const auto deadline = start + std::chrono::duration<double>(timeout);
   for (int k = 0; k < size_; ++k) {
     std::uint64_t spins = 0;
     while (control(k)->arrived.load(std::memory_order_acquire) < r) {
@@ -140,7 +157,7 @@ void ShmCommunicator::round(const char* what) {
           if (control(j)->arrived.load(std::memory_order_acquire) < r)
             late += (late.empty() ? "" : ", ") + std::to_string(j);
         TPL_THROW(CommError, (Where{"shm", rank_}), what, ": member(s) ", late,
-                  " of the group did not arrive within ", options_.timeout_s, " s (round ", r, ")");
+                  " of the group did not arrive within ", timeout, " s (round ", r, ")");
       }
     }
   }
@@ -182,6 +199,7 @@ void ShmCommunicator::reduce(const std::byte* const* src, DType dt, std::byte* d
 
 void ShmCommunicator::do_all_reduce(TensorView inout) {
   if (size_ == 1 || inout.empty()) return;
+  auto watched = watch("all_reduce", inout.nbytes());
   Staged io = stage_out(inout, true);
   const DType dt = inout.dtype();
   const std::size_t es = dtype_size(dt), total = static_cast<std::size_t>(inout.numel());
@@ -216,6 +234,7 @@ void ShmCommunicator::do_all_reduce(TensorView inout) {
 void ShmCommunicator::do_reduce_scatter(TensorView in, TensorView out) {
   if (in.empty()) return;
   if (size_ == 1) return copy_into(in, out);
+  auto watched = watch("reduce_scatter", in.nbytes());
   Staged si = stage_in(in), so = stage_out(out, false);
   const DType dt = in.dtype();
   const std::size_t es = dtype_size(dt), block = static_cast<std::size_t>(out.numel());
@@ -244,6 +263,7 @@ void ShmCommunicator::do_all_gather(TensorView in, TensorView out, int dim) {
   if (in.empty()) return;
   if (size_ == 1) return copy_into(in, out);
   if (to_mpi(out.nbytes())) return mpi_->all_gather(in, out, dim);
+  auto watched = watch("all_gather", out.nbytes());
   Staged si = stage_in(in), so = stage_out(out, false);
   const std::size_t es = dtype_size(in.dtype()), total = static_cast<std::size_t>(in.numel());
   const std::size_t cols = static_cast<std::size_t>(in.cols());
@@ -277,6 +297,7 @@ void ShmCommunicator::do_all_gather(TensorView in, TensorView out, int dim) {
 void ShmCommunicator::do_all_to_all(TensorView in, TensorView out) {
   if (in.empty()) return;
   if (to_mpi(in.nbytes())) return mpi_->all_to_all(in, out);
+  auto watched = watch("all_to_all", in.nbytes());
   Staged si = stage_in(in), so = stage_out(out, false);
   if (size_ == 1) {  // same element count, maybe another shape
     std::memcpy(bytes(so.view), bytes(si.view), in.nbytes());
@@ -302,6 +323,7 @@ void ShmCommunicator::do_all_to_all(TensorView in, TensorView out) {
 void ShmCommunicator::do_broadcast(TensorView buf, int root) {
   if (size_ == 1 || buf.empty()) return;
   if (to_mpi(buf.nbytes())) return mpi_->broadcast(buf, root);
+  auto watched = watch("broadcast", buf.nbytes());
   Staged sb = stage_out(buf, rank_ == root);
   const std::size_t es = dtype_size(buf.dtype()), total = static_cast<std::size_t>(buf.numel());
   const std::size_t chunk = options_.slot_bytes / es;
@@ -316,7 +338,9 @@ void ShmCommunicator::do_broadcast(TensorView buf, int root) {
 }
 
 void ShmCommunicator::do_barrier() {
-  if (size_ > 1) round("barrier");
+  if (size_ == 1) return;
+  auto watched = watch("barrier", 0);
+  round("barrier");
 }
 
 WorkPtr ShmCommunicator::do_iall_reduce(TensorView inout) {

@@ -45,6 +45,7 @@ class ShmCommunicator final : public Communicator {
   std::string name() const override { return "shm"; }
   std::unique_ptr<Communicator> split(int color, int key) override;
   bool all_true(bool value) override { return mpi_->all_true(value); }
+  Watchdog* watchdog() const override { return mpi_->watchdog(); }
 
  protected:
   void do_all_reduce(TensorView inout) override;
@@ -70,6 +71,8 @@ class ShmCommunicator final : public Communicator {
   std::byte* slot(int member, int which, std::uint64_t round) const;  // which: 0 data, 1 result
   // Publishes this rank's arrival at the next round and waits for every member's.
   void round(const char* what);
+  // In flight on the MPI group's watchdog until the scope ends (tpl/watchdog.h).
+  Watchdog::Scope watch(const char* op, std::size_t bytes);
   // Whether a data-movement collective of `bytes` goes to MPI (ShmOptions::mpi_move_bytes).
   bool to_mpi(std::size_t bytes) const;
   std::uint64_t next_round() const { return round_ + 1; }
@@ -82,6 +85,8 @@ class ShmCommunicator final : public Communicator {
   MPI_Win win_ = MPI_WIN_NULL;
   std::vector<std::byte*> bases_;
   std::uint64_t round_ = 0;
+  std::string desc_;       // "shm group of 2 ranks (world ranks 0, 1)"
+  std::uint64_t seq_ = 0;  // this group's watched collectives
   CpuIsa isa_ = CpuIsa::kSse41;
   mutable std::vector<float> wide_;  // 16-bit sums: the members' blocks widened to f32
 };

@@ -89,6 +89,11 @@ int main(int argc, char** argv) {
   CLI::App app{"tplinear: tensor-parallel linear layers across MPI ranks"};
   app.require_subcommand(1);
   app.add_option("--np", "launch N ranks under mpirun (handled before parsing)");
+  double timeout = -1;
+  app.add_option("--timeout", timeout,
+                 "seconds any collective may wait before the job is aborted with a diagnostic "
+                 "(0 = no deadline; default TPL_TIMEOUT, else 300)")
+      ->check(CLI::Range(0.0, 1e9));
 
   tpl::cli::DemoOptions demo;
   auto* d = app.add_subcommand("demo", "column + row parallel MLP block, checked against 1 rank");
@@ -221,6 +226,7 @@ int main(int argc, char** argv) {
     if (rank == 0) std::fprintf(stderr, "tplinear: error: %s (see --help)\n", err.what());
     return 2;
   }
+  if (timeout >= 0) session.watchdog().set_timeout(timeout);
   int rc = 0;
   try {
     if (*d) rc = tpl::cli::run_demo(*world, demo);
@@ -231,6 +237,13 @@ int main(int argc, char** argv) {
     if (*cal) rc = tpl::cli::run_calibrate(*world, co);
     if (*pl) rc = tpl::cli::run_plan(*world, po);
     if (*sim) rc = tpl::cli::run_simulate(*world, so);
+  } catch (const tpl::CommError& err) {
+    // A communication fault is this rank's own (a peer stalled or died, a deadline passed):
+    // say so from here, and end the job, since the peers may be waiting in a collective.
+    std::fprintf(stderr, "tplinear: error: %s; aborting the job\n", err.what());
+    std::fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, 3);
+    return 3;
   } catch (const tpl::Error& err) {
     // Bad input fails the same way on every rank; one line, from rank 0.
     if (world->rank() == 0) std::fprintf(stderr, "tplinear: error: %s\n", err.what());

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <random>
 #include <sstream>
 
@@ -19,6 +20,7 @@
 #include "tpl/plan.h"
 #include "tpl/profile.h"
 #include "tpl/safetensors.h"
+#include "tpl/watchdog.h"
 
 namespace tpl::cli {
 
@@ -269,6 +271,10 @@ int run_model(Communicator& world, const RunOptions& o) {
       o.check_gemm == "reference" || (o.check_gemm == "auto" && flops <= kAutoReferenceFlops);
   StackOptions ref_so = so;
   if (oracle) ref_so.backend = GemmBackend::kReference;
+  // The others wait in all_true below while each checker computes the whole model alone, which
+  // can take minutes: no deadline for that wait (tpl/watchdog.h).
+  std::optional<Watchdog::Suspension> long_wait;
+  long_wait.emplace(world.watchdog());
   if (checker) {
     LocalCommunicator one;
     Config single;
@@ -285,6 +291,7 @@ int run_model(Communicator& world, const RunOptions& o) {
   const double tol = so.w8a8 ? 5e-2 : so.dtype == DType::kF32 ? 1e-4 : 3e-2;
   const double rel = max_ref > 0 ? max_abs / max_ref : max_abs;
   const bool ok = world.all_true(!checker || rel <= tol);
+  long_wait.reset();
   Tensor err(DType::kF32, 1, 2), errs(DType::kF32, world.size(), 2);
   err.ptr<float>()[0] = checker ? float(max_abs) : -1.f;
   err.ptr<float>()[1] = checker ? float(rel) : -1.f;
