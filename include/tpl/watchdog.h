@@ -16,7 +16,9 @@
 // Settings: TPL_TIMEOUT (seconds, default 300; 0 = no deadline), `tplinear --timeout`.
 // Test builds with TPL_FAULT_INJECTION: TPL_FAULT_STALL="<world rank>:<n>" makes that rank stop
 // before its n-th watched collective (counted from 1) and sleep until it is killed, so the fault
-// tests need no signals and no timing luck.
+// tests need no signals and no timing luck. TPL_FAULT_THROW="<world rank>:<n>" makes that rank
+// alone throw an IoError there instead (a one-rank failure). A malformed value is a ConfigError
+// from MpiSession::world().
 #pragma once
 
 #include <chrono>
@@ -129,6 +131,7 @@ class Watchdog {
   std::vector<CollectiveRecord> ring_;
   std::size_t recorded_ = 0;    // records ever written
   std::uint64_t stall_at_ = 0;  // TPL_FAULT_STALL for this rank; 0 = none
+  std::uint64_t throw_at_ = 0;  // TPL_FAULT_THROW for this rank; 0 = none
   std::thread thread_;
 };
 

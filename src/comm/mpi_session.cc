@@ -55,14 +55,18 @@ MpiSession::MpiSession(int* argc, char*** argv) {
   } catch (const ConfigError& e) {
     timeout_error_ = e.what();  // thrown by world(), where the caller handles errors
   }
-  watchdog_ = std::make_unique<Watchdog>(timeout, rank, on_expiry);
+  try {
+    watchdog_ = std::make_unique<Watchdog>(timeout, rank, on_expiry);
+  } catch (const ConfigError& e) {  // a malformed TPL_FAULT_* setting
+    timeout_error_ = e.what();
+  }
 }
 
 MpiSession::~MpiSession() {
   if (!owns_) return;
   // MPI_Finalize waits for every rank; a stalled peer would hold this one here forever.
   std::string what = "MPI_Finalize of the world";
-  Watchdog::Scope s = watchdog_->watch("finalize", &what, 1, 0);
+  Watchdog::Scope s = watchdog_ ? watchdog_->watch("finalize", &what, 1, 0) : Watchdog::Scope();
   MPI_Finalize();
 }
 

@@ -21,10 +21,10 @@ std::string format_seconds(double s) {
   return os.str();
 }
 
-// TPL_FAULT_STALL="<rank>:<n>": the n-th watched collective of `rank`, or 0.
-std::uint64_t stall_point(int world_rank) {
+// TPL_FAULT_STALL / TPL_FAULT_THROW="<rank>:<n>": the n-th watched collective of `rank`, or 0.
+std::uint64_t fault_point(const char* name, int world_rank) {
 #if TPL_FAULT_INJECTION
-  const char* e = std::getenv("TPL_FAULT_STALL");
+  const char* e = std::getenv(name);
   if (!e || !*e) return 0;
   const std::string s = e;
   const auto colon = s.find(':');
@@ -33,10 +33,11 @@ std::uint64_t stall_point(int world_rank) {
   const long long n =
       colon == std::string::npos ? 0 : std::strtoll(s.c_str() + colon + 1, &end, 10);
   TPL_CHECK_T(colon != std::string::npos && end && *end == '\0' && rank >= 0 && n >= 1, ConfigError,
-              (Where{"TPL_FAULT_STALL", world_rank}),
-              "TPL_FAULT_STALL must be <world rank>:<collective number from 1>, got '", s, "'");
+              (Where{name, world_rank}), name,
+              " must be <world rank>:<collective number from 1>, got '", s, "'");
   return rank == world_rank ? static_cast<std::uint64_t>(n) : 0;
 #else
+  (void)name;
   (void)world_rank;
   return 0;
 #endif
@@ -61,7 +62,8 @@ Watchdog::Watchdog(double timeout_s, int world_rank, Expiry on_expiry)
       t0_(std::chrono::steady_clock::now()),
       timeout_s_(timeout_s),
       ring_(kRing),
-      stall_at_(stall_point(world_rank)) {
+      stall_at_(fault_point("TPL_FAULT_STALL", world_rank)),
+      throw_at_(fault_point("TPL_FAULT_THROW", world_rank)) {
   active_.reserve(16);
   thread_ = std::thread([this] { loop(); });
 }
@@ -113,6 +115,10 @@ Watchdog::Scope Watchdog::watch(const char* op, const std::string* group, std::u
     std::lock_guard<std::mutex> lock(mu_);
     id = ++next_id_;
     stall = stall_at_ != 0 && id == stall_at_;
+    if (throw_at_ != 0 && id == throw_at_)
+      TPL_THROW(IoError, (Where{"fault injection", world_rank_}),
+                "TPL_FAULT_THROW: this rank alone fails before collective ", id, " (", op,
+                "), as a shard file corrupted for one rank would");
     if (!stall) {
       CollectiveRecord& r = ring_[recorded_ % kRing];
       r.seq = id;

@@ -9,9 +9,11 @@
 #include <mpi.h>
 
 #include <CLI/CLI.hpp>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "bench.h"
@@ -67,6 +69,33 @@ int maybe_relaunch(int argc, char** argv) {
   args.push_back(nullptr);
   execvp("mpirun", const_cast<char* const*>(args.data()));
   std::perror("tplinear: cannot run mpirun");
+  return 2;
+}
+
+// Bad input fails the same way on every rank: then every rank gets here, and rank 0 alone
+// prints the one line. A rank that fails alone (a file only it reads, a fault) must not return
+// normally: MPI_Finalize would wait for peers that wait in a collective for it. So the ranks
+// first meet on an MPI_Ibarrier of MPI_COMM_WORLD (which no collective of the library uses);
+// if not all arrive within a few seconds, this rank prints its own message and ends the job.
+int report_error(int rank, const char* what) {
+  constexpr double kMeetSeconds = 5;
+  MPI_Request req = MPI_REQUEST_NULL;
+  int done = 0;
+  if (MPI_Ibarrier(MPI_COMM_WORLD, &req) == MPI_SUCCESS) {
+    const auto until =
+        std::chrono::steady_clock::now() + std::chrono::duration<double>(kMeetSeconds);
+    while (!done && std::chrono::steady_clock::now() < until) {
+      if (MPI_Test(&req, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) break;
+      if (!done) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  }
+  if (done) {
+    if (rank == 0) std::fprintf(stderr, "tplinear: error: %s\n", what);
+    return 2;
+  }
+  std::fprintf(stderr, "tplinear: error: %s (this rank alone; aborting the job)\n", what);
+  std::fflush(stderr);
+  MPI_Abort(MPI_COMM_WORLD, 2);
   return 2;
 }
 
@@ -245,12 +274,9 @@ int main(int argc, char** argv) {
     MPI_Abort(MPI_COMM_WORLD, 3);
     return 3;
   } catch (const tpl::Error& err) {
-    // Bad input fails the same way on every rank; one line, from rank 0.
-    if (world->rank() == 0) std::fprintf(stderr, "tplinear: error: %s\n", err.what());
-    rc = 2;
+    rc = report_error(world->rank(), err.what());
   } catch (const std::exception& err) {
-    std::fprintf(stderr, "tplinear: error (rank %d): %s\n", world->rank(), err.what());
-    rc = 2;
+    rc = report_error(world->rank(), err.what());
   }
   world.reset();
   return rc;
