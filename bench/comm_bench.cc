@@ -148,24 +148,23 @@ int main(int argc, char** argv) {
   if (comm->name() == "mpi") {
     shms.push_back(tpl::make_shm_communicator(*comm));
     comms.emplace_back("shm", shms.back().get());
-    if (const char* e = std::getenv("TPL_SHM_SLOTS"))
-      for (std::string rest = e; !rest.empty();) {
+    // One SHM communicator per item of the comma list in `env`, `set` applying the item.
+    auto variants = [&](const char* env, const char* prefix,
+                        void (*set)(tpl::ShmOptions&, std::size_t)) {
+      const char* e = std::getenv(env);
+      for (std::string rest = e ? e : ""; !rest.empty();) {
         const auto comma = rest.find(',');
+        const std::string item = rest.substr(0, comma);
         tpl::ShmOptions o;
-        o.slot_bytes = std::stoull(rest.substr(0, comma));
+        set(o, std::stoull(item));
         shms.push_back(tpl::make_shm_communicator(*comm, o));
-        comms.emplace_back("shm-" + rest.substr(0, comma), shms.back().get());
+        comms.emplace_back(prefix + item, shms.back().get());
         rest = comma == std::string::npos ? "" : rest.substr(comma + 1);
       }
-    if (const char* e = std::getenv("TPL_SHM_TWO_SHOT"))
-      for (std::string rest = e; !rest.empty();) {
-        const auto comma = rest.find(',');
-        tpl::ShmOptions o;
-        o.two_shot_bytes = std::stoull(rest.substr(0, comma));
-        shms.push_back(tpl::make_shm_communicator(*comm, o));
-        comms.emplace_back("shm-2s" + rest.substr(0, comma), shms.back().get());
-        rest = comma == std::string::npos ? "" : rest.substr(comma + 1);
-      }
+    };
+    variants("TPL_SHM_SLOTS", "shm-", [](tpl::ShmOptions& o, std::size_t v) { o.slot_bytes = v; });
+    variants("TPL_SHM_TWO_SHOT", "shm-2s",
+             [](tpl::ShmOptions& o, std::size_t v) { o.two_shot_bytes = v; });
   }
 
   // B: one core copying 64 MiB (every rank at once, as the collectives run), bytes copied / s.
