@@ -38,7 +38,6 @@ struct CollectiveRecord {
   std::string op;               // "all_reduce", ...
   std::string group;            // e.g. "mpi group of 2 ranks (world ranks 0, 1)"
   std::int64_t bytes = 0;
-  int world_rank = -1;
   bool completed = false;
   double started_s = 0;  // since the watchdog started
   double elapsed_s = 0;  // until completion (or until the dump, while in flight)

@@ -129,7 +129,6 @@ Watchdog::Scope Watchdog::watch(const char* op, const std::string* group, std::u
       else
         r.group.clear();
       r.bytes = bytes;
-      r.world_rank = world_rank_;
       r.completed = false;
       r.started_s = since_start(now);
       r.elapsed_s = 0;
