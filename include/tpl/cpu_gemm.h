@@ -98,6 +98,10 @@ class CpuGemmChooser {
   // cannot serve desc on this CPU ("" when it can). Nothing is planned or timed.
   std::vector<GemmCandidate> candidates(const GemmDesc& desc) const;
 
+  // Bytes per weight element that the GEMM make(desc) plans keeps (its packed or widened copy):
+  // the most over the implementations that may be chosen (the forced one, or every one that
+  // serves, since the measured choice is made later). For memory estimates (tpl/memory.h).
+  double held_bytes_per_weight(const GemmDesc& desc) const;
   const CpuInfo& cpu() const { return cpu_; }
   const CpuGemmOptions& options() const { return options_; }
   int threads() const;

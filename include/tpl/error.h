@@ -41,6 +41,11 @@ class BackendError : public Error {
 class IoError : public Error {
   using Error::Error;
 };
+// Host memory ran out, or would: an allocation failed, or an estimate made before allocating
+// exceeds what the machine has (tpl/memory.h).
+class OutOfMemory : public Error {
+  using Error::Error;
+};
 
 // Where an error happened: component/op name and rank (-1 when not known).
 struct Where {

@@ -90,6 +90,10 @@ struct StackOptions {
   // tpl/plan.h); without one, or where the cost model does not cover the config, overlap = auto
   // follows worker_has_spare_core() and FC1 its configured threshold.
   const MachineProfile* profile = nullptr;
+  // Before loading any weight, the ranks compare estimate_stack_memory() with the memory their
+  // node has and refuse with OutOfMemory when it does not fit (tpl/memory.h). A caller that
+  // made the check itself, for more than the stack, may turn it off.
+  bool check_memory = true;
 };
 
 struct Plan;

@@ -60,8 +60,16 @@ GemmBackend default_cpu_gemm_backend() {
   return GemmBackend::kCpu;
 }
 
+double reference_gemm_held_bytes(const GemmDesc& d) {
+  // Transposed, widened: int32 for int8, double for floats (src/gemm/reference_gemm.cc).
+  return d.weight == DType::kI8 ? 4.0 : 8.0;
+}
+
 std::vector<CpuGemmImpl> built_cpu_gemm_impls(int threads) {
   std::vector<CpuGemmImpl> v;
+  [[maybe_unused]] const auto held_in_weight_dtype = [](const GemmDesc& d) {
+    return double(dtype_size(d.weight));  // reordered once into oneDNN's blocked layout
+  };
   const auto same = [](const GemmDesc& d, DType t) {
     return d.act == t && d.weight == t && d.out == t;
   };
@@ -70,12 +78,14 @@ std::vector<CpuGemmImpl> built_cpu_gemm_impls(int threads) {
                [](const GemmDesc& d, const CpuInfo& cpu) { return onednn_why_not(d, cpu); },
                [](const GemmDesc& d, TensorView w, TensorView b, const GemmFactory&) {
                  return make_onednn_gemm(d, w, b);
-               }});
+               },
+               held_in_weight_dtype});
   v.push_back({"onednn_conv",
                [](const GemmDesc& d, const CpuInfo& cpu) { return onednn_conv_why_not(d, cpu); },
                [](const GemmDesc& d, TensorView w, TensorView b, const GemmFactory&) {
                  return make_onednn_gemm(d, w, b, OneDnnOp::kConv1x1);
-               }});
+               },
+               held_in_weight_dtype});
 #endif
 #if TPL_WITH_OPENBLAS
   v.push_back({"openblas",
@@ -84,7 +94,8 @@ std::vector<CpuGemmImpl> built_cpu_gemm_impls(int threads) {
                },
                [threads](const GemmDesc& d, TensorView w, TensorView b, const GemmFactory&) {
                  return make_openblas_gemm(d, w, b, threads);
-               }});
+               },
+               [](const GemmDesc&) { return 4.0; }});  // the f32 weight, transposed
 #endif
   v.push_back({"bf16_via_f32",
                [](const GemmDesc& d, const CpuInfo&) -> std::string {
@@ -94,7 +105,8 @@ std::vector<CpuGemmImpl> built_cpu_gemm_impls(int threads) {
                },
                [](const GemmDesc& d, TensorView w, TensorView b, const GemmFactory& f32) {
                  return make_bf16_via_f32_gemm(d, w, b, f32);
-               }});
+               },
+               [](const GemmDesc&) { return 4.0; }});  // the inner f32 GEMM's copy
   v.push_back({"avx2_int8",
                [](const GemmDesc& d, const CpuInfo& cpu) -> std::string {
                  if (d.act != DType::kI8 || d.weight != DType::kI8 || d.out != DType::kI32)
@@ -106,11 +118,13 @@ std::vector<CpuGemmImpl> built_cpu_gemm_impls(int threads) {
                },
                [](const GemmDesc& d, TensorView w, TensorView b, const GemmFactory&) {
                  return make_avx2_int8_gemm(d, w, b);
-               }});
+               },
+               [](const GemmDesc&) { return 1.0; }});  // packed int8 tiles
   v.push_back({"reference", [](const GemmDesc&, const CpuInfo&) { return std::string(); },
                [](const GemmDesc& d, TensorView w, TensorView b, const GemmFactory&) {
                  return make_reference_gemm(d, w, b);
-               }});
+               },
+               reference_gemm_held_bytes});
   return v;
 }
 

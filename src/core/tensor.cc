@@ -63,7 +63,7 @@ Tensor::Tensor(DType dtype, std::int64_t rows, std::int64_t cols) {
   std::size_t alloc = (bytes + 63) / 64 * 64;
   if (alloc == 0) alloc = 64;
   void* p = std::aligned_alloc(64, alloc);
-  if (!p) TPL_THROW(Error, kWhere, "out of host memory allocating ", bytes, " bytes");
+  if (!p) TPL_THROW(OutOfMemory, kWhere, "out of host memory allocating ", bytes, " bytes");
   std::memset(p, 0, alloc);
   buf_ = std::unique_ptr<void, std::function<void(void*)>>(p, [](void* q) { std::free(q); });
   view_ = TensorView(p, dtype, rows, cols);

@@ -80,7 +80,7 @@ class AlignedBuffer {
     if (bytes > size_) {
       const std::size_t alloc = (bytes + 63) / 64 * 64;
       void* p = std::aligned_alloc(64, alloc);
-      if (!p) TPL_THROW(Error, kWhere, "out of host memory allocating ", bytes, " bytes");
+      if (!p) TPL_THROW(OutOfMemory, kWhere, "out of host memory allocating ", bytes, " bytes");
       buf_.reset(static_cast<std::int8_t*>(p));
       size_ = alloc;
     }

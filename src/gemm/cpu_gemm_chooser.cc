@@ -161,6 +161,23 @@ std::vector<GemmCandidate> CpuGemmChooser::candidates(const GemmDesc& desc) cons
   return v;
 }
 
+double CpuGemmChooser::held_bytes_per_weight(const GemmDesc& desc) const {
+  const std::vector<const Impl*> list = ordered(desc);
+  auto held = [&](const Impl& i) {
+    return i.held_bytes ? i.held_bytes(desc) : double(dtype_size(desc.weight));
+  };
+  for (const std::string& f : options_.force)  // as decide(): the first forced one that is listed
+    for (const Impl* i : list)
+      if (i->name == f) return held(*i);
+  double most = -1;
+  for (const Impl* i : list)
+    if (i->name != "reference" && i->why_not(desc, cpu_).empty()) most = std::max(most, held(*i));
+  if (most >= 0) return most;
+  for (const Impl* i : list)
+    if (i->name == "reference") return held(*i);
+  return double(dtype_size(desc.weight));
+}
+
 std::unique_ptr<Gemm> CpuGemmChooser::make_impl(const Impl& impl, const GemmDesc& desc,
                                                 TensorView weight, TensorView bias) {
   const GemmFactory f32 = [this](const GemmDesc& d, TensorView w, TensorView b) {

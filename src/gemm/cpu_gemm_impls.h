@@ -21,7 +21,13 @@ struct CpuGemmImpl {
   std::function<std::unique_ptr<Gemm>(const GemmDesc&, TensorView weight, TensorView bias,
                                       const GemmFactory& f32)>
       make;
+  // Bytes it keeps per weight element once planned (its packed or widened copy of the weight),
+  // for the memory estimate made before any weight is loaded (tpl/memory.h).
+  std::function<double(const GemmDesc&)> held_bytes;
 };
+
+// What the reference GEMM keeps per weight element (it also serves GemmBackend::kReference).
+double reference_gemm_held_bytes(const GemmDesc& desc);
 
 // The CPU implementations of this build; `threads` per GEMM call for the libraries that take it.
 std::vector<CpuGemmImpl> built_cpu_gemm_impls(int threads);

@@ -4,6 +4,7 @@
 #include <random>
 
 #include "tpl/error.h"
+#include "tpl/memory.h"
 #include "tpl/model.h"
 #include "tpl/plan.h"
 #include "tpl/quant.h"
@@ -269,6 +270,11 @@ DecoderStack::DecoderStack(Communicator& world, const ModelSpec& model, Strategi
   if (plan_) plan_->check_matches(model.name, world.size(), "plan");
   config_.validate();
   features_ = Features::derive(config_, model_.info);
+  if (options.check_memory)
+    check_host_memory(world, estimate_stack_memory(model_, config_, options, world.size()),
+                      "the decoder stack's weights",
+                      "load fewer layers, spread the model over more ranks on more nodes, or "
+                      "use bf16 weights");
   const auto sizes = group_sizes(config_, features_);
   groups_ = std::make_unique<ProcessGroups>(world, config_.layout, sizes);
   worker_ = std::make_unique<CommWorker>();

@@ -20,6 +20,7 @@
 
 #include "tpl/cost_model.h"
 #include "tpl/error.h"
+#include "tpl/memory.h"
 #include "tpl/model.h"
 
 namespace tpl::cli {
@@ -275,6 +276,15 @@ int run_bench(Communicator& world, const BenchOptions& o, std::vector<BenchRow>*
   so.w8a8 = o.model.quant == "w8a8";
   so.prefetch_step = o.model.prefetch_step;
   so.sync_layers = o.sync_layers;
+  // Memory first: a machine too small says so in one line, before the sweep prints anything.
+  MemoryEstimate need;
+  const std::int64_t most_tokens = *std::max_element(tokens.begin(), tokens.end());
+  for (const auto& p : plan) {
+    MemoryEstimate e = estimate_stack_memory(model, p.cfg, so, world.size(), most_tokens);
+    if (e.total() > need.total()) need = std::move(e);
+  }
+  check_host_memory(world, need, "tplinear bench",
+                    "try --layers N, more ranks (on more nodes) or --dtype bf16");
   const auto weights = make_random_weights(o.model.seed);
   const bool root = world.rank() == 0;
   const bool tty = isatty(STDERR_FILENO);

@@ -151,6 +151,9 @@ int main(int argc, char** argv) {
   r->add_option("--check-gemm", run.check_gemm,
                 "GEMM of the one-rank reference: auto, reference (the oracle) or same")
       ->check(CLI::IsMember({"auto", "reference", "same"}));
+  r->add_flag("--no-reference", run.no_reference,
+              "skip the one-rank reference: no check, and no full model on one rank (a model "
+              "too large for that rank's memory)");
 
   tpl::cli::RunOptions ex;
   auto* e = app.add_subcommand("explain", "list every linear layer with its op, group and rule");

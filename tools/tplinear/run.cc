@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "tpl/error.h"
+#include "tpl/memory.h"
 #include "tpl/model.h"
 #include "tpl/npy.h"
 #include "tpl/plan.h"
@@ -238,6 +239,32 @@ int run_model(Communicator& world, const RunOptions& o) {
               "more ranks than the model can shard: TP = ", cfg.layout.tp, " exceeds the ",
               model.heads, " attention heads");
 
+  // The oracle runs at about 1 GFLOP/s: beyond this the check uses the ranks' GEMM instead.
+  constexpr double kAutoReferenceFlops = 10e9;
+  const double per_layer =
+      4.0 * model.hidden * model.hidden +
+      3.0 * model.hidden * double(model.intermediate + model.shared_expert_intermediate);
+  const double flops = 2.0 * double(o.tokens) * double(model.layers) * per_layer;
+  const bool oracle =
+      o.check_gemm == "reference" || (o.check_gemm == "auto" && flops <= kAutoReferenceFlops);
+  StackOptions ref_so = so;
+  if (oracle) ref_so.backend = GemmBackend::kReference;
+  // TP rank 0 of each replica checks it against the same stack on one rank.
+  const bool checker = coord_of(cfg.layout, world.rank()).t == 0 && !o.no_reference;
+
+  // Before anything is loaded: this rank's share of the stack, plus the whole model once more
+  // on a checking rank; the ranks of a node must fit in its memory together (tpl/memory.h).
+  MemoryEstimate need = estimate_stack_memory(model, cfg, so, world.size(), o.tokens);
+  if (checker) {
+    need.then("one-rank reference", estimate_stack_memory(model, Config{}, ref_so, 1, o.tokens));
+  }
+  check_host_memory(world, need, "tplinear run",
+                    "try --layers N, more ranks (on more nodes), --dtype bf16, or "
+                    "--no-reference (no full model on one rank, and no check)");
+  const ResidentMemory before = resident_memory();
+  so.check_memory = false;  // checked above, with the reference
+  ref_so.check_memory = false;
+
   // A plan's stack holds all its strategies; forward() takes the bucket of o.tokens.
   DecoderStack stack = o.plan.empty() ? DecoderStack(world, model, cfg, *weights, so)
                                       : DecoderStack(world, model, plan, *weights, so);
@@ -258,19 +285,8 @@ int run_model(Communicator& world, const RunOptions& o) {
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 
   // Reference: the same stack on one rank, computed by TP rank 0 of each replica.
-  const bool checker = stack.groups().tp().rank() == 0;
   double max_abs = 0, max_ref = 0;
   Tensor ref;
-  // The oracle runs at about 1 GFLOP/s: beyond this the check uses the ranks' GEMM instead.
-  constexpr double kAutoReferenceFlops = 10e9;
-  const double per_layer =
-      4.0 * model.hidden * model.hidden +
-      3.0 * model.hidden * double(model.intermediate + model.shared_expert_intermediate);
-  const double flops = 2.0 * double(o.tokens) * double(model.layers) * per_layer;
-  const bool oracle =
-      o.check_gemm == "reference" || (o.check_gemm == "auto" && flops <= kAutoReferenceFlops);
-  StackOptions ref_so = so;
-  if (oracle) ref_so.backend = GemmBackend::kReference;
   // The others wait in all_true below while each checker computes the whole model alone, which
   // can take minutes: no deadline for that wait (tpl/watchdog.h).
   std::optional<Watchdog::Suspension> long_wait;
@@ -337,6 +353,14 @@ int run_model(Communicator& world, const RunOptions& o) {
       if (errs.ptr<float>()[2 * r] >= 0)
         fmt::print("rank {} (replica check): max abs error {:.3e}, max rel error {:.3e}\n", r,
                    errs.ptr<float>()[2 * r], errs.ptr<float>()[2 * r + 1]);
+    const ResidentMemory after = resident_memory();
+    fmt::print(
+        "host memory (rank 0): estimated {} before loading; resident set grew {} (peak {})\n",
+        need.describe(), human_bytes(after.peak - before.now), human_bytes(after.peak));
+    if (o.no_reference) {
+      fmt::print("reference: skipped (--no-reference)\nUNCHECKED\n");
+      return 0;
+    }
     fmt::print("reference: the same stack on one rank, {}\n",
                oracle ? "GEMMs by the reference oracle (double accumulation)"
                       : "GEMMs by the ranks' CPU GEMM (--check-gemm reference for the oracle)");

@@ -40,6 +40,7 @@ struct RunOptions {
   // check never compares an implementation with itself), "same" (the ranks' CPU GEMM, for models
   // too big for the oracle), or "auto" (reference up to kAutoReferenceFlops).
   std::string check_gemm = "auto";
+  bool no_reference = false;  // run: skip the one-rank reference (and so the check)
   std::uint64_t seed = 1;
   bool verbose = false;  // explain: print every rule considered
   int rank = 0;          // explain: the rank whose coordinates are shown
