@@ -43,10 +43,13 @@ std::unique_ptr<Runtime> make_runtime(Device device);
 std::unique_ptr<Communicator> make_device_communicator(Communicator& bootstrap, Runtime& rt);
 
 // Owns MPI's lifetime for a program: MPI_Init_thread on construction (requesting
-// MPI_THREAD_MULTIPLE), MPI_Finalize on destruction. Create exactly one, in main().
+// MPI_THREAD_MULTIPLE), MPI_Finalize on destruction. Create exactly one, in main(). Where the
+// program (or mpi4py) has initialised MPI already, the session attaches to it and leaves the
+// finalisation to its owner.
 class MpiSession {
  public:
   MpiSession(int* argc, char*** argv);
+  MpiSession() : MpiSession(nullptr, nullptr) {}
   ~MpiSession();
   MpiSession(const MpiSession&) = delete;
   MpiSession& operator=(const MpiSession&) = delete;
@@ -56,6 +59,12 @@ class MpiSession {
   // otherwise. Collective. `why`, if given, receives the choice and its reason, e.g.
   // "shm (TPL_COMM=auto: 2 ranks on one node, 2 CPUs)".
   std::unique_ptr<Communicator> world(std::string* why = nullptr) const;
+  // The same over a communicator of the caller's (an engine's TP group, mpi4py's comm.py2f()),
+  // given by its Fortran handle (MPI_Comm_c2f) so that this header needs no mpi.h; tpl/mpi.h
+  // has the MPI_Comm overload. The communicator is duplicated: library traffic never mixes
+  // with the caller's, and the caller may free its own. ConfigError for MPI_COMM_NULL.
+  std::unique_ptr<Communicator> world_of(int mpi_comm_fortran_handle,
+                                         std::string* why = nullptr) const;
   // The MPI communicator over MPI_COMM_WORLD (a duplicate), whatever TPL_COMM says: for
   // benchmarks that compare communicators and for building one over it.
   std::unique_ptr<Communicator> mpi_world() const;
@@ -69,7 +78,7 @@ class MpiSession {
  private:
   int thread_level_ = 0;
   bool owns_ = false;
-  std::unique_ptr<class MpiCommunicator> dup_world() const;
+  std::unique_ptr<class MpiCommunicator> dup_of(int fortran_handle) const;
   std::string timeout_error_;  // a bad TPL_TIMEOUT, reported by world() (a ConfigError)
   std::unique_ptr<Watchdog> watchdog_;
 };

@@ -70,19 +70,27 @@ MpiSession::~MpiSession() {
   MPI_Finalize();
 }
 
-std::unique_ptr<MpiCommunicator> MpiSession::dup_world() const {
+std::unique_ptr<MpiCommunicator> MpiSession::dup_of(int fortran_handle) const {
   if (!timeout_error_.empty()) throw ConfigError(timeout_error_);
+  const MPI_Comm comm = MPI_Comm_f2c(fortran_handle);
+  TPL_CHECK_T(comm != MPI_COMM_NULL, ConfigError, (Where{"MpiSession"}),
+              "the MPI communicator given (Fortran handle ", fortran_handle, ") is MPI_COMM_NULL");
   MPI_Comm dup;
-  TPL_MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &dup), -1);
+  TPL_MPI_CHECK(MPI_Comm_dup(comm, &dup), -1);
   return std::make_unique<MpiCommunicator>(dup, watchdog_.get());
 }
 
 std::unique_ptr<Communicator> MpiSession::mpi_world() const {
-  return dup_world();
+  return dup_of(MPI_Comm_c2f(MPI_COMM_WORLD));
 }
 
 std::unique_ptr<Communicator> MpiSession::world(std::string* why) const {
-  std::unique_ptr<MpiCommunicator> mpi = dup_world();
+  return world_of(MPI_Comm_c2f(MPI_COMM_WORLD), why);
+}
+
+std::unique_ptr<Communicator> MpiSession::world_of(int mpi_comm_fortran_handle,
+                                                   std::string* why) const {
+  std::unique_ptr<MpiCommunicator> mpi = dup_of(mpi_comm_fortran_handle);
   // TPL_COMM: which communicator serves the world and every group split from it
   // (docs/communication.md).
   const char* env = std::getenv("TPL_COMM");
