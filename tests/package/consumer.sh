@@ -60,4 +60,10 @@ if [[ $mode == install ]]; then
   run2 "$work/tp_mlp_pc" 19 | tee "$work/mlp_pc.out"
   grep -qx PASS "$work/mlp_pc.out"
 fi
+if [[ $mode == install && -d $work/prefix/lib/python3/dist-packages/tplinear ]]; then
+  step "the Python module from the prefix: mpirun -np 2 /usr/bin/python3 examples/python/tp_mlp.py"
+  PYTHONPATH=$work/prefix/lib/python3/dist-packages run2 /usr/bin/python3 \
+    "$src/examples/python/tp_mlp.py" | tee "$work/py.out"
+  grep -qx PASS "$work/py.out"
+fi
 echo "OK ($mode)"

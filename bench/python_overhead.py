@@ -1,0 +1,45 @@
+"""What the Python wrapper adds to LinearLayer.forward at M = 1, side by side in one run: the
+same layer and input timed through Python (numpy in/out, torch in/out) and in a C++ loop
+(LinearLayer._cpp_seconds_per_forward). Warm-up first; median of rounds; one rank.
+
+    PYTHONPATH=build/python /usr/bin/python3 bench/python_overhead.py [k n]
+"""
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+import tplinear
+
+k, n = (int(sys.argv[1]), int(sys.argv[2])) if len(sys.argv) > 2 else (1024, 1024)
+iters, rounds = 2000, 7
+world = tplinear.world()
+env = tplinear.Env(world, tplinear.Config({"tp": world.size, "dp": 1, "pp": 1}))
+rng = np.random.default_rng(0)
+layer = tplinear.LinearLayer(env, "model.layers.0.mlp.up_proj", "column",
+                             rng.standard_normal((n, k), dtype=np.float32))
+x = rng.standard_normal((1, k), dtype=np.float32)
+xt = torch.from_numpy(x.copy())
+
+
+def per_call(fn):
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    return (time.perf_counter() - t0) / iters
+
+
+rows = {"cpp": [], "numpy": [], "torch": []}
+for _ in range(2):  # warm-up: GEMM plans, page faults
+    layer.forward(x), layer.forward(xt), layer._cpp_seconds_per_forward(x, 200)
+for _ in range(rounds):
+    rows["cpp"].append(layer._cpp_seconds_per_forward(x, iters))
+    rows["numpy"].append(per_call(lambda: layer.forward(x)))
+    rows["torch"].append(per_call(lambda: layer.forward(xt)))
+med = {key: statistics.median(v) * 1e6 for key, v in rows.items()}
+print(f"LinearLayer.forward, M=1, k={k}, n={n}, {world.size} rank(s), median of {rounds} x {iters}")
+print(f"{'path':<8} {'us/call':>9} {'over C++':>9}")
+for key in ("cpp", "numpy", "torch"):
+    print(f"{key:<8} {med[key]:9.2f} {med[key] - med['cpp']:9.2f}")

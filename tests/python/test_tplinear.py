@@ -1,0 +1,192 @@
+"""The Python module under mpirun (1-3 ranks): every op against x @ W.T + b on one process,
+NumPy and torch, awkward token counts, zero copy, errors. A failure names the rank, the case,
+the index, expected and actual values; every rank takes part in every collective, and the
+verdicts are gathered so that all ranks fail together."""
+import sys
+import traceback
+
+import numpy as np
+from mpi4py import MPI
+
+import tplinear
+
+comm = MPI.COMM_WORLD
+world = tplinear.world(comm)
+R, N = world.rank, world.size
+failures = []
+
+
+def check(cond, what):
+    if not cond:
+        failures.append(f"rank {R}: {what}")
+
+
+def close(name, actual, expected, rtol):
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    if actual.shape != expected.shape:
+        failures.append(f"rank {R}: {name}: shape {actual.shape}, expected {expected.shape}")
+        return
+    err = np.abs(actual - expected)
+    tol = rtol * max(1.0, float(np.abs(expected).max(initial=0)))
+    if err.size and err.max() > tol:
+        i = np.unravel_index(int(err.argmax()), err.shape)
+        failures.append(f"rank {R}: {name}: index {tuple(int(v) for v in i)} expected "
+                        f"{expected[i]:.6g} got {actual[i]:.6g} (|err| {err.max():.3g} > {tol:.3g})")
+
+
+def case(fn):
+    try:
+        fn()
+    except Exception:  # noqa: BLE001: a failure of this rank, reported with the others
+        failures.append(f"rank {R}: {fn.__name__} raised:\n{traceback.format_exc()}")
+    return fn
+
+
+rng = np.random.default_rng(7)
+H, I = 48, 5 * 7 * 3  # 105: splits unevenly over 2 and 4 ranks
+W_col = rng.standard_normal((I, H), dtype=np.float32)
+b_col = rng.standard_normal(I, dtype=np.float32)
+W_row = rng.standard_normal((H, I), dtype=np.float32)
+b_row = rng.standard_normal(H, dtype=np.float32)
+env = tplinear.Env(world, tplinear.Config({"tp": N, "dp": 1, "pp": 1}))
+
+
+def col_slice(layer):
+    """The output features this rank holds: its weight shard's rows in the full weight."""
+    local = layer.local_weight()
+    start = [i for i in range(I - local.shape[0] + 1) if np.array_equal(W_col[i], local[0])]
+    return start[0], local.shape[0]
+
+
+@case
+def column_and_row_numpy():
+    col = tplinear.LinearLayer(env, "model.layers.0.mlp.up_proj", "column", W_col, bias=b_col)
+    row = tplinear.LinearLayer(env, "model.layers.0.mlp.down_proj", "row", W_row, bias=b_row)
+    check(col.op == "StandardColumn" and row.op == "StandardRow", f"ops {col.op}, {row.op}")
+    for tokens in (1, 7, 33):
+        x = rng.standard_normal((tokens, H), dtype=np.float32)
+        x = comm.bcast(x)  # the same batch on every rank
+        h = col.forward(x)
+        start, n = col_slice(col)
+        ref_h = x.astype(np.float64) @ W_col.T + b_col
+        close(f"column tokens={tokens}", h, ref_h[:, start:start + n], 1e-5)
+        check(col.placement == ("Shard(features)" if N > 1 else "Replicated") or N == 1,
+              f"column placement {col.placement}")
+        full_h = np.concatenate(comm.allgather(h), axis=1)
+        close(f"gathered column tokens={tokens}", full_h, ref_h, 1e-5)
+        y = row.forward(h)
+        close(f"row tokens={tokens}", y, full_h.astype(np.float64) @ W_row.T + b_row, 1e-4)
+        check(row.placement == "Replicated", f"row placement {row.placement}")
+
+
+@case
+def replicated_and_gathered():
+    rep = tplinear.LinearLayer(env, "model.layers.0.replicated_test", "replicated", W_col)
+    x = comm.bcast(rng.standard_normal((5, H), dtype=np.float32))
+    close("replicated", rep.forward(x), x.astype(np.float64) @ W_col.T, 1e-5)
+    gat = tplinear.LinearLayer(env, "model.layers.0.mlp.gate_test", "column", W_col[: 8 * N],
+                               gather_output=True)
+    close("gather_output", gat.forward(x), x.astype(np.float64) @ W_col[: 8 * N].T, 1e-5)
+
+
+@case
+def torch_in_torch_out():
+    import torch
+    col = tplinear.LinearLayer(env, "model.layers.1.mlp.up_proj", "column",
+                               torch.nn.Parameter(torch.from_numpy(W_col.copy())))
+    row = tplinear.LinearLayer(env, "model.layers.1.mlp.down_proj", "row", torch.from_numpy(W_row))
+    x = torch.from_numpy(comm.bcast(rng.standard_normal((9, H), dtype=np.float32)))
+    h = col.forward(x)
+    check(isinstance(h, torch.Tensor), f"torch in gave {type(h)} out")
+    y = row.forward(h)
+    full = np.concatenate(comm.allgather(h.numpy()), axis=1)
+    close("torch row", y.numpy(), full.astype(np.float64) @ W_row.T, 1e-4)
+    # bf16 through torch: weights and activations bf16, sums in f32, one rounding.
+    wb, xb = torch.from_numpy(W_col).bfloat16(), x.bfloat16()
+    cb = tplinear.LinearLayer(env, "model.layers.2.mlp.up_proj", "column", wb)
+    hb = cb.forward(xb)
+    check(hb.dtype == torch.bfloat16, f"bf16 in gave {hb.dtype} out")
+    ref = (xb.double() @ wb.double().T).numpy()
+    gathered = np.concatenate(comm.allgather(hb.float().numpy()), axis=1)
+    close("bf16 column (gathered)", gathered, ref, 1e-2)
+
+
+@case
+def zero_copy():
+    import torch
+    x = comm.bcast(rng.standard_normal((4, H), dtype=np.float32))
+    check(tplinear._data_ptr(x) == x.ctypes.data, "numpy input was copied")
+    t = torch.from_numpy(x)
+    check(tplinear._data_ptr(t) == t.data_ptr(), "torch input was copied")
+    # A row-strided view (every other row of a wider array) is taken as it is.
+    wide = comm.bcast(rng.standard_normal((8, 2 * H), dtype=np.float32))
+    v = wide[::2, :H]
+    check(tplinear._data_ptr(v) == v.ctypes.data, "strided view was copied")
+    col = tplinear.LinearLayer(env, "model.layers.3.mlp.up_proj", "column", W_col)
+    start, n = col_slice(col)
+    close("strided input", col.forward(v), (v.astype(np.float64) @ W_col.T)[:, start:start + n],
+          1e-5)
+    # The layer's weight shard: a view both sides see; it outlives the Python name of the layer.
+    w = col.local_weight()
+    w[0, 0] = 1234.5
+    check(col.local_weight()[0, 0] == np.float32(1234.5), "a mutation of the view is not seen")
+    # An output handed on through DLPack is the same memory.
+    y = col.forward(x)
+    ty = torch.from_dlpack(y)
+    ty[0, 0] = -7.0
+    check(y[0, 0] == np.float32(-7.0), "torch.from_dlpack(output) copied it")
+    del col
+    check(np.isfinite(y).all() and w.shape[1] == H, "arrays died with their layer")
+
+
+@case
+def bad_arguments_raise_on_every_rank():
+    col = tplinear.LinearLayer(env, "model.layers.4.mlp.up_proj", "column", W_col)
+    for bad, kind, needle in [
+            (np.zeros((3, H + 1), np.float32), tplinear.InvalidArgument, ""),
+            (np.zeros((3, H), np.float64), tplinear.InvalidArgument, "float64"),
+            (np.zeros((H, 3), np.float32).T, tplinear.InvalidArgument, "unit column stride"),
+            ([[1.0] * H], tplinear.InvalidArgument, "numpy array or a torch tensor")]:
+        try:
+            col.forward(bad)
+            failures.append(f"rank {R}: {bad!r:.40} did not raise")
+        except kind as e:
+            check(needle in str(e), f"message '{e}' lacks '{needle}'")
+    try:
+        tplinear.Config({"tp": N, "no_such_option": 1})
+        failures.append(f"rank {R}: a bad config key did not raise")
+    except tplinear.ConfigError as e:
+        check("no_such_option" in str(e), f"config message: {e}")
+    check(issubclass(tplinear.OutOfMemory, tplinear.Error) and
+          issubclass(tplinear.Error, RuntimeError), "exception hierarchy")
+
+
+@case
+def decoder_stack_and_explain():
+    # 6 heads, 6 KV heads: every TP size of the test splits them.
+    model = {"model_type": "llama", "hidden_size": 96, "intermediate_size": 200,
+             "num_attention_heads": 6, "num_key_value_heads": 6, "num_hidden_layers": 2}
+    stack = tplinear.DecoderStack(world, model, tplinear.Config({"tp": N, "dp": 1, "pp": 1}))
+    one = None
+    x = comm.bcast(rng.standard_normal((13, stack.hidden), dtype=np.float32))
+    y = stack.forward(x)
+    ys = comm.allgather(y)
+    if R == 0:
+        single = tplinear.world(MPI.COMM_SELF)
+        one = tplinear.DecoderStack(single, model).forward(x)
+        close("decoder stack vs one rank", y, one, 1e-4)
+    for r in range(1, N):
+        close(f"decoder stack replicated on rank {r}", ys[r], ys[0], 0)
+    rows = tplinear.explain("tiny", tplinear.Config({"tp": 4, "dp": 1, "pp": 1}), rank=1)
+    check(len(rows) == 8 and rows[0]["op"] == "StandardColumn" and rows[0]["tp_size"] == 4
+          and rows[0]["tp_rank"] == 1, f"explain: {rows[:1]}")
+
+
+bad = comm.allgather(failures)
+if R == 0:
+    allf = [f for fs in bad for f in fs]
+    for f in allf:
+        print("FAIL:", f)
+    print(f"python tests at {N} ranks: {'PASS' if not allf else f'{len(allf)} failures'}")
+sys.exit(1 if any(bad) else 0)
