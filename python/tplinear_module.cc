@@ -139,7 +139,7 @@ class ArrayIn {
       TPL_THROW(InvalidArgument, kWhere, what, " must be a numpy array or a torch tensor, got ",
                 std::string(py::str(py::type::of(obj))));
     const py::buffer_info info = py::reinterpret_borrow<py::buffer>(obj).request();
-    DType dt;
+    DType dt = DType::kF32;
     if (info.format == "f" && info.itemsize == 4)
       dt = DType::kF32;
     else if (info.format == "e" && info.itemsize == 2)
@@ -148,10 +148,10 @@ class ArrayIn {
       dt = DType::kI8;
     else if ((info.format == "i" || info.format == "l") && info.itemsize == 4)
       dt = DType::kI32;
-    else
-      from_code(255, 0, what,
-                py::hasattr(obj, "dtype") ? std::string(py::str(obj.attr("dtype")))
-                                          : "of buffer format '" + info.format + "'");
+    else  // throws, naming the dtype
+      dt = from_code(255, 0, what,
+                     py::hasattr(obj, "dtype") ? std::string(py::str(obj.attr("dtype")))
+                                               : "of buffer format '" + info.format + "'");
     std::vector<std::int64_t> shape(info.shape.begin(), info.shape.end()), strides;
     for (auto s : info.strides) {
       TPL_CHECK(s % info.itemsize == 0, kWhere, what, " has a misaligned stride of ", s, " bytes");

@@ -90,6 +90,54 @@ def replicated_and_gathered():
     close("gather_output", gat.forward(x), x.astype(np.float64) @ W_col[: 8 * N].T, 1e-5)
 
 
+def check_shards(name, layer, W, x, h):
+    """A column-like layer: this rank's output is x @ (its shard).T, its shard is rows of W,
+    and the ranks' shards together hold every row of W exactly once."""
+    local = np.array(layer.local_weight())
+    close(f"{name} output", h, x.astype(np.float64) @ local.T, 1e-5)
+    rows = np.concatenate(comm.allgather(local), axis=0)
+    key = lambda a: sorted(map(bytes, a))  # noqa: E731
+    check(key(rows) == key(W), f"{name}: the shards do not partition the weight's rows")
+
+
+@case
+def merged_and_qkv_columns():
+    x = comm.bcast(rng.standard_normal((11, H), dtype=np.float32))
+    Wm = rng.standard_normal((50 + 34, H), dtype=np.float32)
+    merged = tplinear.LinearLayer(env, "model.layers.5.mlp.gate_up_proj", "merged_column", Wm,
+                                  output_sizes=[50, 34])
+    check_shards("merged_column", merged, Wm, x, merged.forward(x))
+    heads, kv, hd = 6, 6, 8  # MHA: every test size (1-3 ranks) splits the heads
+    Wq = rng.standard_normal(((heads + 2 * kv) * hd, H), dtype=np.float32)
+    qkv = tplinear.LinearLayer(env, "model.layers.5.self_attn.qkv_proj", "qkv", Wq,
+                               qkv=[heads, kv, hd])
+    check(qkv.op == "QkvColumn" or qkv.op.endswith("Column"), f"qkv op {qkv.op}")
+    check_shards("qkv", qkv, Wq, x, qkv.forward(x))
+
+
+@case
+def flashcomm1_sequence_parallel():
+    if N == 1:
+        return  # FlashComm1 needs TP > 1
+    fenv = tplinear.Env(world, tplinear.Config({"tp": N, "dp": 1, "pp": 1, "flashcomm1": True,
+                                                "flashcomm1_threshold": 0}))
+    col = tplinear.LinearLayer(fenv, "model.layers.0.mlp.gate_up_proj", "column", W_col)
+    row = tplinear.LinearLayer(fenv, "model.layers.0.mlp.down_proj", "row", W_row)
+    check(col.op == "SequenceColumn" and row.op == "SequenceRow", f"FC1 ops {col.op}, {row.op}")
+    for tokens in (5, 31):
+        x = comm.bcast(rng.standard_normal((tokens, H), dtype=np.float32))
+        b = -(-tokens // N)  # rows per rank after padding to a multiple of N
+        padded = np.zeros((b * N, H), np.float32)
+        padded[:tokens] = x
+        h = col.forward(padded[R * b:(R + 1) * b], tokens=tokens)  # Shard(tokens) in
+        y = row.forward(h, tokens=tokens)                         # Shard(tokens) out
+        check(row.placement == "Shard(tokens)", f"FC1 row placement {row.placement}")
+        ref = np.zeros((b * N, H))
+        ref[:tokens] = x.astype(np.float64) @ W_col.T @ W_row.T
+        close(f"FC1 tokens={tokens}", y[: max(0, min(b, tokens - R * b))],
+              ref[R * b:R * b + max(0, min(b, tokens - R * b))], 1e-4)
+
+
 @case
 def torch_in_torch_out():
     import torch
