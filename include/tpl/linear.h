@@ -120,6 +120,10 @@ class LinearLayer {
 
   // Rows of the full weight this rank holds, in local order (column-like layers).
   static std::vector<ShardRange> output_rows(const LayerSpec& spec, int tp_rank, int tp_size);
+  // The [n, k] of the weight shard this rank holds (row layers: all outputs, its input columns;
+  // replicated or unsplit: the full weight; column-like: its output rows, all inputs).
+  static std::pair<std::int64_t, std::int64_t> local_weight_shape(const LayerSpec& spec,
+                                                                  int tp_rank, int tp_size);
 
  private:
   LayerSpec spec_;

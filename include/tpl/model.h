@@ -81,7 +81,7 @@ struct StackOptions {
   DType dtype = DType::kF32;
   bool w8a8 = false;
   GemmBackend backend = default_cpu_gemm_backend();
-  int prefetch_step = -1;  // layer sharding; -1 = min(1, layers - 2)
+  int prefetch_step = -1;  // layer sharding; -1 = min(1, layers - 2) (prefetch_step_for)
   // Profiling: a world barrier before each linear layer, so its reported time excludes the wait
   // for slower ranks' attention (`tplinear bench --sync-layers`, `plan --check`).
   bool sync_layers = false;
@@ -95,6 +95,10 @@ struct StackOptions {
   // made the check itself, for more than the stack, may turn it off.
   bool check_memory = true;
 };
+
+// The layer-sharding prefetch distance k a stack of `layers` layers uses: options.prefetch_step,
+// or for -1 one layer ahead when the series is long enough (k <= L - 2).
+int prefetch_step_for(const StackOptions& options, std::int64_t layers);
 
 struct Plan;
 

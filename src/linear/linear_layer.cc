@@ -88,6 +88,17 @@ std::vector<ShardRange> LinearLayer::output_rows(const LayerSpec& spec, int rank
   return {};
 }
 
+std::pair<std::int64_t, std::int64_t> LinearLayer::local_weight_shape(const LayerSpec& spec,
+                                                                      int tp_rank, int tp_size) {
+  if (spec.kind == LayerKind::kRow)
+    return {full_out_features(spec), input_cols(spec, tp_rank, tp_size).size};
+  if (spec.kind == LayerKind::kReplicated || tp_size <= 1)
+    return {full_out_features(spec), spec.in_features};
+  std::int64_t n = 0;
+  for (const ShardRange& r : output_rows(spec, tp_rank, tp_size)) n += r.size;
+  return {n, spec.in_features};
+}
+
 std::int64_t LinearLayer::full_out_features(const LayerSpec& spec) {
   switch (spec.kind) {
     case LayerKind::kMergedColumn:

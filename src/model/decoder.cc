@@ -254,6 +254,11 @@ DecoderStack::DecoderStack(Communicator& world, const ModelSpec& model, const Co
     : DecoderStack(world, model, strategies_for(model, config, world.size(), options), weights,
                    options) {}
 
+int prefetch_step_for(const StackOptions& options, std::int64_t layers) {
+  if (options.prefetch_step >= 0) return options.prefetch_step;
+  return static_cast<int>(std::min<std::int64_t>(1, std::max<std::int64_t>(0, layers - 2)));
+}
+
 DecoderStack::DecoderStack(Communicator& world, const ModelSpec& model, const Plan& plan,
                            const WeightProvider& weights, const StackOptions& options)
     : DecoderStack(world, model, strategies_for(plan), weights, options) {}
@@ -289,10 +294,7 @@ DecoderStack::DecoderStack(Communicator& world, const ModelSpec& model, Strategi
     }
   }
   if (features_.flashcomm2_oshard) {
-    // Auto (-1): prefetch one layer ahead when the series is long enough (k <= L - 2).
-    const int k = options.prefetch_step >= 0 ? options.prefetch_step
-                                             : static_cast<int>(std::min<std::int64_t>(
-                                                   1, std::max<std::int64_t>(0, model.layers - 2)));
+    const int k = prefetch_step_for(options, model.layers);
     series_ = std::make_unique<LayerShardSeries>(groups_->shard_weight(), k);
   }
   for (const auto& [name, cfg] : strategies) {

@@ -54,9 +54,7 @@ MemoryEstimate estimate_stack_memory(const ModelSpec& model, const Config& confi
   GroupTable sw;
   if (features.flashcomm2_oshard && sizes.shard_weight)
     sw = shard_weight_groups(cfg.layout, *sizes.shard_weight, sizes.flashcomm2_p);
-  const int k = options.prefetch_step >= 0 ? options.prefetch_step
-                                           : static_cast<int>(std::min<std::int64_t>(
-                                                 1, std::max<std::int64_t>(0, model.layers - 2)));
+  const int k = prefetch_step_for(options, model.layers);
 
   RankBytes most;
   for (int rank = 0; rank < world_size; ++rank) {
@@ -70,13 +68,7 @@ MemoryEstimate estimate_stack_memory(const ModelSpec& model, const Config& confi
         const ShardCoord sc = shard_coord(c, cfg, rank);
         const int size = c.unsharded ? 1 : sc.tp_size, r = c.unsharded ? 0 : sc.tp_rank;
         const std::int64_t full_out = LinearLayer::full_out_features(spec);
-        std::int64_t n = full_out, kk = spec.in_features;
-        if (spec.kind == LayerKind::kRow) {
-          kk = LinearLayer::input_cols(spec, r, size).size;
-        } else if (spec.kind != LayerKind::kReplicated && size > 1) {
-          n = 0;
-          for (const ShardRange& s : LinearLayer::output_rows(spec, r, size)) n += s.size;
-        }
+        const auto [n, kk] = LinearLayer::local_weight_shape(spec, r, size);
         const double elems = double(n) * double(kk);
         GemmDesc desc;
         desc.n = n;

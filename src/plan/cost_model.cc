@@ -65,16 +65,14 @@ const char* gemm_key(DType d) {
 // The largest local slice over the group's ranks (the slowest rank's shape).
 std::int64_t max_out_local(const LayerSpec& spec, int t) {
   std::int64_t best = 0;
-  for (int r = 0; r < t; ++r) {
-    std::int64_t sum = 0;
-    for (const ShardRange& sr : LinearLayer::output_rows(spec, r, t)) sum += sr.size;
-    best = std::max(best, sum);
-  }
+  for (int r = 0; r < t; ++r)
+    best = std::max(best, LinearLayer::local_weight_shape(spec, r, t).first);
   return best;
 }
 std::int64_t max_in_local(const LayerSpec& spec, int t) {
   std::int64_t best = 0;
-  for (int r = 0; r < t; ++r) best = std::max(best, LinearLayer::input_cols(spec, r, t).size);
+  for (int r = 0; r < t; ++r)
+    best = std::max(best, LinearLayer::local_weight_shape(spec, r, t).second);
   return best;
 }
 
