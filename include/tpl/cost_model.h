@@ -10,7 +10,10 @@
 
 #include <array>
 #include <cstdint>
+#include <map>
+#include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "tpl/config.h"
@@ -73,8 +76,20 @@ class CostModel {
   StackPrediction predict(const ModelSpec& model, const Config& config, int world,
                           std::int64_t tokens, const CostInputs& in) const;
 
+  // The GEMMs predict() looks up for `configs` at each of `tokens` (configs the model does not
+  // cover are skipped): what `calibrate` measures at their exact shapes for a model
+  // (CalibrateOptions::layer_shapes), so those lookups read a measurement, not a scaling.
+  static std::vector<GemmRequest> gemm_requests(const ModelSpec& model,
+                                                const std::vector<Config>& configs, int world,
+                                                const std::vector<std::int64_t>& tokens,
+                                                const CostInputs& in);
+
  private:
+  using Requests =
+      std::map<std::tuple<std::string, std::int64_t, std::int64_t>, std::set<std::int64_t>>;
   MachineProfile profile_;
+  // Set only inside gemm_requests: lookups are recorded and priced 1 ms, no table needed.
+  Requests* record_ = nullptr;
 };
 
 }  // namespace tpl

@@ -127,6 +127,13 @@ class DecoderStack {
   // Config::overlap, with auto resolved by worker_has_spare_core() at construction.
   bool overlap_for(std::int64_t tokens) const;
   int num_strategies() const { return static_cast<int>(variants_.size()); }
+  // The strategies the stack holds, [0] the one that fixed the weights ("config" for a stack
+  // built from one Config).
+  std::vector<std::string> strategy_names() const;
+  // Runs `hidden` with the named strategy whatever bucket its token count falls in: an A/B
+  // comparison over one set of weights, as `plan --check` measures. Collective like forward();
+  // InvalidArgument (the same on every rank) for a name the stack does not hold.
+  Tensor forward_with(TensorView hidden, const std::string& strategy);
   const std::vector<LayerReport>& report() const { return report_; }
   std::vector<std::string> skipped() const { return skipped_; }
   const ProcessGroups& groups() const { return *groups_; }
@@ -147,6 +154,7 @@ class DecoderStack {
   DecoderStack(Communicator& world, const ModelSpec& model, Strategies strategies,
                const WeightProvider& weights, const StackOptions& options);
   int variant_for(std::int64_t tokens) const;
+  Tensor run_variant(TensorView hidden, int variant);
   Communicator& world_;
   ModelSpec model_;
   Config config_;  // variant 0's: the layout and groups every variant shares

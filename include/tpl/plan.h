@@ -53,13 +53,14 @@ struct Plan {
   static Plan from_json(const nlohmann::json& j, const std::string& source);
   static Plan from_file(const std::string& path);
   nlohmann::json to_json() const;
-  // ConfigError naming `source` when the plan is for another world size or model.
-  void check_matches(const std::string& model_name, int world_size,
-                     const std::string& source) const;
+  // ConfigError naming `source` when the plan is for another world size or model, or a config's
+  // weight layout for this model is not the plan's.
+  void check_matches(const ModelSpec& model, int world_size, const std::string& source) const;
 };
 
-// What a config fixes at weight-load time, e.g. "tp", "tp+fc2(P=1)", "tp+mlp_tp(2)".
-std::string weight_layout_of(const Config& c);
+// What a config fixes at weight-load time for a model, e.g. "tp", "tp+fc2(P=1)",
+// "tp+mlp_tp(2)", "tp+shared_expert_dp" (an MoE model under sequence parallelism).
+std::string weight_layout_of(const Config& c, const ModelInfo& model);
 
 struct PlanOptions {
   std::vector<std::pair<std::int64_t, double>> workload;  // (tokens, weight), tokens ascending

@@ -6,6 +6,9 @@
 // Collectives: per kind and group size, the time of one call at message sizes S (the full
 // buffer, f32 bytes for sums, as in docs/communication.md), interpolated piecewise in log-log
 // space between the measured points, so cliffs (OpenMPI above 16 MiB) stay where they were.
+// Layer GEMMs (optional, `calibrate --model`): the same GEMMs at the exact local shapes a
+// model's layers run at (CostModel::gemm_requests), used instead of the scaled reference shapes
+// for those shapes: a tall gate_up shard and a square reference run at different rates.
 // Fused: per fused GEMM + collective path, fused time / (GEMM alone + collective alone) at a few
 // row counts, measured by running the fused path with the overlap worker.
 #pragma once
@@ -52,6 +55,10 @@ struct MachineProfile {
   // dtype key ("f32", "bf16", "int8", and "w8a8" = a W8A8 layer's quantise + int8 GEMM +
   // dequantise as LocalGemm runs it) -> reference shapes, smallest weight first.
   std::map<std::string, std::vector<GemmTable>> gemm;
+  // The same keys -> tables at exact layer shapes, any order, one per (n, k); may be empty.
+  std::map<std::string, std::vector<GemmTable>> layer_gemm;
+  // The layer table of exactly [n, k] for `key`, or null.
+  const GemmTable* layer_table(const std::string& key, std::int64_t n, std::int64_t k) const;
   // "<collective>/<group size>" -> points, x = S bytes ascending.
   std::map<std::string, std::vector<ProfilePoint>> collectives;
   // fused path ("gemm_all_reduce", "gemm_reduce_scatter", "all_gather_gemm") -> x = rows,
@@ -72,8 +79,19 @@ struct MachineProfile {
 // This process's machine, as calibrate records it.
 MachineInfo this_machine(int ranks);
 
+// A GEMM a cost model asks for: table key ("f32", "bf16", "int8", "w8a8"), weight [n, k], and
+// the row counts M it is asked at (ascending).
+struct GemmRequest {
+  std::string key;
+  std::int64_t n = 0, k = 0;
+  std::vector<std::int64_t> rows;
+};
+
 struct CalibrateOptions {
   bool quick = false;  // fewer sizes and repetitions (tests)
+  // Also measured, into MachineProfile::layer_gemm: at each request's rows and the reference
+  // row counts below its largest.
+  std::vector<GemmRequest> layer_shapes;
   // Called on rank 0 with (step, steps, what) before each measurement.
   std::function<void(int, int, const std::string&)> progress;
 };

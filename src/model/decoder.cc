@@ -272,7 +272,7 @@ DecoderStack::DecoderStack(Communicator& world, const ModelSpec& model, Strategi
       plan_(std::move(st.plan)) {
   const auto& strategies = st.list;
   const Where where{"decoder", world.rank()};
-  if (plan_) plan_->check_matches(model.name, world.size(), "plan");
+  if (plan_) plan_->check_matches(model, world.size(), "plan");
   config_.validate();
   features_ = Features::derive(config_, model_.info);
   if (options.check_memory)
@@ -305,11 +305,13 @@ DecoderStack::DecoderStack(Communicator& world, const ModelSpec& model, Strategi
     v->features = Features::derive(v->config, model_.info);
     // Every strategy runs over the same groups and weights; a plan whose strategies differ in
     // either needs a reload, which a running stack never does.
-    TPL_CHECK(v->config.layout == config_.layout && group_sizes(v->config, v->features) == sizes &&
-                  v->features.flashcomm2_oshard == features_.flashcomm2_oshard,
-              where, "strategy '", name, "' needs other process groups or weight layout (",
-              weight_layout_of(v->config), ") than '", strategies.front().first, "' (",
-              weight_layout_of(config_), "): one stack holds one weight layout");
+    TPL_CHECK(
+        v->config.layout == config_.layout && group_sizes(v->config, v->features) == sizes &&
+            v->features.flashcomm2_oshard == features_.flashcomm2_oshard &&
+            weight_layout_of(v->config, model_.info) == weight_layout_of(config_, model_.info),
+        where, "strategy '", name, "' needs other process groups or weight layout (",
+        weight_layout_of(v->config, model_.info), ") than '", strategies.front().first, "' (",
+        weight_layout_of(config_, model_.info), "): one stack holds one weight layout");
     v->selector = std::make_unique<Selector>(v->config, model_.info);
     v->env = std::make_unique<OpEnv>(OpEnv{v->config, v->features, *groups_});
     v->overlap = overlap_enabled(v->config.overlap, spare_core);
@@ -491,6 +493,25 @@ bool DecoderStack::overlap_for(std::int64_t tokens) const {
 }
 
 Tensor DecoderStack::forward(TensorView hidden) {
+  return run_variant(hidden, variant_for(hidden.rows()));
+}
+
+std::vector<std::string> DecoderStack::strategy_names() const {
+  std::vector<std::string> v;
+  for (const auto& var : variants_) v.push_back(var->name);
+  return v;
+}
+
+Tensor DecoderStack::forward_with(TensorView hidden, const std::string& strategy) {
+  for (std::size_t i = 0; i < variants_.size(); ++i)
+    if (variants_[i]->name == strategy) return run_variant(hidden, static_cast<int>(i));
+  std::string known;
+  for (const auto& var : variants_) known += (known.empty() ? "" : ", ") + var->name;
+  TPL_THROW(InvalidArgument, (Where{"decoder", world_.rank()}), "the stack holds no strategy '",
+            strategy, "' (it holds: ", known, ")");
+}
+
+Tensor DecoderStack::run_variant(TensorView hidden, int vi) {
   const std::int64_t n = hidden.rows();
   const int d = dp_rank();
   std::vector<std::int64_t> across;
@@ -503,7 +524,6 @@ Tensor DecoderStack::forward(TensorView hidden) {
     for (int r = 0; r < world_.size(); ++r)
       across[coord_of(config_.layout, r).d] = all.ptr<std::int32_t>()[r];
   }
-  const int vi = variant_for(n);
   const Variant& var = *variants_[static_cast<std::size_t>(vi)];
   ForwardContext ctx = ForwardContext::make(var.config, var.features, model_.info, n, across);
   ctx.variant = vi;

@@ -2,8 +2,11 @@
 // into a MachineProfile. Every rank measures at the same time (as in a forward, the ranks share
 // the memory bandwidth); a point's value is the slowest rank's median.
 #include <algorithm>
+#include <array>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <random>
 
 #include "ops/gemm_collectives.h"
@@ -55,17 +58,132 @@ Tensor random_tensor(std::int64_t rows, std::int64_t cols, DType dtype, std::uin
 
 // Median of `reps` timed calls after one untimed call; every call starts after a barrier, so the
 // ranks run each one together.
-double time_calls(Communicator& comm, int reps, const std::function<void()>& f) {
-  comm.barrier();
-  f();
+// `before` runs ahead of each call, untimed.
+double time_calls(Communicator& comm, int reps, const std::function<void()>& f, bool warm = false,
+                  const std::function<void()>& before = {}) {
+  if (!warm) comm.barrier(), f();
   std::vector<double> t;
   for (int i = 0; i < reps; ++i) {
+    if (before) before();
     comm.barrier();
     const auto t0 = Clock::now();
     f();
     t.push_back(ms_since(t0));
   }
   return max_over(comm, median(t));
+}
+
+// As time_calls, with as many calls as fit in about `budget_ms` (3 to 25, the same on every
+// rank): a cheap point is the noisiest on a shared machine, and more calls cost it little.
+double time_budget(Communicator& world, double budget_ms, const std::function<void()>& f,
+                   const std::function<void()>& before = {}) {
+  if (before) before();
+  world.barrier();
+  const auto t0 = Clock::now();
+  f();
+  const double first = max_over(world, ms_since(t0));
+  const int reps = static_cast<int>(std::clamp(budget_ms / std::max(first, 1e-3), 3.0, 25.0));
+  return time_calls(world, reps, f, true, before);  // the first call was the warm-up
+}
+
+// Evicts the last-level cache by streaming through twice its size. In a forward every layer's
+// weights pass through the cache between two calls of one layer, so a weight that fits in it
+// (an 8 MiB W8A8 qkv shard in a 32 MiB L3) is cold there; timed hot, it ran 2x faster than in
+// the forward at 16 rows.
+class CacheFlush {
+ public:
+  // The last level's size from sysfs (what this CPU's cores share; sysconf reports 384 MiB on
+  // the 32 MiB-L3 Zen5 VM), 32 MiB when unreadable.
+  CacheFlush() {
+    long llc = 0;
+    for (int i = 3; i >= 2 && llc <= 0; --i) {
+      std::ifstream f("/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/size");
+      std::string v;
+      if (f >> v && !v.empty()) {
+        const long num = std::atol(v.c_str());
+        llc = v.back() == 'K' ? num << 10 : v.back() == 'M' ? num << 20 : num;
+      }
+    }
+    if (llc <= 0) llc = 32L << 20;
+    buf_.assign(std::size_t(std::clamp<long>(2 * llc, 8L << 20, 256L << 20)), 1);
+  }
+  std::size_t bytes() const { return buf_.size(); }
+  // Reads only: evicting needs no write-back, and a read pass costs a third of a write pass.
+  void operator()() {
+    const auto* p = reinterpret_cast<const std::uint64_t*>(buf_.data());
+    std::uint64_t sum = 0;
+    for (std::size_t i = 0; i < buf_.size() / 8; i += 8) sum += p[i];
+    sink_ = sink_ + sum;
+  }
+
+ private:
+  std::vector<char> buf_;
+  volatile std::uint64_t sink_ = 0;
+};
+
+// One table: the GEMM of `key` ("f32", "bf16", "int8", or "w8a8" = LocalGemm's quantise, int8
+// GEMM and dequantise as a W8A8 layer runs it) on a random [n, k] weight, at each of `rows`.
+// Two weights of the shape, each with its own GEMM, and the faster of the two per point: on a VM
+// one buffer of a shape can stream persistently slower than another (measured 1.8x on one of
+// two calibrations, at every M), an accident of placement the model should not learn.
+GemmTable measure_gemm(Communicator& world, CpuGemmChooser& chooser, CacheFlush& flush,
+                       const std::string& key, std::int64_t n, std::int64_t k,
+                       const std::vector<std::int64_t>& rows) {
+  const bool w8a8 = key == "w8a8";
+  const DType dt = w8a8 || key == "int8" ? DType::kI8 : key == "bf16" ? DType::kBF16 : DType::kF32;
+  GemmDesc d{k, n, dt, dt, dt == DType::kI8 ? DType::kI32 : dt};
+  Tensor deq = random_tensor(1, n, DType::kF32, 19), qb(DType::kI32, 1, n);
+  std::memset(qb.data(), 0, qb.nbytes());
+  W8A8Local q;
+  q.input_scale = 0.05f;
+  q.deq_scale = deq;
+  q.quant_bias = qb;
+  struct Copy {
+    Tensor w;
+    std::unique_ptr<Gemm> gemm;
+    LocalGemm lg;
+  };
+  std::array<Copy, 2> copies;
+  for (int c = 0; c < 2; ++c) {
+    Copy& cp = copies[c];
+    cp.w = random_tensor(n, k, dt, 7 + n + 3 * k + c);
+    cp.gemm = chooser.make(d, cp.w, TensorView());
+    cp.lg.gemm = cp.gemm.get();
+    cp.lg.out_dtype = DType::kF32;
+    cp.lg.in_features = k;
+    cp.lg.out_features = cp.lg.full_out_features = n;
+    cp.lg.quant = &q;
+  }
+  // A weight larger than the flush evicts the cache by itself.
+  const bool cold = double(n) * double(k) * double(dtype_size(dt)) < double(flush.bytes());
+  GemmTable t;
+  t.k = k;
+  t.n = n;
+  t.impl = copies[0].gemm->name() + (w8a8 ? " + quantise/dequantise" : "");
+  for (std::int64_t m : rows) {
+    Tensor x = random_tensor(m, k, w8a8 ? DType::kF32 : dt, 11 + m),
+           y(w8a8 ? DType::kF32 : d.out, m, n);
+    double best = 0;
+    for (Copy& cp : copies) {
+      const double ms = time_budget(
+          world, 200,
+          [&] {
+            if (w8a8)
+              cp.lg.run_into(x, y, true);
+            else
+              cp.gemm->run(x, y, false);
+          },
+          cold ? std::function<void()>(std::ref(flush)) : std::function<void()>());
+      best = &cp == &copies[0] ? ms : std::min(best, ms);
+    }
+    t.rows.push_back({double(m), best});
+  }
+  return t;
+}
+
+std::string fmt_shape(const GemmRequest& r) {
+  return "layer GEMM " + r.key + " " + std::to_string(r.n) + "x" + std::to_string(r.k) + " at " +
+         std::to_string(r.rows.size()) + " row counts";
 }
 
 struct Progress {
@@ -88,7 +206,6 @@ MachineProfile calibrate(Communicator& world, const CalibrateOptions& options) {
                                                  : std::vector<std::int64_t>{1, 16, 64, 256, 1024};
   const std::vector<std::int64_t> shapes =
       quick ? std::vector<std::int64_t>{64, 256} : std::vector<std::int64_t>{512, 4096};
-  const std::vector<DType> dtypes{DType::kF32, DType::kBF16, DType::kI8};
   std::vector<int> groups;
   for (int g = 2; g <= world.size(); ++g)
     if (world.size() % g == 0) groups.push_back(g);
@@ -98,7 +215,8 @@ MachineProfile calibrate(Communicator& world, const CalibrateOptions& options) {
   const std::vector<std::int64_t> fused_rows =
       quick ? std::vector<std::int64_t>{1024} : std::vector<std::int64_t>{1024, 2048};
   Progress progress{options, world.rank() == 0};
-  progress.steps = 1 + int((dtypes.size() + 1) * shapes.size()) + int(groups.size()) * 5 * sizes +
+  progress.steps = 1 + int(4 * shapes.size() + options.layer_shapes.size()) +
+                   int(groups.size()) * 5 * sizes +
                    (world.size() > 1 ? 3 * int(fused_rows.size()) : 0);
 
   // One core's memcpy, for the cost model's elementwise passes.
@@ -111,51 +229,22 @@ MachineProfile calibrate(Communicator& world, const CalibrateOptions& options) {
   }
 
   CpuGemmChooser chooser;
-  for (DType dt : dtypes) {
-    const char* key = dt == DType::kI8 ? "int8" : dt == DType::kBF16 ? "bf16" : "f32";
+  CacheFlush flush;
+  for (const char* key : {"f32", "bf16", "int8", "w8a8"})
     for (std::int64_t kn : shapes) {
-      progress(std::string("GEMM ") + key + " " + std::to_string(kn) + "x" + std::to_string(kn));
-      GemmDesc d{kn, kn, dt, dt, dt == DType::kI8 ? DType::kI32 : dt};
-      Tensor w = random_tensor(kn, kn, dt, 7 + kn);
-      auto gemm = chooser.make(d, w, TensorView());
-      GemmTable t;
-      t.k = t.n = kn;
-      t.impl = gemm->name();
-      for (std::int64_t m : gemm_m) {
-        Tensor x = random_tensor(m, kn, dt, 11 + m), y(d.out, m, kn);
-        const int reps = double(m) * kn * kn > 4e9 ? 2 : 3;
-        t.rows.push_back({double(m), time_calls(world, reps, [&] { gemm->run(x, y, false); })});
-      }
-      p.gemm[key].push_back(std::move(t));
+      progress(std::string(std::strcmp(key, "w8a8") ? "GEMM " : "W8A8 layer path ") + key + " " +
+               std::to_string(kn) + "x" + std::to_string(kn));
+      p.gemm[key].push_back(measure_gemm(world, chooser, flush, key, kn, kn, gemm_m));
     }
-  }
-
-  // W8A8 as a layer runs it (LocalGemm: quantise f32 x, int8 GEMM, dequantise into f32).
-  for (std::int64_t kn : shapes) {
-    progress("W8A8 layer path " + std::to_string(kn) + "x" + std::to_string(kn));
-    GemmDesc d{kn, kn, DType::kI8, DType::kI8, DType::kI32};
-    Tensor w = random_tensor(kn, kn, DType::kI8, 17 + kn);
-    auto gemm = chooser.make(d, w, TensorView());
-    Tensor deq = random_tensor(1, kn, DType::kF32, 19), qb(DType::kI32, 1, kn);
-    std::memset(qb.data(), 0, qb.nbytes());
-    W8A8Local q;
-    q.input_scale = 0.05f;
-    q.deq_scale = deq;
-    q.quant_bias = qb;
-    LocalGemm lg;
-    lg.gemm = gemm.get();
-    lg.out_dtype = DType::kF32;
-    lg.in_features = lg.out_features = lg.full_out_features = kn;
-    lg.quant = &q;
-    GemmTable t;
-    t.k = t.n = kn;
-    t.impl = gemm->name() + " + quantise/dequantise";
-    for (std::int64_t m : gemm_m) {
-      Tensor x = random_tensor(m, kn, DType::kF32, 23 + m), y(DType::kF32, m, kn);
-      const int reps = double(m) * kn * kn > 4e9 ? 2 : 3;
-      t.rows.push_back({double(m), time_calls(world, reps, [&] { lg.run_into(x, y, true); })});
-    }
-    p.gemm["w8a8"].push_back(std::move(t));
+  // The model's own shapes, at its row counts plus the reference ones below the largest.
+  for (const GemmRequest& r : options.layer_shapes) {
+    progress(fmt_shape(r));
+    std::vector<std::int64_t> rows = r.rows;
+    const std::int64_t most = rows.empty() ? 0 : *std::max_element(rows.begin(), rows.end());
+    for (std::int64_t m : gemm_m)
+      if (m < most && std::find(rows.begin(), rows.end(), m) == rows.end()) rows.push_back(m);
+    std::sort(rows.begin(), rows.end());
+    p.layer_gemm[r.key].push_back(measure_gemm(world, chooser, flush, r.key, r.n, r.k, rows));
   }
 
   for (int g : groups) {

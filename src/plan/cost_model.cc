@@ -87,6 +87,13 @@ double CostModel::gemm_ms(DType dtype, std::int64_t m, std::int64_t n, std::int6
 double CostModel::table_ms(const std::string& key, std::int64_t m, std::int64_t n,
                            std::int64_t k) const {
   if (m <= 0 || n <= 0 || k <= 0) return 0;
+  if (record_) {
+    (*record_)[{key, n, k}].insert(m);
+    return 1;
+  }
+  // A table measured at this exact shape (calibrate --model) is read as it is.
+  if (const GemmTable* t = profile_.layer_table(key, n, k))
+    return interp_linear(t->rows, double(m));
   const auto it = profile_.gemm.find(key);
   TPL_CHECK_T(it != profile_.gemm.end() && !it->second.empty(), Unsupported, kWhere,
               "the profile has no ", key, " GEMM table");
@@ -114,11 +121,34 @@ double CostModel::table_ms(const std::string& key, std::int64_t m, std::int64_t 
 
 double CostModel::collective_ms(Collective c, double bytes, int group) const {
   if (group <= 1 || bytes <= 0) return 0;
+  if (record_) return 1;
   const std::string key = MachineProfile::collective_key(c, group);
   const auto it = profile_.collectives.find(key);
   TPL_CHECK_T(it != profile_.collectives.end() && !it->second.empty(), Unsupported, kWhere,
               "the profile has no '", key, "' table (calibrate with ", group, " ranks)");
   return interp_loglog(it->second, bytes);
+}
+
+std::vector<GemmRequest> CostModel::gemm_requests(const ModelSpec& model,
+                                                  const std::vector<Config>& configs, int world,
+                                                  const std::vector<std::int64_t>& tokens,
+                                                  const CostInputs& in) {
+  CostModel recorder{MachineProfile{}};
+  Requests seen;
+  recorder.record_ = &seen;
+  for (const Config& c : configs)
+    for (const std::int64_t n : tokens) {
+      try {
+        recorder.predict(model, c, world, n, in);
+      } catch (const Unsupported&) {
+        break;  // an op the model does not price: nothing to measure for it
+      }
+    }
+  std::vector<GemmRequest> v;
+  for (const auto& [shape, rows] : seen)
+    v.push_back({std::get<0>(shape), std::get<1>(shape), std::get<2>(shape),
+                 std::vector<std::int64_t>(rows.begin(), rows.end())});
+  return v;
 }
 
 double CostModel::fused_ratio(const std::string& path, std::int64_t rows) const {
@@ -167,7 +197,7 @@ StackPrediction CostModel::predict(const ModelSpec& model, const Config& config,
   // A local GEMM: float, or W8A8's quantise + int8 GEMM + dequantise passes.
   auto local_gemm = [&](std::int64_t m, std::int64_t n, std::int64_t k, LayerPrediction& lp) {
     lp.weight_bytes = double(n) * double(k) * per_weight;
-    if (in.w8a8 && profile_.gemm.count("w8a8")) {
+    if (in.w8a8 && (record_ || profile_.gemm.count("w8a8"))) {
       lp.gemm_ms += table_ms("w8a8", m, n, k);  // measured as the layer runs it
     } else if (in.w8a8) {
       lp.gemm_ms += gemm_ms(DType::kI8, m, n, k);
@@ -193,16 +223,20 @@ StackPrediction CostModel::predict(const ModelSpec& model, const Config& config,
       lp.op = op_kind_name(choice.kind);
       lp.kind = linear_kind_of(spec.prefix);
       const std::int64_t out_f = LinearLayer::full_out_features(spec);
+      // An unsharded op (an MoE shared expert under sequence parallelism) runs on the rows of
+      // the residual it reads, which FC1 shards: the rank's part of the padded batch.
+      const std::int64_t rows =
+          choice.unsharded && ctx.flash_comm_v1_enabled ? n_pad / std::max(1, tp) : n_tok;
       switch (choice.kind) {
         case OpKind::kStandardColumn:
         case OpKind::kReplicated:
-          local_gemm(n_tok, choice.kind == OpKind::kReplicated ? out_f : max_out_local(spec, t),
+          local_gemm(rows, choice.kind == OpKind::kReplicated ? out_f : max_out_local(spec, t),
                      spec.in_features, lp);
           break;
         case OpKind::kStandardRow:
         case OpKind::kMatmulAllreduceRow: {
-          local_gemm(n_tok, out_f, max_in_local(spec, t), lp);
-          coll(Collective::kAllReduce, double(n_tok) * out_f * e_r, t, lp);
+          local_gemm(rows, out_f, max_in_local(spec, t), lp);
+          coll(Collective::kAllReduce, double(rows) * out_f * e_r, t, lp);
           if (choice.kind == OpKind::kMatmulAllreduceRow && t > 1 && overlap && chunks(n_tok) > 1)
             fuse("gemm_all_reduce", n_tok, lp);
           break;

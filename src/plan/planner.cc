@@ -24,8 +24,11 @@ struct Scored {
 
 }  // namespace
 
-std::string weight_layout_of(const Config& c) {
+std::string weight_layout_of(const Config& c, const ModelInfo& model) {
   std::string s = "tp";
+  // Sequence parallelism replicates MoE shared experts (Features::shared_expert_dp): FC1 on and
+  // off hold different shared-expert weights.
+  if (model.is_moe && Features::derive(c, model).shared_expert_dp) s += "+shared_expert_dp";
   if (c.flashcomm2_p > 0) s += "+fc2(P=" + std::to_string(c.flashcomm2_p) + ")";
   if (c.mlp_tp > 0) s += "+mlp_tp(" + std::to_string(c.mlp_tp) + ")";
   if (c.oproj_tp > 0) s += "+oproj_tp(" + std::to_string(c.oproj_tp) + ")";
@@ -144,7 +147,7 @@ Plan make_plan(const CostModel& cost, const ModelSpec& model, int world,
   std::vector<std::string> layouts;
   std::map<std::string, std::vector<const PlanCandidate*>> by_layout;
   for (const auto* c : ok) {
-    const std::string l = weight_layout_of(c->config);
+    const std::string l = weight_layout_of(c->config, model.info);
     if (!by_layout.count(l)) layouts.push_back(l);
     by_layout[l].push_back(c);
   }
@@ -300,9 +303,6 @@ Plan Plan::from_json(const nlohmann::json& j, const std::string& source) {
     const Config& c = p.configs.back().config;
     if (c.layout.tp != p.tp || c.layout.dp != p.dp)
       fail("configs." + name, "has a layout other than the plan's tp and dp");
-    if (weight_layout_of(c) != p.layout)
-      fail("configs." + name,
-           "has weight layout " + weight_layout_of(c) + ", not the plan's " + p.layout);
   }
   const auto& bs = get(j, "buckets", "");
   if (!bs.is_array() || bs.empty()) fail("buckets", "must be a non-empty array");
@@ -358,14 +358,19 @@ Plan Plan::from_file(const std::string& path) {
   return from_json(j, path);
 }
 
-void Plan::check_matches(const std::string& model_name, int world_size,
-                         const std::string& source) const {
+void Plan::check_matches(const ModelSpec& spec, int world_size, const std::string& source) const {
   if (world != world_size)
     TPL_THROW(ConfigError, Where{"plan"}, source, ": field 'world' is ", world,
               " but this job has ", world_size, " ranks");
-  if (model != model_name)
+  if (model != spec.name)
     TPL_THROW(ConfigError, Where{"plan"}, source, ": field 'model' is '", model,
-              "' but the model is '", model_name, "'");
+              "' but the model is '", spec.name, "'");
+  // The layout depends on the model (an MoE's shared experts), so it is checked here.
+  for (const PlanCandidate& c : configs)
+    if (weight_layout_of(c.config, spec.info) != layout)
+      TPL_THROW(ConfigError, Where{"plan"}, source, ": field 'configs.", c.name,
+                "' has weight layout ", weight_layout_of(c.config, spec.info), ", not the plan's ",
+                layout);
 }
 
 const char* const kDefaultWorkload = "1,16,64,256,1024,4096";

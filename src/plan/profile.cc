@@ -3,6 +3,7 @@
 #include <omp.h>
 #include <sched.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -96,26 +97,37 @@ MachineProfile MachineProfile::from_json(const nlohmann::json& j, const std::str
       static_cast<int>(rd.number(rd.at(m, "cores", "machine"), "machine.cores", true));
   p.machine.ranks =
       static_cast<int>(rd.number(rd.at(m, "ranks", "machine"), "machine.ranks", true));
-  const auto& g = rd.at(j, "gemm", "");
-  if (!g.is_object() || g.empty()) rd.fail("gemm", "must be an object of dtype tables");
-  for (const auto& [dt, tabs] : g.items()) {
-    const std::string path = "gemm." + dt;
-    if (dt != "f32" && dt != "bf16" && dt != "int8" && dt != "w8a8")
-      rd.fail(path, "is not f32, bf16, int8 or w8a8");
-    if (!tabs.is_array() || tabs.empty()) rd.fail(path, "must be a non-empty array of shapes");
-    for (std::size_t i = 0; i < tabs.size(); ++i) {
-      const std::string tp = path + "[" + std::to_string(i) + "]";
-      GemmTable t;
-      t.k = static_cast<std::int64_t>(rd.number(rd.at(tabs[i], "k", tp), tp + ".k", true));
-      t.n = static_cast<std::int64_t>(rd.number(rd.at(tabs[i], "n", tp), tp + ".n", true));
-      t.impl = rd.string(rd.at(tabs[i], "impl", tp), tp + ".impl");
-      t.rows = rd.points(rd.at(tabs[i], "rows", tp), tp + ".rows");
-      if (!p.gemm[dt].empty() &&
-          double(t.n) * t.k <= double(p.gemm[dt].back().n) * p.gemm[dt].back().k)
-        rd.fail(tp, "shapes must be listed by ascending weight size n*k");
-      p.gemm[dt].push_back(std::move(t));
+  // gemm: reference shapes by ascending n*k; layer_gemm: exact shapes, one table per (n, k).
+  auto tables = [&](const nlohmann::json& g, const std::string& name, bool reference) {
+    std::map<std::string, std::vector<GemmTable>> out;
+    if (!g.is_object() || (reference && g.empty()))
+      rd.fail(name, "must be an object of dtype tables");
+    for (const auto& [dt, tabs] : g.items()) {
+      const std::string path = name + "." + dt;
+      if (dt != "f32" && dt != "bf16" && dt != "int8" && dt != "w8a8")
+        rd.fail(path, "is not f32, bf16, int8 or w8a8");
+      if (!tabs.is_array() || tabs.empty()) rd.fail(path, "must be a non-empty array of shapes");
+      auto& v = out[dt];
+      for (std::size_t i = 0; i < tabs.size(); ++i) {
+        const std::string tp = path + "[" + std::to_string(i) + "]";
+        GemmTable t;
+        t.k = static_cast<std::int64_t>(rd.number(rd.at(tabs[i], "k", tp), tp + ".k", true));
+        t.n = static_cast<std::int64_t>(rd.number(rd.at(tabs[i], "n", tp), tp + ".n", true));
+        t.impl = rd.string(rd.at(tabs[i], "impl", tp), tp + ".impl");
+        t.rows = rd.points(rd.at(tabs[i], "rows", tp), tp + ".rows");
+        if (reference && !v.empty() && double(t.n) * t.k <= double(v.back().n) * v.back().k)
+          rd.fail(tp, "shapes must be listed by ascending weight size n*k");
+        if (!reference && std::any_of(v.begin(), v.end(),
+                                      [&](const GemmTable& o) { return o.n == t.n && o.k == t.k; }))
+          rd.fail(tp,
+                  "repeats the shape n = " + std::to_string(t.n) + ", k = " + std::to_string(t.k));
+        v.push_back(std::move(t));
+      }
     }
-  }
+    return out;
+  };
+  p.gemm = tables(rd.at(j, "gemm", ""), "gemm", true);
+  if (j.contains("layer_gemm")) p.layer_gemm = tables(j["layer_gemm"], "layer_gemm", false);
   const auto& c = rd.at(j, "collectives", "");
   if (!c.is_object()) rd.fail("collectives", "must be an object");
   for (const auto& [key, pts] : c.items()) {
@@ -161,13 +173,27 @@ nlohmann::json MachineProfile::to_json() const {
                    {"collectives", nlohmann::json::object()},
                    {"fused", nlohmann::json::object()},
                    {"copy_gbps", copy_gbps}};
-  for (const auto& [dt, tabs] : gemm)
-    for (const auto& t : tabs)
-      j["gemm"][dt].push_back(
-          {{"k", t.k}, {"n", t.n}, {"impl", t.impl}, {"rows", points_json(t.rows)}});
+  auto tables = [](const std::map<std::string, std::vector<GemmTable>>& m) {
+    nlohmann::json o = nlohmann::json::object();
+    for (const auto& [dt, tabs] : m)
+      for (const auto& t : tabs)
+        o[dt].push_back({{"k", t.k}, {"n", t.n}, {"impl", t.impl}, {"rows", points_json(t.rows)}});
+    return o;
+  };
+  j["gemm"] = tables(gemm);
+  if (!layer_gemm.empty()) j["layer_gemm"] = tables(layer_gemm);
   for (const auto& [k, pts] : collectives) j["collectives"][k] = points_json(pts);
   for (const auto& [k, pts] : fused) j["fused"][k] = points_json(pts);
   return j;
+}
+
+const GemmTable* MachineProfile::layer_table(const std::string& key, std::int64_t n,
+                                             std::int64_t k) const {
+  const auto it = layer_gemm.find(key);
+  if (it == layer_gemm.end()) return nullptr;
+  for (const auto& t : it->second)
+    if (t.n == n && t.k == k) return &t;
+  return nullptr;
 }
 
 std::vector<std::string> MachineProfile::mismatches(const MachineInfo& now) const {

@@ -97,7 +97,7 @@ Plan two_bucket_plan(const ModelSpec& model, int w, const std::string& small, co
   plan.model = model.name;
   plan.world = plan.tp = w;
   plan.dp = 1;
-  plan.layout = weight_layout_of(cs);
+  plan.layout = weight_layout_of(cs, model.info);
   plan.buckets = {{16, 64, 0.5, small, 1, "", 0, ""}, {1024, -1, 0.5, large, 1, "", 0, ""}};
   plan.configs = {{small, cs}, {large, cl}};
   return plan;
@@ -150,6 +150,25 @@ TEST(PlanStack, EachBatchRunsItsBucketsStrategyBitExactly) {
   // The report names variant 0's ops; times and bytes accumulate over both strategies.
   for (const auto& r : planned.report())
     if (r.bytes_sent <= 0 && w > 1) bad += r.prefix + " counted no bytes; ";
+  // forward_with pins a strategy against the buckets (plan --check's A/B runs): each side of
+  // the edge run with the other bucket's strategy, as that strategy's own stack computes it.
+  if (planned.strategy_names() != std::vector<std::string>{"standard", large_name})
+    bad += "strategy_names: " + planned.strategy_names().front() + ", ...; ";
+  for (std::int64_t n : {7, 203}) {
+    const std::string other = n <= 64 ? large_name : "standard";
+    const Tensor x = testing::random_normal(n, model.hidden, 1.f, 31 + n);
+    bad += testing::compare(planned.forward_with(x, other),
+                            (n <= 64 ? alone_large : alone_small).forward(x), 0, 0,
+                            "forward_with " + other + " at tokens " + std::to_string(n));
+  }
+  const Tensor x = testing::random_normal(3, model.hidden, 1.f, 5);
+  try {
+    planned.forward_with(x, "fc9");
+    bad += "forward_with(fc9) did not throw; ";
+  } catch (const InvalidArgument& e) {
+    if (std::string(e.what()).find("holds: standard, " + large_name) == std::string::npos)
+      bad += std::string("forward_with(fc9): ") + e.what() + "; ";
+  }
   testing::expect_agreed(world, bad);
 }
 
@@ -186,9 +205,19 @@ TEST(PlanStack, StrategiesWithAnotherWeightLayoutAreRefused) {
                    *weights, StackOptions{});
   });
   std::string bad;
-  if (msg.find("one stack holds one weight layout") == std::string::npos &&
-      msg.find("share one weight layout") == std::string::npos)
+  if (msg.find("'configs.fc2' has weight layout tp+fc2(P=1), not the plan's tp") ==
+      std::string::npos)
     bad = "expected a weight-layout ConfigError, got: " + msg;
+  // On an MoE model FC1 replicates the shared experts (sequence parallelism): another layout,
+  // refused when loading, not when the first batch of the other bucket arrives.
+  const ModelSpec moe = ModelSpec::preset("tiny-moe");
+  const Config fc1 = config_of({{"flashcomm1", true}, {"flashcomm1_threshold", 0}}, w);
+  const std::string msg_moe = testing::message_of([&] {
+    DecoderStack s(world, moe, two_bucket_plan(moe, w, "standard", standard, "fc1", fc1), *weights,
+                   StackOptions{});
+  });
+  if (msg_moe.find("has weight layout tp+shared_expert_dp, not the plan's tp") == std::string::npos)
+    bad += "MoE standard + fc1: expected a weight-layout ConfigError, got: " + msg_moe;
   // A plan for another world size names the field.
   Plan other = two_bucket_plan(model, w, "standard", standard, "standard2", standard);
   other.world = w + 1;

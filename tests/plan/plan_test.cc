@@ -4,6 +4,8 @@
 
 #include <cmath>
 #include <nlohmann/json.hpp>
+#include <set>
+#include <tuple>
 
 #include "tpl/cluster.h"
 #include "tpl/comm_worker.h"
@@ -228,6 +230,95 @@ TEST(CostModel, UncoveredOpsAreUnsupportedNotGuessed) {
   EXPECT_THROW(cm.predict(dsa_model(), c, 2, 16, {}), Unsupported);
 }
 
+// The GEMMs a prediction looks up are what `calibrate --model` measures: tiny at TP 2 asks for
+// its four local shapes at the token count, W8A8 for the "w8a8" layer path.
+TEST(CostModel, GemmRequestsAreTheShapesThePredictionLooksUp) {
+  const ModelSpec m = ModelSpec::preset("tiny");  // H 256, 8 heads / 4 KV of 32, I 704
+  const auto req = CostModel::gemm_requests(m, {config_for(2)}, 2, {7, 33}, {});
+  std::set<std::tuple<std::string, std::int64_t, std::int64_t>> shapes;
+  for (const auto& r : req) {
+    shapes.insert({r.key, r.n, r.k});
+    EXPECT_EQ(r.rows, (std::vector<std::int64_t>{7, 33})) << r.n << "x" << r.k;
+  }
+  using S = std::tuple<std::string, std::int64_t, std::int64_t>;
+  EXPECT_EQ(shapes, (std::set<S>{{"f32", 256, 256},    // qkv: (256 + 2 * 128) / 2
+                                 {"f32", 256, 128},    // o_proj: 256 / 2 in
+                                 {"f32", 704, 256},    // gate_up: 2 * 704 / 2
+                                 {"f32", 256, 352}}))  // down: 704 / 2 in
+      << req.size();
+  CostInputs w8;
+  w8.w8a8 = true;
+  for (const auto& r : CostModel::gemm_requests(m, {config_for(2)}, 2, {7}, w8))
+    EXPECT_EQ(r.key, "w8a8");
+  // An op the model does not price asks for nothing rather than failing.
+  const Config dsa =
+      config_for(2, {{"flashcomm1", true}, {"flashcomm1_threshold", 0}, {"deployment", "prefill"}});
+  EXPECT_NO_THROW(CostModel::gemm_requests(dsa_model(), {dsa}, 2, {16}, {}));
+}
+
+// A table at a layer's exact shape is read as measured; other shapes keep the reference scaling.
+TEST(CostModel, LayerTablesAreReadAtTheirExactShape) {
+  MachineProfile p = synthetic();
+  const double scaled = CostModel(p).gemm_ms(DType::kF32, 16, 704, 256);
+  GemmTable t;
+  t.n = 704;
+  t.k = 256;
+  t.impl = "synthetic layer";
+  t.rows = {{1, 0.5}, {16, 2.0}, {64, 5.0}};
+  p.layer_gemm["f32"].push_back(t);
+  const CostModel cm(p);
+  EXPECT_DOUBLE_EQ(cm.gemm_ms(DType::kF32, 16, 704, 256), 2.0);
+  EXPECT_DOUBLE_EQ(cm.gemm_ms(DType::kF32, 40, 704, 256), 3.5);    // linear between rows
+  EXPECT_DOUBLE_EQ(cm.gemm_ms(DType::kF32, 128, 704, 256), 10.0);  // proportional above
+  EXPECT_NE(scaled, 2.0);
+  EXPECT_DOUBLE_EQ(cm.gemm_ms(DType::kF32, 16, 256, 704),
+                   CostModel(synthetic()).gemm_ms(DType::kF32, 16, 256, 704));
+  EXPECT_DOUBLE_EQ(cm.gemm_ms(DType::kBF16, 16, 704, 256),
+                   CostModel(synthetic()).gemm_ms(DType::kBF16, 16, 704, 256));
+  const StackPrediction sp = cm.predict(ModelSpec::preset("tiny"), config_for(2), 2, 16, {});
+  EXPECT_DOUBLE_EQ(sp.layers[2].gemm_ms, 2.0) << sp.layers[2].prefix;  // gate_up
+  // Round trip, and errors name the field.
+  const MachineProfile q = MachineProfile::from_json(p.to_json(), "mem");
+  ASSERT_NE(q.layer_table("f32", 704, 256), nullptr);
+  EXPECT_EQ(q.to_json(), p.to_json());
+  nlohmann::json j = p.to_json();
+  j["layer_gemm"]["f32"].push_back(j["layer_gemm"]["f32"][0]);
+  std::string msg = error_of([&] { MachineProfile::from_json(j, "prof.json"); });
+  EXPECT_NE(msg.find("'layer_gemm.f32[1]' repeats the shape"), std::string::npos) << msg;
+  j = p.to_json();
+  j["layer_gemm"]["f32"][0]["rows"][2][0] = 2;
+  msg = error_of([&] { MachineProfile::from_json(j, "prof.json"); });
+  EXPECT_NE(msg.find("'layer_gemm.f32[0].rows[2]'"), std::string::npos) << msg;
+  // A profile without layer tables (older calibrations) still loads.
+  j = p.to_json();
+  j.erase("layer_gemm");
+  EXPECT_TRUE(MachineProfile::from_json(j, "prof.json").layer_gemm.empty());
+}
+
+// Under FC1 an MoE's shared expert is replicated and runs on the rank's token shard: the full
+// weight on N'/T rows, no collective.
+TEST(CostModel, SharedExpertUnderSequenceParallelismRunsOnTheTokenShard) {
+  const CostModel cm(synthetic());
+  const ModelSpec m = ModelSpec::preset("tiny-moe");  // shared expert 384, H 256
+  const Config fc1 = config_for(2, {{"flashcomm1", true}, {"flashcomm1_threshold", 0}});
+  const std::int64_t n = 37, shard = 38 / 2;  // N' = 38 (padded to a multiple of 2)
+  const StackPrediction sp = cm.predict(m, fc1, 2, n, {});
+  int seen = 0;
+  for (const LayerPrediction& lp : sp.layers) {
+    if (lp.prefix.find("shared_expert.gate_up_proj") != std::string::npos) {
+      EXPECT_DOUBLE_EQ(lp.gemm_ms, cm.gemm_ms(DType::kF32, shard, 2 * 384, 256)) << lp.prefix;
+      EXPECT_EQ(lp.bytes_sent, 0) << lp.prefix;
+      ++seen;
+    }
+    if (lp.prefix.find("shared_expert.down_proj") != std::string::npos) {
+      EXPECT_DOUBLE_EQ(lp.gemm_ms, cm.gemm_ms(DType::kF32, shard, 256, 384)) << lp.prefix;
+      EXPECT_EQ(lp.comm_ms, 0) << lp.prefix;
+      ++seen;
+    }
+  }
+  EXPECT_EQ(seen, 2 * (m.layers - 1));  // layer 0 is dense (mlp_only_layers)
+}
+
 // MLP-TP and O-proj-TP over DP replicas: the token exchange's bytes and the m·N-row GEMMs.
 TEST(CostModel, ModuleTpOpsExchangeTokens) {
   const CostModel cm(synthetic());
@@ -268,7 +359,7 @@ TEST(Planner, MarginZeroPicksThePredictedFastestAndALargeMarginKeepsTheBaseline)
   for (const auto& b : p.buckets) {
     double best = 1e300;
     for (const auto& c : cands)
-      if (weight_layout_of(c.config) == p.layout)
+      if (weight_layout_of(c.config, m.info) == p.layout)
         best = std::min(best, cm.predict(m, c.config, 2, b.tokens, {}).linear_ms);
     EXPECT_DOUBLE_EQ(b.predicted_ms, best) << b.tokens;
     EXPECT_FALSE(b.runner_up.empty());
@@ -300,7 +391,14 @@ TEST(Planner, DefaultPlanDecidesOnlyWhatTheConfigLeavesOpen) {
   EXPECT_EQ(q.bucket_for(4096).strategy, "config");
   // FC1 on: its threshold becomes a choice among the same weights.
   const Plan f = default_plan(cm, m, config_for(2, {{"flashcomm1", true}}), 2, {});
-  for (const auto& c : f.configs) EXPECT_EQ(weight_layout_of(c.config), "tp") << c.name;
+  for (const auto& c : f.configs) EXPECT_EQ(weight_layout_of(c.config, m.info), "tp") << c.name;
+  // An MoE model's shared experts are replicated under FC1: FC1 on is another layout there.
+  const ModelSpec moe = ModelSpec::preset("tiny-moe");
+  EXPECT_EQ(weight_layout_of(config_for(2), moe.info), "tp");
+  EXPECT_EQ(weight_layout_of(config_for(2, {{"flashcomm1", true}}), moe.info),
+            "tp+shared_expert_dp");
+  for (const auto& c : default_plan(cm, moe, config_for(2, {{"flashcomm1", true}}), 2, {}).configs)
+    EXPECT_EQ(weight_layout_of(c.config, moe.info), "tp+shared_expert_dp") << c.name;
   EXPECT_THROW(default_plan(cm, dsa_model(),
                             config_for(2, {{"flashcomm1", true},
                                            {"flashcomm1_threshold", 0},
@@ -351,9 +449,10 @@ TEST(Planner, PlanFileErrorsNameTheField) {
     EXPECT_NE(msg.find("'" + c.field), std::string::npos) << c.field << ": " << msg;
   }
   const Plan p = Plan::from_json(good, "plan.json");
-  const std::string msg = error_of([&] { p.check_matches("tiny", 4, "plan.json"); });
+  const std::string msg =
+      error_of([&] { p.check_matches(ModelSpec::preset("tiny"), 4, "plan.json"); });
   EXPECT_NE(msg.find("'world'"), std::string::npos) << msg;
-  EXPECT_NO_THROW(p.check_matches("tiny", 2, "plan.json"));
+  EXPECT_NO_THROW(p.check_matches(ModelSpec::preset("tiny"), 2, "plan.json"));
 }
 
 TEST(Planner, WorkloadParsing) {

@@ -256,7 +256,7 @@ int run_bench(Communicator& world, const BenchOptions& o, std::vector<BenchRow>*
   Plan from_file;
   if (!o.plan.empty()) {
     from_file = Plan::from_file(o.plan);
-    from_file.check_matches(model.name, world.size(), o.plan);
+    from_file.check_matches(model, world.size(), o.plan);
     plan.push_back({"plan", from_file.config_for(tokens.front()), &from_file});
   }
   if (plan.empty())
@@ -277,12 +277,24 @@ int run_bench(Communicator& world, const BenchOptions& o, std::vector<BenchRow>*
   so.prefetch_step = o.model.prefetch_step;
   so.sync_layers = o.sync_layers;
   // Memory first: a machine too small says so in one line, before the sweep prints anything.
-  MemoryEstimate need;
   const std::int64_t most_tokens = *std::max_element(tokens.begin(), tokens.end());
+  // Sequential: the largest stack. Interleaved: one stack per weight layout, all alive at once.
+  std::vector<std::pair<std::string, MemoryEstimate>> per_layout;
   for (const auto& p : plan) {
     MemoryEstimate e = estimate_stack_memory(model, p.cfg, so, world.size(), most_tokens);
-    if (e.total() > need.total()) need = std::move(e);
+    const std::string layout = !o.interleave ? ""
+                               : p.plan      ? "plan"
+                                             : weight_layout_of(p.cfg, model.info);
+    auto it = std::find_if(per_layout.begin(), per_layout.end(),
+                           [&](const auto& l) { return l.first == layout; });
+    if (it == per_layout.end())
+      per_layout.emplace_back(layout, std::move(e));
+    else if (e.total() > it->second.total())
+      it->second = std::move(e);
   }
+  MemoryEstimate need = std::move(per_layout.front().second);
+  for (std::size_t i = 1; i < per_layout.size(); ++i)
+    need.then(per_layout[i].first + " stack", per_layout[i].second);
   check_host_memory(world, need, "tplinear bench",
                     "try --layers N, more ranks (on more nodes) or --dtype bf16");
   so.check_memory = false;  // checked above, for the largest strategy
@@ -299,8 +311,13 @@ int run_bench(Communicator& world, const BenchOptions& o, std::vector<BenchRow>*
                model.model_type, model.layers, o.model.dtype, so.w8a8 ? " W8A8" : "", world.size(),
                dp, tp);
     fmt::print(
-        "# iters {} (median reported), warmup {}; time = slowest rank; tokens per DP replica{}\n",
-        o.iters, o.warmup, o.sync_layers ? "; barrier before each linear layer" : "");
+        "# iters {}{} (median reported), warmup {}; time = slowest rank; tokens per DP "
+        "replica{}{}\n",
+        o.iters,
+        o.min_time_ms > 0 ? fmt::format(" or more to fill {:g} ms per token count", o.min_time_ms)
+                          : "",
+        o.warmup, o.sync_layers ? "; barrier before each linear layer" : "",
+        o.interleave ? "; strategies interleaved per iteration" : "");
     if (world.size() > cpu_count())
       fmt::print(
           "# WARNING: {} ranks on {} cores: ranks share cores, so timings of more than {} "
@@ -311,18 +328,31 @@ int run_bench(Communicator& world, const BenchOptions& o, std::vector<BenchRow>*
                "layer", "time(ms)", "bytes/rank", "algbw(GB/s)", "busbw(GB/s)");
   }
 
-  std::vector<Row> rows;
-  for (const auto& p : plan) {
-    // A plan's stack holds every bucket's strategy over one set of weights; forward() picks
-    // the bucket by token count, as an engine running the plan would.
-    auto stack = p.plan ? std::make_unique<DecoderStack>(world, model, *p.plan, *weights, so)
-                        : std::make_unique<DecoderStack>(world, model, p.cfg, *weights, so);
+  // One strategy's stack, alive while it is measured.
+  struct Live {
+    const Point* p;
+    std::shared_ptr<DecoderStack> stack;
+    std::string pinned;        // run with forward_with(x, pinned) on a shared stack
+    std::array<int, 5> group;  // group size per kind, for algbw
+    Tensor x, mine;            // this token count's input and per-iteration times
+  };
+  // `shared`: another point's stack holding this strategy too (interleave), else its own.
+  auto build = [&](const Point& p, std::shared_ptr<DecoderStack> shared = nullptr) {
+    Live l{&p, std::move(shared), "", {}, Tensor(), Tensor()};
+    if (l.stack)
+      l.pinned = p.name;
+    else if (p.plan)  // every bucket's strategy over one set of weights; forward() picks the
+                      // bucket by token count, as an engine running the plan would
+      l.stack = std::make_shared<DecoderStack>(world, model, *p.plan, *weights, so);
+    else
+      l.stack = std::make_shared<DecoderStack>(world, model, p.cfg, *weights, so);
     // Group size n per kind for algbw: max(TP, the largest group of its layers); FC2's o_proj
     // reports its P but all-to-alls over TP, MLP-TP's layers report m while TP may be 1.
-    std::array<int, 5> group{tp, tp, tp, tp, tp};
-    for (const auto& r : stack->report()) {
-      if (const int k = linear_kind_of(r.prefix); k >= 0) group[k] = std::max(group[k], r.tp_size);
-      group[4] = std::max(group[4], r.tp_size);
+    l.group = {tp, tp, tp, tp, tp};
+    for (const auto& r : l.stack->report()) {
+      if (const int k = linear_kind_of(r.prefix); k >= 0)
+        l.group[k] = std::max(l.group[k], r.tp_size);
+      l.group[4] = std::max(l.group[4], r.tp_size);
     }
     if (root) {
       // The config keys that differ from the defaults (tp and dp are in the header).
@@ -338,77 +368,159 @@ int run_bench(Communicator& world, const BenchOptions& o, std::vector<BenchRow>*
         fmt::print("# {} ({}): {}\n", p.name, find_strategy(p.name).what,
                    diff.empty() ? "default config" : diff);
       if (&p == &plan.front())
-        for (const auto& s : stack->skipped()) fmt::print("# model: {}\n", s);
+        for (const auto& s : l.stack->skipped()) fmt::print("# model: {}\n", s);
     }
-    for (const std::int64_t n : tokens) {
+    return l;
+  };
+
+  // Per iteration: ms of the 4 kinds, linear total, whole forward; then the bytes of the last
+  // iteration (per kind and total). One all-gather per point at the end.
+  auto run = [](Live& l) {
+    if (l.pinned.empty())
+      l.stack->forward(l.x);
+    else
+      l.stack->forward_with(l.x, l.pinned);
+  };
+  auto iteration = [&](Live& l, int i, int its) {
+    const std::vector<LayerReport> before = l.stack->report();
+    world.barrier();
+    const auto t0 = std::chrono::steady_clock::now();
+    run(l);
+    const double fwd =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    std::array<double, 5> ms{}, bytes{};
+    for (std::size_t k = 0; k < before.size(); ++k) {
+      const LayerReport& r = l.stack->report()[k];
+      const int kind = linear_kind_of(r.prefix);
+      const double dms = r.ms - before[k].ms, db = r.bytes_sent - before[k].bytes_sent;
+      if (kind >= 0) ms[kind] += dms, bytes[kind] += db;
+      ms[4] += dms, bytes[4] += db;
+    }
+    float* m = l.mine.ptr<float>();
+    for (int k = 0; k < 5; ++k) m[i * kCols + k] = float(ms[k]);
+    m[i * kCols + 5] = float(fwd);
+    for (int k = 0; k < 5; ++k) m[its * kCols + k] = float(bytes[k]);
+  };
+
+  std::vector<Row> rows;
+  auto emit = [&](Live& l, std::int64_t n, int its) {
+    const std::string label = l.p->plan ? "plan:" + l.stack->strategy_for(n) : l.p->name;
+    Tensor all(DType::kF32, world.size(), l.mine.cols());
+    world.all_gather(l.mine, all, 0);
+    if (!root) return;
+    const float* a = all.ptr<float>();
+    const std::int64_t w = l.mine.cols();
+    for (int k = 0; k < kCols; ++k) {
+      std::vector<double> per_iter;  // slowest rank per iteration
+      for (int i = 0; i < its; ++i) {
+        double mx = 0;
+        for (int r = 0; r < world.size(); ++r) mx = std::max(mx, double(a[r * w + i * kCols + k]));
+        per_iter.push_back(mx);
+      }
+      double bytes = 0;
+      for (int r = 0; r < world.size(); ++r)
+        bytes = std::max(bytes, double(a[r * w + its * kCols + std::min(k, 4)]));
+      const double ms = median(per_iter);
+      const double busbw = ms > 0 ? bytes / (ms * 1e-3) / 1e9 : 0;
+      const int g = l.group[std::min(k, 4)];
+      const double algbw = g > 1 ? busbw * g / (2.0 * (g - 1)) : 0;
+      const std::string layer = k < 4 ? kKinds[k] : k == 4 ? "linear" : "forward";
+      rows.push_back({label, layer, n, ms, bytes, algbw, busbw});
+      fmt::print("  {:<16} {:>8} {:<13} {:>10.3f} {:>12.0f} {:>11.3f} {:>11.3f}\n", label, n, layer,
+                 ms, bytes, algbw, busbw);
+    }
+    std::fflush(stdout);
+  };
+
+  // Measures one token count on every stack of `live`: warm-up, then the timed iterations,
+  // round-robin over the stacks, so drift of a shared machine hits every strategy alike.
+  auto measure = [&](std::vector<Live*>& live, std::int64_t n) {
+    for (Live* l : live) {
       if (progress && (o.progress == "always" ||
                        std::chrono::steady_clock::now() - start > std::chrono::seconds(2))) {
         const std::size_t done = 20 * step / steps;
         // On a TTY the line is redrawn in place; otherwise one line per point.
         std::fprintf(stderr, "%s[%s%s] %zu/%zu %s tokens=%lld%s", tty ? "\r" : "",
                      std::string(done, '#').c_str(), std::string(20 - done, '.').c_str(), step,
-                     steps, p.name.c_str(), static_cast<long long>(n), tty ? "   " : "\n");
+                     steps, l->p->name.c_str(), static_cast<long long>(n), tty ? "   " : "\n");
         std::fflush(stderr);
       }
       ++step;
-      const std::string label = p.plan ? "plan:" + stack->strategy_for(n) : p.name;
-      std::mt19937_64 gen(o.model.seed * 7919 + static_cast<std::uint64_t>(stack->dp_rank()));
+      std::mt19937_64 gen(o.model.seed * 7919 + static_cast<std::uint64_t>(l->stack->dp_rank()));
       std::normal_distribution<float> dist(0.f, 1.f);
       std::vector<float> xv(static_cast<std::size_t>(n * model.hidden));
       for (auto& v : xv) v = dist(gen);
-      const Tensor x = Tensor::from_f32(xv, n, model.hidden, so.dtype);
-      for (int i = 0; i < o.warmup; ++i) stack->forward(x);
-
-      // Per iteration: ms of the 4 kinds, linear total, whole forward; then the bytes of the
-      // last iteration (per kind and total). One all-gather at the end.
-      Tensor mine(DType::kF32, 1, o.iters * kCols + 5);
-      float* m = mine.ptr<float>();
-      for (int i = 0; i < o.iters; ++i) {
-        const std::vector<LayerReport> before = stack->report();
-        world.barrier();
-        const auto t0 = std::chrono::steady_clock::now();
-        stack->forward(x);
-        const double fwd =
-            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
-                .count();
-        std::array<double, 5> ms{}, bytes{};
-        for (std::size_t l = 0; l < before.size(); ++l) {
-          const LayerReport& r = stack->report()[l];
-          const int k = linear_kind_of(r.prefix);
-          const double dms = r.ms - before[l].ms, db = r.bytes_sent - before[l].bytes_sent;
-          if (k >= 0) ms[k] += dms, bytes[k] += db;
-          ms[4] += dms, bytes[4] += db;
-        }
-        for (int k = 0; k < 5; ++k) m[i * kCols + k] = float(ms[k]);
-        m[i * kCols + 5] = float(fwd);
-        for (int k = 0; k < 5; ++k) m[o.iters * kCols + k] = float(bytes[k]);
-      }
-      Tensor all(DType::kF32, world.size(), mine.cols());
+      l->x = Tensor::from_f32(xv, n, model.hidden, so.dtype);
+      for (int i = 0; i < o.warmup; ++i) run(*l);
+    }
+    // --min-time: as many rounds as fill it (--iters to 10x --iters), from one timed warm-up
+    // round, the slowest rank's, so every rank runs the same count.
+    int its = o.iters;
+    if (o.min_time_ms > 0) {
+      world.barrier();
+      const auto t0 = std::chrono::steady_clock::now();
+      for (Live* l : live) run(*l);
+      Tensor mine(DType::kF32, 1, 1), all(DType::kF32, world.size(), 1);
+      mine.ptr<float>()[0] = float(
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
       world.all_gather(mine, all, 0);
-      if (!root) continue;
-      const float* a = all.ptr<float>();
-      const std::int64_t w = mine.cols();
-      for (int k = 0; k < kCols; ++k) {
-        std::vector<double> per_iter;  // slowest rank per iteration
-        for (int i = 0; i < o.iters; ++i) {
-          double mx = 0;
-          for (int r = 0; r < world.size(); ++r)
-            mx = std::max(mx, double(a[r * w + i * kCols + k]));
-          per_iter.push_back(mx);
+      double round = 0;
+      for (int r = 0; r < world.size(); ++r) round = std::max(round, double(all.ptr<float>()[r]));
+      its = static_cast<int>(std::clamp(std::ceil(o.min_time_ms / std::max(round, 1e-3)),
+                                        double(o.iters), 10.0 * o.iters));
+    }
+    for (Live* l : live) l->mine = Tensor(DType::kF32, 1, its * kCols + 5);
+    for (int i = 0; i < its; ++i)
+      for (Live* l : live) iteration(*l, i, its);
+    for (Live* l : live) emit(*l, n, its);
+  };
+
+  if (o.interleave) {
+    // Strategies of one weight layout share one stack (a plan stack with a bucket each), so
+    // they are compared on the same weights in the same memory: on a VM one buffer can stream
+    // persistently slower than another, which separate stacks would charge to the strategy.
+    std::vector<Live> all;
+    all.reserve(plan.size());
+    std::vector<Plan> shared_plans;
+    shared_plans.reserve(plan.size());
+    for (const auto& p : plan) {
+      if (p.plan) continue;
+      const std::string layout = weight_layout_of(p.cfg, model.info);
+      if (std::any_of(all.begin(), all.end(), [&](const Live& l) {
+            return !l.p->plan && weight_layout_of(l.p->cfg, model.info) == layout;
+          }))
+        continue;  // built with the first of its layout
+      Plan sp;
+      sp.model = model.name;
+      sp.world = world.size(), sp.tp = tp, sp.dp = dp;
+      sp.layout = layout;
+      for (const auto& q : plan)
+        if (!q.plan && weight_layout_of(q.cfg, model.info) == layout) {
+          sp.buckets.push_back({std::int64_t(sp.buckets.size() + 1),
+                                std::int64_t(sp.buckets.size() + 1), 0, q.name});
+          sp.configs.push_back({q.name, q.cfg});
         }
-        double bytes = 0;
-        for (int r = 0; r < world.size(); ++r)
-          bytes = std::max(bytes, double(a[r * w + o.iters * kCols + std::min(k, 4)]));
-        const double ms = median(per_iter);
-        const double busbw = ms > 0 ? bytes / (ms * 1e-3) / 1e9 : 0;
-        const int g = group[std::min(k, 4)];
-        const double algbw = g > 1 ? busbw * g / (2.0 * (g - 1)) : 0;
-        const std::string layer = k < 4 ? kKinds[k] : k == 4 ? "linear" : "forward";
-        rows.push_back({label, layer, n, ms, bytes, algbw, busbw});
-        fmt::print("  {:<16} {:>8} {:<13} {:>10.3f} {:>12.0f} {:>11.3f} {:>11.3f}\n", label, n,
-                   layer, ms, bytes, algbw, busbw);
+      sp.buckets.back().max_tokens = -1;
+      if (sp.configs.size() == 1) {
+        all.push_back(build(p));
+        continue;
       }
-      std::fflush(stdout);
+      shared_plans.push_back(std::move(sp));
+      auto stack = std::make_shared<DecoderStack>(world, model, shared_plans.back(), *weights, so);
+      for (const auto& q : plan)
+        if (!q.plan && weight_layout_of(q.cfg, model.info) == layout)
+          all.push_back(build(q, stack));
+    }
+    for (const auto& p : plan)
+      if (p.plan) all.push_back(build(p));
+    std::vector<Live*> live;
+    for (auto& l : all) live.push_back(&l);
+    for (const std::int64_t n : tokens) measure(live, n);
+  } else {
+    for (const auto& p : plan) {
+      Live l = build(p);
+      std::vector<Live*> live{&l};
+      for (const std::int64_t n : tokens) measure(live, n);
     }
   }
   if (!root) return 0;

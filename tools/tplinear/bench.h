@@ -22,7 +22,13 @@ struct BenchOptions {
   std::string json, csv, svg;     // output files ("" = none)
   std::string progress = "auto";  // auto (stderr is a TTY), always, never
   bool sync_layers = false;       // barrier before each linear layer (StackOptions)
-  std::string plan;               // plan.json: adds rows "plan:<strategy>" (the bucket's choice)
+  // Every strategy's stack alive at once, their timed forwards taken round-robin (A B C A B C
+  // ...), so the drift of a shared machine hits each alike; costs the memory of all stacks.
+  bool interleave = false;
+  // > 0: per token count, as many iterations as fill this many ms (at least --iters, at most
+  // 10x), so a cheap point gets the repetitions its noise needs.
+  double min_time_ms = 0;
+  std::string plan;  // plan.json: adds rows "plan:<strategy>" (the bucket's choice)
 };
 
 // The known strategy names, comma separated (for --help).

@@ -4,6 +4,7 @@
 // `tplinear --np N <command> ...` re-launches itself under mpirun with N ranks and the
 // environment that root and oversubscription need (scripts/env.sh); without --np it runs
 // directly (as one rank, or as a rank of an outer mpirun).
+#include <malloc.h>
 #include <unistd.h>
 
 #include <mpi.h>
@@ -101,8 +102,22 @@ int report_error(int rank, const char* what) {
 
 }  // namespace
 
+// A forward allocates its activations per call. glibc serves a block above its mmap threshold
+// (dynamic, at most 32 MiB) with a fresh mmap and unmaps it on free, so such a buffer faults
+// its pages in again on every forward: 37 ms per 50 MiB block against 7 ms from the heap
+// (Zen5; a 1024-token qwen3-8b gate_up output at TP 2 is 48 MiB). The allocator policy is the
+// application's to set: this one keeps such blocks in the heap. TPL_MALLOC=default keeps
+// glibc's (docs/performance.md).
+void keep_buffers_in_heap() {
+  const char* v = std::getenv("TPL_MALLOC");
+  if (v && std::string(v) == "default") return;
+  mallopt(M_MMAP_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+}
+
 int main(int argc, char** argv) {
   if (const int rc = maybe_relaunch(argc, argv); rc >= 0) return rc;
+  keep_buffers_in_heap();
   tpl::MpiSession session(&argc, &argv);
   std::unique_ptr<tpl::Communicator> world;
   std::string comm_choice;
@@ -182,6 +197,12 @@ int main(int argc, char** argv) {
       "also run a plan from `tplinear plan`: each token count with its bucket's strategy");
   b->add_flag("--sync-layers", bo.sync_layers,
               "barrier before each linear layer: layer times without waits for slower ranks");
+  b->add_option(
+       "--min-time", bo.min_time_ms,
+       "ms per token count: more iterations where a forward is cheap (at most 10x --iters)")
+      ->check(CLI::Range(0.0, 1e7));
+  b->add_flag("--interleave", bo.interleave,
+              "all strategies' stacks at once, timed round-robin (drift hits each alike)");
   b->add_option("--progress", bo.progress, "progress bar on stderr: auto (TTY), always, never")
       ->check(CLI::IsMember({"auto", "always", "never"}));
 
@@ -202,6 +223,17 @@ int main(int argc, char** argv) {
                                  "profile (docs/planner.md)");
   cal->add_option("--out", co.out, "profile JSON to write")->required();
   cal->add_flag("--quick", co.quick, "small sizes only (tests; not for planning)");
+  cal->add_option("--model", co.model.model,
+                  "also measure this preset's layer GEMMs at their exact shapes");
+  cal->add_option("--hf-config", co.model.hf_config, "the same for a Hugging Face config.json");
+  cal->add_option("--dtype", co.model.dtype, "with a model: f32 or bf16")
+      ->check(CLI::IsMember({"f32", "bf16"}));
+  cal->add_option("--quant", co.model.quant, "with a model: none or w8a8")
+      ->check(CLI::IsMember({"none", "w8a8"}));
+  cal->add_option("--workload", co.workload, "with a model: the token counts to plan for");
+  cal->add_option("--strategies", co.strategies,
+                  "with a model: the candidates to plan over, comma list of: " +
+                      tpl::cli::bench_strategy_names());
   cal->add_option("--progress", co.progress, "progress bar on stderr: auto (TTY), always, never")
       ->check(CLI::IsMember({"auto", "always", "never"}));
 
@@ -225,6 +257,9 @@ int main(int argc, char** argv) {
   pl->add_flag("--strict", po.strict, "refuse a profile measured on another machine");
   pl->add_flag("--check", po.check, "measure every candidate: model error and plan regret");
   pl->add_option("--json", po.json, "with --check: write the points and cells as JSON");
+  pl->add_option("--min-time", po.min_time_ms,
+                 "with --check: ms of timed rounds per token count (more iterations where cheap)")
+      ->check(CLI::Range(0.0, 1e7));
   pl->add_option("--iters", po.iters, "with --check: timed forwards per point")
       ->check(CLI::Range(1, 1000));
   pl->add_option("--warmup", po.warmup, "with --check: untimed forwards per point")
@@ -266,6 +301,7 @@ int main(int argc, char** argv) {
     if (*e) rc = tpl::cli::explain_model(*world, ex);
     if (*b) rc = tpl::cli::run_bench(*world, bo);
     if (*inf) rc = tpl::cli::run_info(*world, io);
+    co.for_model = cal->count("--model") + cal->count("--hf-config") > 0;
     if (*cal) rc = tpl::cli::run_calibrate(*world, co);
     if (*pl) rc = tpl::cli::run_plan(*world, po);
     if (*sim) rc = tpl::cli::run_simulate(*world, so);

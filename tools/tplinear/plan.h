@@ -14,6 +14,12 @@ struct CalibrateCliOptions {
   std::string out;
   bool quick = false;  // fewer sizes (tests)
   std::string progress = "auto";
+  // With a model (--model / --hf-config given): also its layers' GEMMs at their exact local
+  // shapes, for the candidates and token counts a plan will price (CostModel::gemm_requests).
+  bool for_model = false;
+  RunOptions model;
+  std::string workload = "16,256,1024";
+  std::string strategies = "standard,fc1,fc1-serial,fc2,matmul-allreduce";
 };
 
 struct PlanCliOptions {
@@ -26,7 +32,8 @@ struct PlanCliOptions {
   std::string out, json;      // plan file; --check's rows as JSON
   bool strict = false;        // refuse a profile from another machine
   bool check = false;
-  int iters = 3, warmup = 1;
+  int iters = 5, warmup = 1;
+  double min_time_ms = 3000;  // --check: per token count, iterations until all candidates fill it
   std::string progress = "auto";
 };
 

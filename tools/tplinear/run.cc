@@ -211,7 +211,7 @@ int run_model(Communicator& world, const RunOptions& o) {
   Plan plan;
   if (!o.plan.empty()) {
     plan = Plan::from_file(o.plan);
-    plan.check_matches(model.name, world.size(), o.plan);
+    plan.check_matches(model, world.size(), o.plan);
     cfg = plan.config_for(o.tokens);
     if (world.rank() == 0)
       fmt::print("plan {}: {} tokens -> bucket of {} tokens, strategy {} ({})\n", o.plan, o.tokens,
