@@ -373,8 +373,7 @@ class DictWeights final : public WeightProvider {
 ModelSpec model_of(py::handle model) {
   if (py::isinstance<py::str>(model)) {
     const std::string s = py::str(model);
-    return s.size() > 5 && s.substr(s.size() - 5) == ".json" ? ModelSpec::from_file(s)
-                                                             : ModelSpec::preset(s);
+    return ModelSpec::load(s);  // a preset, a config.json or a checkpoint directory
   }
   return ModelSpec::from_hf_json(to_json(model), "hf_config");
 }

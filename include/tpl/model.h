@@ -31,7 +31,16 @@ struct ModelSpec {
   std::int64_t heads = 0, kv_heads = 0, head_dim = 0;
   std::int64_t layers = 0;
   double rms_eps = 1e-6, rope_theta = 10000.0;
+  // config.json's rope_scaling: "default" (none), "linear" (positions / factor) or "llama3"
+  // (Llama-3.1: long wavelengths / factor, a smooth band between; HF's
+  // _compute_llama3_parameters). Other types are refused (ConfigError naming the field).
+  struct RopeScaling {
+    std::string type = "default";
+    double factor = 1, low_freq_factor = 1, high_freq_factor = 4;
+    double original_max_position_embeddings = 8192;
+  } rope_scaling;
   bool qkv_bias = false;  // Qwen2 has q/k/v biases
+  bool qk_norm = false;   // Qwen3: per-head RMSNorm of q and k (q_norm, k_norm) before RoPE
   // MoE structure (decides which layers run experts; selection uses ModelInfo).
   std::int64_t num_experts = 0;
   std::int64_t shared_expert_intermediate = 0;  // 0 = no shared expert
@@ -43,6 +52,11 @@ struct ModelSpec {
   static ModelSpec from_hf_json(const nlohmann::json& j, const std::string& name);
   static ModelSpec from_file(const std::string& config_json);
   static ModelSpec preset(const std::string& name);  // ConfigError naming the known presets
+  // A preset name, a config.json path or a checkpoint directory holding config.json (as vLLM's
+  // --model); ConfigError naming the presets when it is none of them.
+  static ModelSpec load(const std::string& name_or_path);
+  // RoPE's inverse frequency of pair d (of head_dim / 2), rope_scaling applied.
+  double rope_inv_freq(std::int64_t d) const;
   static std::vector<std::string> presets();
   bool layer_is_moe(std::int64_t layer) const;
   void validate() const;  // sizes positive, heads divisible, ...

@@ -167,6 +167,7 @@ struct DecoderStack::Layer {
   bool moe = false;
   std::unique_ptr<LinearLayer> qkv, o, gate_up, down;  // gate_up/down null: MLP skipped
   Tensor norm1, norm2;
+  Tensor q_norm, k_norm;             // [1, head_dim] when the model has qk_norm (Qwen3)
   std::vector<ShardRange> qkv_rows;  // global rows of q, k, v this rank holds
 };
 
@@ -361,6 +362,10 @@ DecoderStack::DecoderStack(Communicator& world, const ModelSpec& model, Strategi
     const std::string p = "model.layers." + std::to_string(l) + ".";
     L->norm1 = weights.get(p + "input_layernorm.weight", 1, h, DType::kF32, 0.1f);
     L->norm2 = weights.get(p + "post_attention_layernorm.weight", 1, h, DType::kF32, 0.1f);
+    if (model.qk_norm) {
+      L->q_norm = weights.get(p + "self_attn.q_norm.weight", 1, model.head_dim, DType::kF32, 0.1f);
+      L->k_norm = weights.get(p + "self_attn.k_norm.weight", 1, model.head_dim, DType::kF32, 0.1f);
+    }
 
     const std::vector<LayerSpec> specs = decoder_linear_specs(model, l, dt);
     const LayerSpec& qkv = specs[0];
@@ -417,23 +422,33 @@ DecoderStack::DecoderStack(Communicator& world, const ModelSpec& model, Strategi
 namespace {
 
 // Causal GQA attention with RoPE over this rank's heads. qkv: [N, q_local + 2*kv_local] laid out
-// q | k | v; rows = global rows of each part (heads are head_dim rows each).
-Tensor attention(TensorView qkv, const std::vector<ShardRange>& rows, const ModelSpec& m) {
+// q | k | v; rows = global rows of each part (heads are head_dim rows each). With q_norm/k_norm
+// (Qwen3) each q and k head is RMS-normalised over head_dim before RoPE.
+Tensor attention(TensorView qkv, const std::vector<ShardRange>& rows, const ModelSpec& m,
+                 TensorView q_norm, TensorView k_norm) {
   const std::int64_t n = qkv.rows(), hd = m.head_dim;
   const std::int64_t q_local = rows[0].size / hd, kv_local = rows[1].size / hd;
   const std::int64_t q_head0 = rows[0].offset / hd;
   const std::int64_t kv_head0 = (rows[1].offset - m.heads * hd) / hd;
   const std::int64_t group = m.heads / m.kv_heads;
   // f32 copies of q and k with RoPE applied (rotate-half convention), and v.
-  auto load = [&](std::int64_t col0, std::int64_t heads, bool rope) {
+  std::vector<double> inv_freq(static_cast<std::size_t>(hd / 2));
+  for (std::int64_t d = 0; d < hd / 2; ++d) inv_freq[d] = m.rope_inv_freq(d);
+  auto load = [&](std::int64_t col0, std::int64_t heads, bool rope, TensorView norm) {
     std::vector<float> t(static_cast<std::size_t>(n * heads * hd));
     for (std::int64_t i = 0; i < n; ++i)
       for (std::int64_t hh = 0; hh < heads; ++hh) {
         float* dst = &t[(i * heads + hh) * hd];
         for (std::int64_t d = 0; d < hd; ++d) dst[d] = get_f32(qkv, i, col0 + hh * hd + d);
+        if (!norm.empty()) {
+          double ss = 0;
+          for (std::int64_t d = 0; d < hd; ++d) ss += double(dst[d]) * dst[d];
+          const float inv = static_cast<float>(1.0 / std::sqrt(ss / double(hd) + m.rms_eps));
+          for (std::int64_t d = 0; d < hd; ++d) dst[d] = dst[d] * inv * get_f32(norm, 0, d);
+        }
         if (!rope) continue;
         for (std::int64_t d = 0; d < hd / 2; ++d) {
-          const double freq = std::pow(m.rope_theta, -2.0 * double(d) / double(hd));
+          const double freq = inv_freq[d];
           const float c = float(std::cos(double(i) * freq)), s = float(std::sin(double(i) * freq));
           const float a = dst[d], b = dst[d + hd / 2];
           dst[d] = a * c - b * s;
@@ -442,9 +457,9 @@ Tensor attention(TensorView qkv, const std::vector<ShardRange>& rows, const Mode
       }
     return t;
   };
-  const std::vector<float> q = load(0, q_local, true);
-  const std::vector<float> k = load(rows[0].size, kv_local, true);
-  const std::vector<float> v = load(rows[0].size + rows[1].size, kv_local, false);
+  const std::vector<float> q = load(0, q_local, true, q_norm);
+  const std::vector<float> k = load(rows[0].size, kv_local, true, k_norm);
+  const std::vector<float> v = load(rows[0].size + rows[1].size, kv_local, false, TensorView());
   Tensor out(qkv.dtype(), n, q_local * hd);
   const float scale = 1.f / std::sqrt(float(hd));
   std::vector<float> p(static_cast<std::size_t>(n)), acc(static_cast<std::size_t>(hd));
@@ -580,7 +595,7 @@ Tensor DecoderStack::run_variant(TensorView hidden, int vi) {
   for (auto& L : layers_) {
     Tensor h = rms_norm(resid, L->norm1, model_.rms_eps);
     LinearOutput qkv = run(*L->qkv, h);
-    Tensor a = attention(qkv.output, L->qkv_rows, model_);
+    Tensor a = attention(qkv.output, L->qkv_rows, model_, L->q_norm.view(), L->k_norm.view());
     LinearOutput o = run(*L->o, a);
     add_into(to_residual(std::move(o.output), o.placement), resid);
     if (!L->gate_up) continue;

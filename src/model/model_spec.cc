@@ -1,4 +1,6 @@
 #include <algorithm>
+#include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -143,6 +145,37 @@ ModelSpec ModelSpec::from_hf_json(const nlohmann::json& hf, const std::string& n
   m.rms_eps = j.value("rms_norm_eps", 1e-6);
   m.rope_theta = j.value("rope_theta", 10000.0);
   m.qkv_bias = j.value("qkv_bias", m.model_type == "qwen2" || m.model_type == "qwen2_moe");
+  m.qk_norm = m.model_type == "qwen3" || m.model_type == "qwen3_moe";
+  if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
+    const nlohmann::json& rs = j["rope_scaling"];
+    auto bad = [&](const std::string& field, const std::string& what) {
+      TPL_THROW(ConfigError, kWhere, "model '", name, "': field 'rope_scaling.", field, "' ", what);
+    };
+    if (!rs.is_object()) bad("", "must be an object");
+    const std::string type = rs.value("rope_type", rs.value("type", std::string("default")));
+    if (type != "default" && type != "linear" && type != "llama3")
+      bad(rs.contains("rope_type") ? "rope_type" : "type",
+          "is '" + type + "'; supported: default, linear, llama3");
+    m.rope_scaling.type = type;
+    auto num = [&](const char* key, double fallback, bool needed) {
+      if (!rs.contains(key)) {
+        if (needed) bad(key, "is missing (rope_type " + type + ")");
+        return fallback;
+      }
+      if (!rs[key].is_number() || rs[key].get<double>() <= 0) bad(key, "must be a positive number");
+      return rs[key].get<double>();
+    };
+    const bool scaled = type != "default";
+    m.rope_scaling.factor = num("factor", 1, scaled);
+    if (type == "llama3") {
+      m.rope_scaling.low_freq_factor = num("low_freq_factor", 1, true);
+      m.rope_scaling.high_freq_factor = num("high_freq_factor", 4, true);
+      m.rope_scaling.original_max_position_embeddings =
+          num("original_max_position_embeddings", 8192, true);
+      if (m.rope_scaling.high_freq_factor <= m.rope_scaling.low_freq_factor)
+        bad("high_freq_factor", "must exceed low_freq_factor");
+    }
+  }
   m.num_experts = j.value("num_experts", j.value("n_routed_experts", std::int64_t{0}));
   m.shared_expert_intermediate = j.value("shared_expert_intermediate_size", std::int64_t{0});
   m.decoder_sparse_step = j.value("decoder_sparse_step", std::int64_t{1});
@@ -178,6 +211,38 @@ ModelSpec ModelSpec::preset(const std::string& name) {
     TPL_THROW(ConfigError, kWhere, "unknown preset '", name, "' (known: ", known, ")");
   }
   return from_hf_json(it->second, name);
+}
+
+ModelSpec ModelSpec::load(const std::string& name_or_path) {
+  if (preset_table().count(name_or_path)) return preset(name_or_path);
+  std::error_code ec;
+  if (std::filesystem::is_directory(name_or_path, ec)) {
+    const std::string cfg = (std::filesystem::path(name_or_path) / "config.json").string();
+    if (!std::filesystem::exists(cfg, ec))
+      TPL_THROW(ConfigError, kWhere, "model directory '", name_or_path, "' has no config.json");
+    return from_file(cfg);
+  }
+  if (std::filesystem::is_regular_file(name_or_path, ec)) return from_file(name_or_path);
+  std::string known;
+  for (const auto& [k, v] : preset_table()) known += (known.empty() ? "" : ", ") + k;
+  TPL_THROW(ConfigError, kWhere, "unknown preset '", name_or_path, "' (known: ", known,
+            "; or a config.json path or a checkpoint directory)");
+}
+
+double ModelSpec::rope_inv_freq(std::int64_t d) const {
+  const double inv = std::pow(rope_theta, -2.0 * double(d) / double(head_dim));
+  const RopeScaling& r = rope_scaling;
+  if (r.type == "linear") return inv / r.factor;
+  if (r.type != "llama3") return inv;
+  const double pi = 3.14159265358979323846;
+  const double wavelen = 2 * pi / inv;
+  const double low_wavelen = r.original_max_position_embeddings / r.low_freq_factor;
+  const double high_wavelen = r.original_max_position_embeddings / r.high_freq_factor;
+  if (wavelen < high_wavelen) return inv;
+  if (wavelen > low_wavelen) return inv / r.factor;
+  const double smooth = (r.original_max_position_embeddings / wavelen - r.low_freq_factor) /
+                        (r.high_freq_factor - r.low_freq_factor);
+  return (1 - smooth) * inv / r.factor + smooth * inv;
 }
 
 std::vector<std::string> ModelSpec::presets() {

@@ -146,6 +146,13 @@ int write_checkpoint(const std::string& mode, const std::string& dir, const std:
     std::fprintf(stderr, "cli_helper: unknown write mode '%s'\n", mode.c_str());
     return 2;
   }
+  // A checkpoint directory in the Hugging Face layout carries its config.json (`--model DIR`).
+  std::ofstream(dir + "/config.json") << nlohmann::json{
+      {"model_type", m.model_type},          {"hidden_size", m.hidden},
+      {"intermediate_size", m.intermediate}, {"num_attention_heads", m.heads},
+      {"num_key_value_heads", m.kv_heads},   {"head_dim", m.head_dim},
+      {"num_hidden_layers", m.layers},       {"rms_norm_eps", m.rms_eps},
+      {"rope_theta", m.rope_theta}}.dump(2);
   std::printf("wrote %zu tensors of '%s' into %s\n", ts.size(), preset.c_str(), dir.c_str());
   return 0;
 }

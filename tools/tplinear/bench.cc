@@ -236,7 +236,7 @@ int run_bench(Communicator& world, const BenchOptions& o, std::vector<BenchRow>*
   if (o.iters < 1 || o.warmup < 0)
     TPL_THROW(InvalidArgument, kWhere, "--iters must be >= 1 and --warmup >= 0");
   const std::vector<std::int64_t> tokens = parse_tokens(o.tokens);
-  ModelSpec model = o.model.hf_config.empty() ? ModelSpec::preset(o.model.model)
+  ModelSpec model = o.model.hf_config.empty() ? ModelSpec::load(o.model.model)
                                               : ModelSpec::from_file(o.model.hf_config);
   if (o.model.layers > 0) model.layers = std::min(model.layers, o.model.layers);
   const Config base = make_config(o.model, world.size());  // bad base flags fail here

@@ -163,8 +163,7 @@ void add_model_options(CLI::App& app, RunOptions& o) {
 }
 
 ModelSpec load_model(const RunOptions& o) {
-  ModelSpec m =
-      o.hf_config.empty() ? ModelSpec::preset(o.model) : ModelSpec::from_file(o.hf_config);
+  ModelSpec m = o.hf_config.empty() ? ModelSpec::load(o.model) : ModelSpec::from_file(o.hf_config);
   if (o.layers > 0) m.layers = std::min(m.layers, o.layers);
   return m;
 }
@@ -229,9 +228,15 @@ int run_model(Communicator& world, const RunOptions& o) {
         fmt::print("# WARNING: {}: {}\n", o.profile, d);
     so.profile = &profile;
   }
+  // `--model DIR` (a checkpoint directory, as vLLM takes it) loads its safetensors too.
+  std::string weights_from = o.weights;
+  std::error_code ec;
+  if (weights_from.empty() && o.hf_config.empty() && std::filesystem::is_directory(o.model, ec))
+    for (const auto& e : std::filesystem::directory_iterator(o.model, ec))
+      if (e.path().extension() == ".safetensors") weights_from = o.model;
   std::unique_ptr<WeightProvider> source =
-      o.weights.empty() ? make_random_weights(o.seed)
-                        : std::unique_ptr<WeightProvider>(new CheckpointWeights(o.weights));
+      weights_from.empty() ? make_random_weights(o.seed)
+                           : std::unique_ptr<WeightProvider>(new CheckpointWeights(weights_from));
   RecordingWeights recorded(*source);
   const WeightProvider* weights = &recorded;
   if (cfg.layout.tp > model.heads)
@@ -326,6 +331,9 @@ int run_model(Communicator& world, const RunOptions& o) {
                model.name, model.model_type, model.layers, o.tokens, o.dtype,
                so.w8a8 ? " W8A8" : "", world.size(), cfg.layout.dp, cfg.layout.tp);
     fmt::print("config: {}\n", cfg.to_json().dump());
+    fmt::print("weights: {}\n", weights_from.empty()
+                                    ? fmt::format("seeded random (seed {})", o.seed)
+                                    : weights_from);
     fmt::print("strategy for {} tokens: {} (of {}), overlap of fused paths {}{}\n", o.tokens,
                stack.strategy_for(o.tokens), stack.num_strategies(),
                stack.overlap_for(o.tokens) ? "on" : "off",
