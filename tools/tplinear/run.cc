@@ -318,12 +318,14 @@ int run_model(Communicator& world, const RunOptions& o) {
   err.ptr<float>()[1] = checker ? float(rel) : -1.f;
   world.all_gather(err, errs, 0);
 
-  if (!o.dump.empty() && checker) {
+  // TP rank 0 of each replica dumps, with or without the one-rank reference: under
+  // --no-reference the dump is what an outside check (tests/model/hf_reference.py) reads.
+  if (!o.dump.empty() && coord_of(cfg.layout, world.rank()).t == 0) {
     std::filesystem::create_directories(o.dump);
     const std::string tag = "dp" + std::to_string(d);
     write_npy(o.dump + "/input_" + tag + ".npy", x);
     write_npy(o.dump + "/output_" + tag + ".npy", y);
-    write_npy(o.dump + "/reference_" + tag + ".npy", ref);
+    if (checker) write_npy(o.dump + "/reference_" + tag + ".npy", ref);
     if (world.rank() == 0) recorded.dump(o.dump);  // full (unsharded) weights
   }
   if (world.rank() == 0) {
