@@ -481,35 +481,31 @@ int run_bench(Communicator& world, const BenchOptions& o, std::vector<BenchRow>*
     // persistently slower than another, which separate stacks would charge to the strategy.
     std::vector<Live> all;
     all.reserve(plan.size());
-    std::vector<Plan> shared_plans;
-    shared_plans.reserve(plan.size());
-    for (const auto& p : plan) {
-      if (p.plan) continue;
-      const std::string layout = weight_layout_of(p.cfg, model.info);
-      if (std::any_of(all.begin(), all.end(), [&](const Live& l) {
-            return !l.p->plan && weight_layout_of(l.p->cfg, model.info) == layout;
-          }))
-        continue;  // built with the first of its layout
-      Plan sp;
-      sp.model = model.name;
-      sp.world = world.size(), sp.tp = tp, sp.dp = dp;
-      sp.layout = layout;
-      for (const auto& q : plan)
-        if (!q.plan && weight_layout_of(q.cfg, model.info) == layout) {
-          sp.buckets.push_back({std::int64_t(sp.buckets.size() + 1),
-                                std::int64_t(sp.buckets.size() + 1), 0, q.name});
-          sp.configs.push_back({q.name, q.cfg});
-        }
-      sp.buckets.back().max_tokens = -1;
-      if (sp.configs.size() == 1) {
-        all.push_back(build(p));
+    std::vector<std::string> layout;  // per point; "" for the plan point
+    for (const auto& p : plan) layout.push_back(p.plan ? "" : weight_layout_of(p.cfg, model.info));
+    for (std::size_t i = 0; i < plan.size(); ++i) {
+      if (plan[i].plan ||
+          std::find(layout.begin(), layout.begin() + i, layout[i]) != layout.begin() + i)
+        continue;  // the plan point, or built with the first of its layout
+      std::vector<std::size_t> members;
+      for (std::size_t k = i; k < plan.size(); ++k)
+        if (layout[k] == layout[i]) members.push_back(k);
+      if (members.size() == 1) {
+        all.push_back(build(plan[i]));
         continue;
       }
-      shared_plans.push_back(std::move(sp));
-      auto stack = std::make_shared<DecoderStack>(world, model, shared_plans.back(), *weights, so);
-      for (const auto& q : plan)
-        if (!q.plan && weight_layout_of(q.cfg, model.info) == layout)
-          all.push_back(build(q, stack));
+      Plan sp;  // DecoderStack keeps its own copy
+      sp.model = model.name;
+      sp.world = world.size(), sp.tp = tp, sp.dp = dp;
+      sp.layout = layout[i];
+      for (const std::size_t k : members) {
+        const std::int64_t b = std::int64_t(sp.buckets.size()) + 1;
+        sp.buckets.push_back({b, b, 0, plan[k].name});
+        sp.configs.push_back({plan[k].name, plan[k].cfg});
+      }
+      sp.buckets.back().max_tokens = -1;
+      auto stack = std::make_shared<DecoderStack>(world, model, sp, *weights, so);
+      for (const std::size_t k : members) all.push_back(build(plan[k], stack));
     }
     for (const auto& p : plan)
       if (p.plan) all.push_back(build(p));

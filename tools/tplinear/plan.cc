@@ -377,9 +377,7 @@ int run_simulate(Communicator& world, const SimulateCliOptions& o) {
     return 0;
   }
 
-  CostInputs in;
-  in.dtype = parse_dtype(o.model.dtype);
-  in.w8a8 = o.model.quant == "w8a8";
+  CostInputs in = inputs_of(o.model);
   in.spare_core = true;  // a GPU's collectives run beside its GEMMs
   fmt::print("# tplinear simulate: {} ({}), {} layers, {}{} on {}\n", model.name, model.model_type,
              model.layers, o.model.dtype, in.w8a8 ? " W8A8" : "", cluster.name);
