@@ -27,7 +27,7 @@ set(TPL_MPI_TEST_BASE_ENV
     "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMPI_MCA_btl=self,vader;OMPI_MCA_oob_tcp_if_include=lo;OMPI_MCA_rmaps_base_oversubscribe=1;OMP_NUM_THREADS=1")
 set(TPL_MPI_TEST_ENV "${TPL_MPI_TEST_BASE_ENV};TPL_COMM=mpi")
 function(tpl_add_mpi_test name target)
-  cmake_parse_arguments(ARG "CAPPED;SHM" "TIMEOUT" "NPROCS;ARGS" ${ARGN})
+  cmake_parse_arguments(ARG "CAPPED;SHM" "TIMEOUT;HIER" "NPROCS;ARGS" ${ARGN})
   if(NOT ARG_TIMEOUT)
     set(ARG_TIMEOUT 300)
   endif()
@@ -47,6 +47,19 @@ function(tpl_add_mpi_test name target)
       set_tests_properties(${name}_shm_np${np} PROPERTIES
                            ENVIRONMENT "${TPL_MPI_TEST_BASE_ENV};TPL_COMM=shm"
                            TIMEOUT ${ARG_TIMEOUT} LABELS "mpi;shm" PROCESSORS 2)
+    endif()
+    # Hierarchical: this host cut into two "nodes" (TPL_NODE_SPLIT=2), so groups of 2+ ranks
+    # span them; HIER names the world's TPL_COMM (shm: the world is shm+mpi; mpi: the program
+    # builds its own SHM communicators over an MPI world).
+    if(ARG_HIER AND np GREATER 1)
+      add_test(NAME ${name}_hier_np${np}
+               COMMAND ${MPIEXEC_EXECUTABLE} ${MPIEXEC_NUMPROC_FLAG} ${np} --oversubscribe
+                       --bind-to none ${MPIEXEC_PREFLAGS} $<TARGET_FILE:${target}>
+                       ${MPIEXEC_POSTFLAGS} ${ARG_ARGS})
+      set_tests_properties(${name}_hier_np${np} PROPERTIES
+                           ENVIRONMENT
+                           "${TPL_MPI_TEST_BASE_ENV};TPL_COMM=${ARG_HIER};TPL_NODE_SPLIT=2"
+                           TIMEOUT ${ARG_TIMEOUT} LABELS "mpi;shm;hier" PROCESSORS 2)
     endif()
     if(ARG_CAPPED AND TPL_WITH_CAPPED_TESTS)
       add_test(NAME ${name}_avx2_np${np}

@@ -55,9 +55,11 @@ class MpiSession {
   MpiSession& operator=(const MpiSession&) = delete;
   // Communicator over MPI_COMM_WORLD (a duplicate, so library traffic never mixes with the
   // caller's); every group split from it is of the same kind. TPL_COMM picks it: mpi, shm, or
-  // auto (the default): SHM when every rank shares one node and has a CPU of its own, MPI
-  // otherwise. Collective. `why`, if given, receives the choice and its reason, e.g.
-  // "shm (TPL_COMM=auto: 2 ranks on one node, 2 CPUs)".
+  // auto (the default): SHM when the ranks of each node have a CPU each, MPI otherwise; a world
+  // spanning nodes gets SHM within each node and MPI between them ("shm+mpi",
+  // docs/communication.md). TPL_NODE_SPLIT=k treats each host as k nodes. Collective. `why`, if
+  // given, receives the choice and its reason, e.g. "shm (TPL_COMM=auto: 2 ranks on one node, 2
+  // CPUs)".
   std::unique_ptr<Communicator> world(std::string* why = nullptr) const;
   // The same over a communicator of the caller's (an engine's TP group, mpi4py's comm.py2f()),
   // given by its Fortran handle (MPI_Comm_c2f) so that this header needs no mpi.h; tpl/mpi.h
@@ -81,6 +83,7 @@ class MpiSession {
   std::unique_ptr<class MpiCommunicator> dup_of(int fortran_handle) const;
   std::string timeout_error_;  // a bad TPL_TIMEOUT, reported by world() (a ConfigError)
   std::unique_ptr<Watchdog> watchdog_;
+  int node_part_ = 0;  // this process's TPL_NODE_SPLIT part of its host (comm/node_layout.h)
 };
 
 // The MPI library's own version string (MPI_Get_library_version), or "not built".

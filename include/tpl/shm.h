@@ -21,8 +21,11 @@ struct ShmOptions {
 };
 
 // An SHM communicator over the ranks of `group`, which must be an MPI communicator (collective
-// over it). ConfigError, the same on every rank, when the ranks span nodes, the group is not MPI,
-// or the window cannot be allocated; Unsupported when the build has no MPI.
+// over it). When the ranks span nodes (TPL_NODE_SPLIT=k counts each host as k), it is "shm+mpi":
+// SHM within each node, MPI between the nodes, with the same member-order sums
+// (docs/communication.md). ConfigError, the same on every rank, when the group is not MPI, when
+// a node's ranks are not consecutive in the group, or when the window cannot be allocated;
+// Unsupported when the build has no MPI.
 std::unique_ptr<Communicator> make_shm_communicator(Communicator& group,
                                                     const ShmOptions& options = {});
 

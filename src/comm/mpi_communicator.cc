@@ -312,8 +312,8 @@ WorkPtr run_broadcast(MPI_Comm comm, int rank, TensorView buf, int root, bool as
 
 }  // namespace
 
-MpiCommunicator::MpiCommunicator(MPI_Comm comm, Watchdog* watchdog)
-    : comm_(comm), watchdog_(watchdog) {
+MpiCommunicator::MpiCommunicator(MPI_Comm comm, Watchdog* watchdog, int node_part)
+    : comm_(comm), watchdog_(watchdog), node_part_(node_part) {
   TPL_CHECK(comm != MPI_COMM_NULL, (Where{"mpi communicator"}), "null MPI communicator");
   // Failures come back as return codes so TPL_MPI_CHECK can throw CommError naming the call.
   TPL_MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN), -1);
@@ -342,7 +342,7 @@ std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key) {
     TPL_MPI_CHECK(MPI_Comm_split(comm_, color < 0 ? MPI_UNDEFINED : color, key, &sub), rank_);
   }
   if (sub == MPI_COMM_NULL) return nullptr;
-  return std::make_unique<MpiCommunicator>(sub, watchdog_);
+  return std::make_unique<MpiCommunicator>(sub, watchdog_, node_part_);
 }
 
 bool MpiCommunicator::all_true(bool value) {

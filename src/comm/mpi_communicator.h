@@ -18,8 +18,9 @@ class MpiCommunicator final : public Communicator {
  public:
   // Takes ownership of `comm` (freed with MPI_Comm_free unless it is MPI_COMM_WORLD/SELF).
   // With a watchdog, every collective (and split) is watched against its deadline; groups
-  // split from this one share it.
-  explicit MpiCommunicator(MPI_Comm comm, Watchdog* watchdog = nullptr);
+  // split from this one share it. `node_part`: which TPL_NODE_SPLIT part of its host this process
+  // is in (node_layout.h); groups split from this one keep it.
+  explicit MpiCommunicator(MPI_Comm comm, Watchdog* watchdog = nullptr, int node_part = 0);
   ~MpiCommunicator() override;
   MpiCommunicator(const MpiCommunicator&) = delete;
   MpiCommunicator& operator=(const MpiCommunicator&) = delete;
@@ -31,6 +32,7 @@ class MpiCommunicator final : public Communicator {
   bool all_true(bool value) override;
   MPI_Comm handle() const { return comm_; }
   Watchdog* watchdog() const override { return watchdog_; }
+  int node_part() const { return node_part_; }
   // "mpi group of 2 ranks (world ranks 0, 1)", as the deadline diagnostics name it.
   const std::string& description() const { return desc_; }
   // In flight until the scope ends (nothing when there is no watchdog).
@@ -55,6 +57,7 @@ class MpiCommunicator final : public Communicator {
   int rank_ = 0;
   int size_ = 1;
   Watchdog* watchdog_ = nullptr;
+  int node_part_ = 0;
   std::string desc_;
   std::atomic<std::uint64_t> seq_{0};  // this group's watched collectives
 };

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "comm/node_layout.h"
 #include "tpl/backends.h"
 #include "tpl/error.h"
 #include "tpl/shm.h"
@@ -60,6 +61,14 @@ MpiSession::MpiSession(int* argc, char*** argv) {
   } catch (const ConfigError& e) {  // a malformed TPL_FAULT_* setting
     timeout_error_ = e.what();
   }
+  // Once per process, over the world's ranks of each host, so that every group agrees on which
+  // ranks share a node however it was split (comm/node_layout.h). Every rank reads the same
+  // setting, so every rank takes part in the collective or none does.
+  try {
+    node_part_ = node_part_of_process(MPI_COMM_WORLD, node_split_from_env());
+  } catch (const ConfigError& e) {
+    if (timeout_error_.empty()) timeout_error_ = e.what();
+  }
 }
 
 MpiSession::~MpiSession() {
@@ -77,7 +86,7 @@ std::unique_ptr<MpiCommunicator> MpiSession::dup_of(int fortran_handle) const {
               "the MPI communicator given (Fortran handle ", fortran_handle, ") is MPI_COMM_NULL");
   MPI_Comm dup;
   TPL_MPI_CHECK(MPI_Comm_dup(comm, &dup), -1);
-  return std::make_unique<MpiCommunicator>(dup, watchdog_.get());
+  return std::make_unique<MpiCommunicator>(dup, watchdog_.get(), node_part_);
 }
 
 std::unique_ptr<Communicator> MpiSession::mpi_world() const {
@@ -103,30 +112,34 @@ std::unique_ptr<Communicator> MpiSession::world_of(int mpi_comm_fortran_handle,
     return mpi;
   }
   if (comm == "shm") {
-    say("shm (TPL_COMM=shm)");
-    return make_shm_communicator(*mpi);
+    auto shm = make_shm_communicator(*mpi);
+    say(shm->name() + " (TPL_COMM=shm)");
+    return shm;
   }
   if (comm != "auto")
     TPL_THROW(ConfigError, (Where{"TPL_COMM", mpi->rank()}),
               "TPL_COMM must be mpi, shm or auto, got '", comm, "'");
-  // auto: SHM when every rank shares this node and each has a CPU of its own. SHM waits spin
-  // (then yield), which costs nothing on a core of one's own and steals time from a peer's
-  // GEMM when ranks outnumber the CPUs; MPI's blocking paths are then the better neighbour.
-  MPI_Comm node = MPI_COMM_NULL;
+  // auto: SHM when the ranks of each host have a CPU each, within one node or, with each
+  // node's ranks consecutive, as shm+mpi across nodes. SHM waits spin (then yield), which costs
+  // nothing on a core of one's own and steals time from a peer's GEMM when ranks outnumber the
+  // CPUs; MPI's blocking paths are then the better neighbour.
+  MPI_Comm host = MPI_COMM_NULL;
   TPL_MPI_CHECK(
-      MPI_Comm_split_type(mpi->handle(), MPI_COMM_TYPE_SHARED, mpi->rank(), MPI_INFO_NULL, &node),
+      MPI_Comm_split_type(mpi->handle(), MPI_COMM_TYPE_SHARED, mpi->rank(), MPI_INFO_NULL, &host),
       mpi->rank());
-  int node_size = 0;
-  MPI_Comm_size(node, &node_size);
-  MPI_Comm_free(&node);
+  int host_size = 0;
+  MPI_Comm_size(host, &host_size);
+  MPI_Comm_free(&host);
+  const NodeLayout layout = node_layout(*mpi);
   const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-  const bool one_node = mpi->all_true(node_size == mpi->size());
-  const bool own_cpu = mpi->all_true(cpus >= node_size);
+  const bool own_cpu = mpi->all_true(cpus >= host_size);
   const std::string ranks = std::to_string(mpi->size()) + " rank" + (mpi->size() > 1 ? "s" : "");
-  if (mpi->size() > 1 && one_node && own_cpu) {
+  const std::string where = layout.nodes == 1 ? "on one node" : "on " + layout.describe();
+  if (mpi->size() > 1 && own_cpu && layout.consecutive) {
     try {
       auto shm = make_shm_communicator(*mpi);
-      say("shm (TPL_COMM=auto: " + ranks + " on one node, " + std::to_string(cpus) + " CPUs)");
+      say(shm->name() + " (TPL_COMM=auto: " + ranks + " " + where + ", " + std::to_string(cpus) +
+          " CPUs)");
       return shm;
     } catch (const ConfigError& e) {
       // make_shm_communicator fails alike on every rank (its checks are agreed), so every rank
@@ -136,9 +149,10 @@ std::unique_ptr<Communicator> MpiSession::world_of(int mpi_comm_fortran_handle,
     }
   }
   say(mpi->size() == 1 ? "mpi (TPL_COMM=auto: one rank, nothing to share)"
-      : !one_node      ? "mpi (TPL_COMM=auto: the ranks span several nodes)"
-                  : "mpi (TPL_COMM=auto: " + std::to_string(node_size) + " ranks on a node of " +
-                        std::to_string(cpus) + " CPUs; SHM's spinning waits would share cores)");
+      : !layout.consecutive
+          ? "mpi (TPL_COMM=auto: " + ranks + " " + where + ", a node's ranks not consecutive)"
+          : "mpi (TPL_COMM=auto: " + std::to_string(host_size) + " ranks on a host of " +
+                std::to_string(cpus) + " CPUs; SHM's spinning waits would share cores)");
   return mpi;
 }
 

@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "comm/node_layout.h"
 #include "comm/shm_reduce.h"
 #include "tpl/error.h"
 #include "tpl/placement.h"
@@ -53,21 +54,17 @@ ShmCommunicator::ShmCommunicator(std::unique_ptr<MpiCommunicator> mpi, ShmOption
   const Where where{"shm", rank_};
   isa_ = detect_cpu().effective();
   desc_ = "shm" + mpi_->description().substr(3);
-  // Every member must share this node: MPI's shared-memory split must keep the whole group.
-  MPI_Comm node = MPI_COMM_NULL;
+  // Every member must share this node (TPL_NODE_SPLIT parts count as nodes); the layout is the
+  // same on every member, so they all throw alike.
   {
-    auto watched = mpi_->watch("split_type", 0);
-    TPL_MPI_CHECK(
-        MPI_Comm_split_type(mpi_->handle(), MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node),
-        rank_);
+    auto watched = mpi_->watch("node_layout", 0);
+    const NodeLayout layout = node_layout(*mpi_);
+    if (layout.nodes != 1)
+      TPL_THROW(ConfigError, where, "TPL_COMM=shm needs every rank of the group on one node, but ",
+                "the group of ", size_, " ranks spans ", layout.describe(),
+                "; use make_shm_communicator, which serves it by SHM within nodes and MPI ",
+                "between them, or TPL_COMM=mpi");
   }
-  int node_size = 0;
-  MPI_Comm_size(node, &node_size);
-  MPI_Comm_free(&node);
-  if (!mpi_->all_true(node_size == size_))
-    TPL_THROW(ConfigError, where, "TPL_COMM=shm needs every rank of the group on one node, but ",
-              "the group of ", size_, " ranks spans several (", node_size,
-              " share this rank's node); use TPL_COMM=mpi across nodes");
   if (!mpi_->all_true(size_ <= kMaxMembers))
     TPL_THROW(ConfigError, where, "TPL_COMM=shm serves groups of up to ", kMaxMembers,
               " ranks, not ", size_);
@@ -112,7 +109,7 @@ std::unique_ptr<Communicator> ShmCommunicator::split(int color, int key) {
   std::unique_ptr<Communicator> sub = mpi_->split(color, key);
   if (!sub) return nullptr;
   std::unique_ptr<MpiCommunicator> m(static_cast<MpiCommunicator*>(sub.release()));
-  return std::make_unique<ShmCommunicator>(std::move(m), options_);
+  return std::make_unique<ShmCommunicator>(std::move(m), options_);  // within this node
 }
 
 Watchdog::Scope ShmCommunicator::watch(const char* op, std::size_t bytes) {
@@ -362,18 +359,6 @@ WorkPtr ShmCommunicator::do_iall_to_all(TensorView in, TensorView out) {
 WorkPtr ShmCommunicator::do_ibroadcast(TensorView buf, int root) {
   do_broadcast(buf, root);
   return std::make_unique<CompletedWork>();
-}
-
-std::unique_ptr<Communicator> make_shm_communicator(Communicator& group,
-                                                    const ShmOptions& options) {
-  auto* mpi = dynamic_cast<MpiCommunicator*>(&group);
-  if (!group.all_true(mpi != nullptr))
-    TPL_THROW(ConfigError, (Where{"shm", group.rank()}),
-              "an SHM communicator is built over an MPI communicator, not '", group.name(), "'");
-  // A duplicate of the group's ranks (same order), owned by the SHM communicator.
-  std::unique_ptr<Communicator> dup = mpi->split(0, mpi->rank());
-  return std::make_unique<ShmCommunicator>(
-      std::unique_ptr<MpiCommunicator>(static_cast<MpiCommunicator*>(dup.release())), options);
 }
 
 }  // namespace tpl

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -147,6 +148,8 @@ TEST(ShmErrors, AMemberThatNeverArrivesIsNamed) {
   ShmOptions o;
   o.timeout_s = 0.3;
   auto comm = make_shm_communicator(world(), o);
+  // Across nodes (TPL_NODE_SPLIT) the barrier is MPI's, whose hangs the watchdog ends.
+  if (comm->name() != "shm") GTEST_SKIP() << "the group is " << comm->name();
   std::string fail;
   if (world().rank() == 0) {
     const std::string msg = testing::message_of([&] { comm->barrier(); });
@@ -158,6 +161,24 @@ TEST(ShmErrors, AMemberThatNeverArrivesIsNamed) {
   }
   // The others never enter the barrier; everyone meets again in MPI to free the window.
   world().barrier();
+  expect_agreed(world(), fail);
+}
+
+// With the host cut in two (TPL_NODE_SPLIT=2, the *_hier entries), world ranks [0, n/2) and
+// [n/2, n) are two nodes. A group that takes them in the order 0, n-1, 1, 2, ... visits a node
+// twice, which the hierarchical sums cannot serve: a clear error on every member, not a hang.
+TEST(ShmErrors, NodesOutOfOrderAreAClearError) {
+  const char* split = std::getenv("TPL_NODE_SPLIT");
+  if (!split || std::string(split) != "2") GTEST_SKIP() << "needs TPL_NODE_SPLIT=2";
+  if (world().name() != "mpi") GTEST_SKIP() << "the world is " << world().name();
+  const int n = world().size(), me = world().rank();
+  if (n < 3) GTEST_SKIP() << "needs 3 ranks to interleave two nodes";
+  auto shuffled = world().split(0, me == 0 ? 0 : me == n - 1 ? 1 : me + 1);
+  const std::string msg = testing::message_of([&] { make_shm_communicator(*shuffled); });
+  std::string fail;
+  if (msg.find("needs each node's ranks consecutive in the group") == std::string::npos ||
+      msg.find("2 nodes: ranks 0,2") == std::string::npos)
+    fail = "rank " + std::to_string(me) + ": expected the out-of-order layout named, got: " + msg;
   expect_agreed(world(), fail);
 }
 
