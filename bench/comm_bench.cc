@@ -139,7 +139,7 @@ int main(int argc, char** argv) {
   }
   benchmark::Initialize(&argc, argv);
 
-  // The SHM communicator over the same ranks, when the world is MPI (TPL_COMM unset or mpi).
+  // The SHM communicator over the same ranks (the world here is always MPI's).
   // TPL_SHM_SLOTS="262144,4194304" adds one SHM communicator per slot size ("shm-<bytes>"),
   // to compare chunkings in one run; TPL_SHM_TWO_SHOT="1073741824" likewise adds one per
   // all-reduce two-shot threshold ("shm-2s<bytes>"; a huge one means one-shot throughout).
@@ -147,7 +147,8 @@ int main(int argc, char** argv) {
   std::vector<std::pair<std::string, tpl::Communicator*>> comms{{"mpi", comm.get()}};
   if (comm->name() == "mpi") {
     shms.push_back(tpl::make_shm_communicator(*comm));
-    comms.emplace_back("shm", shms.back().get());
+    // "shm", or "shm+mpi" where the ranks span nodes (TPL_NODE_SPLIT=2 fakes two on one host).
+    comms.emplace_back(shms.back()->name(), shms.back().get());
     // One SHM communicator per item of the comma list in `env`, `set` applying the item.
     auto variants = [&](const char* env, const char* prefix,
                         void (*set)(tpl::ShmOptions&, std::size_t)) {

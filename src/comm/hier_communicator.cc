@@ -11,7 +11,8 @@ namespace tpl {
 
 namespace {
 
-constexpr int kChainTag = 7101;
+constexpr int kChainTag = 7101;  // a node's partial, to the next node
+constexpr int kBackTag = 7102;   // the total, from the last node
 
 bool is_16bit_float(DType dt) {
   return dt == DType::kBF16 || dt == DType::kF16;
@@ -62,7 +63,7 @@ std::unique_ptr<Communicator> HierCommunicator::split(int color, int key) {
       std::unique_ptr<MpiCommunicator>(static_cast<MpiCommunicator*>(sub.release())), options_);
 }
 
-void HierCommunicator::chain(TensorView w) {
+void HierCommunicator::chain(TensorView w, TensorView back) {
   const std::int64_t total = w.numel();
   const std::size_t es = dtype_size(w.dtype());
   // Four slots' worth per step: several steps in flight keep every node busy on large
@@ -70,12 +71,21 @@ void HierCommunicator::chain(TensorView w) {
   const std::int64_t chunk =
       std::max<std::int64_t>(1, static_cast<std::int64_t>(4 * options_.slot_bytes / es));
   const MPI_Datatype type = mpi_type(w.dtype());
+  const bool returns = !back.empty();
   Tensor prefix;
   if (leader() && node_ > 0) prefix = Tensor(w.dtype(), 1, std::min(chunk, total));
-  std::vector<MPI_Request> sends;
+  std::vector<MPI_Request> pending;
   Watchdog::Scope watched =
       leader() ? leaders_->watch("chain", static_cast<std::size_t>(total) * es) : Watchdog::Scope();
   const int lr = leader() ? leaders_->rank() : -1;
+  // The total's chunks, posted first so they land while this leader works on later ones.
+  if (leader() && node_ < last() && returns)
+    for (std::int64_t o = 0; o < total; o += chunk) {
+      pending.emplace_back();
+      TPL_MPI_CHECK(MPI_Irecv(flat(back, o, 0).data(), static_cast<int>(std::min(chunk, total - o)),
+                              type, last(), kBackTag, leaders_->handle(), &pending.back()),
+                    lr);
+    }
   for (std::int64_t o = 0; o < total; o += chunk) {
     const std::int64_t len = std::min(chunk, total - o);
     TensorView part = flat(w, o, len);
@@ -98,16 +108,26 @@ void HierCommunicator::chain(TensorView w) {
       }
     }
     local_->all_reduce(part);
-    if (leader() && node_ < last()) {
-      sends.emplace_back();
-      TPL_MPI_CHECK(MPI_Isend(part.data(), static_cast<int>(len), type, node_ + 1, kChainTag,
-                              leaders_->handle(), &sends.back()),
-                    lr);
+    if (!leader()) continue;
+    // On: the partial to the next node; or, from the last node, the total to every leader
+    // (directly: a few nodes; a tree would serve many).
+    const int n_to = node_ < last() ? 1 : returns ? last() : 0;
+    for (int t = 0; t < n_to; ++t) {
+      pending.emplace_back();
+      TPL_MPI_CHECK(
+          MPI_Isend(part.data(), static_cast<int>(len), type, node_ < last() ? node_ + 1 : t,
+                    node_ < last() ? kChainTag : kBackTag, leaders_->handle(), &pending.back()),
+          lr);
     }
+    // MPI progresses nonblocking transfers inside MPI calls only; SHM makes none.
+    int done = 0;
+    TPL_MPI_CHECK(
+        MPI_Testall(static_cast<int>(pending.size()), pending.data(), &done, MPI_STATUSES_IGNORE),
+        lr);
   }
-  if (!sends.empty())
-    TPL_MPI_CHECK(MPI_Waitall(static_cast<int>(sends.size()), sends.data(), MPI_STATUSES_IGNORE),
-                  lr);
+  if (!pending.empty())
+    TPL_MPI_CHECK(
+        MPI_Waitall(static_cast<int>(pending.size()), pending.data(), MPI_STATUSES_IGNORE), lr);
 }
 
 void HierCommunicator::do_all_reduce(TensorView inout) {
@@ -121,10 +141,13 @@ void HierCommunicator::do_all_reduce(TensorView inout) {
     convert_into(inout, staged.view());
   }
   const TensorView w = in_place ? inout : staged.view();
-  chain(w);
-  // The total, from the last node: to the other leaders by MPI, to their nodes by SHM.
-  if (leader()) leaders_->broadcast(w, last());
-  if (node_ != last()) local_->broadcast(w, 0);
+  // The other nodes' leaders receive the total, chunk by chunk as the last node finishes it,
+  // into `back` (w holds their partials, in flight to the next node); their nodes get it by SHM.
+  Tensor back;
+  if (leader() && node_ != last()) back = Tensor(w.dtype(), w.rows(), w.cols());
+  chain(w, leader() && node_ != last() ? back.view() : w);
+  if (node_ != last()) local_->broadcast(leader() ? back.view() : w, 0);
+  if (leader() && node_ != last()) copy_into(back.view(), w);
   if (!in_place) convert_into(w, inout);
 }
 
@@ -136,7 +159,7 @@ void HierCommunicator::do_reduce_scatter(TensorView in, TensorView out) {
   Tensor w(fold_dtype(in.dtype()), in.rows(), in.cols());
   convert_into(in, w.view());
   const std::int64_t block = out.numel();
-  chain(w.view());
+  chain(w.view(), TensorView());
   if (leader()) {
     std::vector<int> counts, displs;
     for (int j = 0; j < nodes(); ++j) {

@@ -8,7 +8,8 @@
 // step, as the leader is the node's first rank), and the node's SHM all-reduce folds the other
 // members on top, left to right. Node j's result is the prefix of node j+1. The last node then
 // holds the total, which goes back to the leaders by MPI and to their nodes by SHM. The chain
-// runs in chunks, so node j+1 works on a chunk while node j works on the next. 16-bit floats
+// runs in chunks, so node j+1 works on a chunk while node j works on the next, and the total's
+// chunks travel back while later ones travel on. 16-bit floats
 // are widened to f32 first and rounded once at the end, as on one node.
 //
 // Data movement (all-gather, all-to-all, broadcast) is MPI's over the whole group: it has no
@@ -56,8 +57,10 @@ class HierCommunicator final : public Communicator {
 
  private:
   // Folds `w` (contiguous f32 or i32) over the group by the chain above; afterwards the last
-  // node's members hold the total, the others their node's partial fold.
-  void chain(TensorView w);
+  // node's members hold the total in `w`, the others their node's partial fold. With `back` not
+  // empty, the other nodes' leaders also receive the total there (same shape as w), each chunk
+  // sent as soon as the last node has it; the last node passes any non-empty view.
+  void chain(TensorView w, TensorView back);
   bool leader() const { return leaders_ != nullptr; }
   int last() const { return nodes() - 1; }
 

@@ -390,9 +390,16 @@ int explain_model(Communicator& world, const RunOptions& o) {
   fmt::print("tplinear explain: {} ({}), {} ranks = DP {} x TP {}, coordinates of rank {}\n",
              model.name, model.model_type, n, cfg.layout.dp, cfg.layout.tp, o.rank);
   fmt::print("config: {}\n", cfg.to_json().dump());
-  // Every group is split from the world, so the world's kind serves them all (TPL_COMM).
-  fmt::print("communicator: {} for every group of this run's {} ranks (TPL_COMM)\n", world.name(),
-             world.size());
+  // Every group is split from the world, so the world's kind serves them all (TPL_COMM); an
+  // shm+mpi world's groups are SHM where they lie within one node.
+  if (world.name() == "shm+mpi")
+    fmt::print(
+        "communicator: shm for a group within one node, shm+mpi for one spanning nodes, "
+        "of this run's {} ranks (TPL_COMM)\n",
+        world.size());
+  else
+    fmt::print("communicator: {} for every group of this run's {} ranks (TPL_COMM)\n", world.name(),
+               world.size());
   fmt::print("{:<46} {:<20} {:<10} {:>9}  {}\n", "layer", "op", "group", "rank/size", "rule");
   for (std::int64_t l = 0; l < model.layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
