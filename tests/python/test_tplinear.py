@@ -1,4 +1,5 @@
-"""The Python module under mpirun (1-3 ranks): every op against x @ W.T + b on one process,
+"""The Python module under mpirun (1-3 ranks): every op against x @ W.T + b on one process
+(column, row, replicated, merged, QKV, FlashComm1, MLP-TP, O-proj-TP, FlashComm2),
 NumPy and torch, awkward token counts, zero copy, errors. A failure names the rank, the case,
 the index, expected and actual values; every rank takes part in every collective, and the
 verdicts are gathered so that all ranks fail together."""
@@ -229,6 +230,75 @@ def decoder_stack_and_explain():
     rows = tplinear.explain("tiny", tplinear.Config({"tp": 4, "dp": 1, "pp": 1}), rank=1)
     check(len(rows) == 8 and rows[0]["op"] == "StandardColumn" and rows[0]["tp_size"] == 4
           and rows[0]["tp_rank"] == 1, f"explain: {rows[:1]}")
+
+
+@case
+def mlp_tp_over_dp_replicas():
+    # MLP-TP: the DP replicas form the group (TP 1, DP N, mlp_tp N); each rank brings its own B
+    # tokens, gate_up gathers every member's tokens, down reduce-scatters them back.
+    menv = tplinear.Env(world, tplinear.Config({"tp": 1, "dp": N, "pp": 1, "mlp_tp": N}))
+    B = 7
+    Wgu = rng.standard_normal((2 * I, H), dtype=np.float32)
+    gate_up = tplinear.LinearLayer(menv, "model.layers.0.mlp.gate_up_proj", "merged_column", Wgu,
+                                   output_sizes=[I, I])
+    down = tplinear.LinearLayer(menv, "model.layers.0.mlp.down_proj", "row", W_row, bias=b_row)
+    check(gate_up.op == "MLPColumn" and down.op == "MLPRow", f"MLP-TP ops {gate_up.op}, {down.op}")
+    x = np.random.default_rng(100 + R).standard_normal((B, H), dtype=np.float32)
+    xs = np.concatenate(comm.allgather(x), axis=0)  # member order, as the all-gather makes it
+    check_shards("MLP-TP gate_up", gate_up, Wgu, xs, gate_up.forward(x))
+    check(gate_up.placement == ("Shard(features)" if N > 1 else "Replicated") or N == 1,
+          f"MLP-TP gate_up placement {gate_up.placement}")
+    # down: this rank's feature slice of every member's tokens in; its own tokens out, summed
+    # over the slices (the full down_proj of the gathered features).
+    width = down.local_weight().shape[1]
+    z = np.random.default_rng(200 + R).standard_normal((N * B, width), dtype=np.float32)
+    full = np.concatenate(comm.allgather(z), axis=1)  # slices in member order = all I features
+    check(full.shape[1] == I, f"MLP-TP down slices cover {full.shape[1]} of {I} features")
+    y = down.forward(z, tokens=B)  # each replica's own count (ForwardContext)
+    ref = full.astype(np.float64) @ W_row.T + b_row
+    close("MLP-TP down (own tokens)", y, ref[R * B:(R + 1) * B], 1e-4)
+
+
+@case
+def oproj_tp_over_dp_replicas():
+    # O-proj-TP (decode node, TP 1): every rank holds all heads of its own tokens; the group
+    # exchanges feature slices, each member multiplies its slice, the sum comes back per rank.
+    oenv = tplinear.Env(world, tplinear.Config({"tp": 1, "dp": N, "pp": 1, "oproj_tp": N,
+                                                "deployment": "decode"}))
+    F = 8 * 6  # o_proj input: 6 heads of 8, divisible by 1-3 ranks
+    Wo = rng.standard_normal((H, F), dtype=np.float32)
+    bo = rng.standard_normal(H, dtype=np.float32)
+    o = tplinear.LinearLayer(oenv, "model.layers.0.self_attn.o_proj", "row", Wo, bias=bo, in_unit=8)
+    check(o.op == "OProjRow", f"O-proj-TP op {o.op}")
+    for B in (1, 5):
+        x = np.random.default_rng(300 + 10 * B + R).standard_normal((B, F), dtype=np.float32)
+        close(f"O-proj-TP tokens={B}", o.forward(x), x.astype(np.float64) @ Wo.T + bo, 1e-4)
+
+
+@case
+def flashcomm2_oproj():
+    if N == 1:
+        return  # FlashComm2 needs TP > P >= 1
+    heads, hd = 6, 8  # 6 heads split over 2 and 3 ranks
+    F = heads * hd
+    Wo = rng.standard_normal((H, F), dtype=np.float32)
+    for fc1 in (False, True):
+        fenv = tplinear.Env(world, tplinear.Config({"tp": N, "dp": 1, "pp": 1, "flashcomm2_p": 1,
+                                                    "flashcomm1": fc1, "flashcomm1_threshold": 0}))
+        o = tplinear.LinearLayer(fenv, "model.layers.0.self_attn.o_proj", "row", Wo, in_unit=hd)
+        check(o.op == "Flashcomm2OProjRow", f"FC2 op {o.op}")
+        for tokens in (4 * N, 7) if not fc1 else (4 * N,):
+            x = comm.bcast(rng.standard_normal((tokens, F), dtype=np.float32))
+            lo = R * (F // N)
+            y = o.forward(np.ascontiguousarray(x[:, lo:lo + F // N]), tokens=tokens)
+            ref = x.astype(np.float64) @ Wo.T
+            if fc1:  # Shard(tokens): this rank's rows of the (padded) batch
+                b = tokens // N
+                check(o.placement == "Shard(tokens)", f"FC2+FC1 placement {o.placement}")
+                close(f"FC2+FC1 tokens={tokens}", y, ref[R * b:(R + 1) * b], 1e-4)
+            else:
+                check(o.placement == "Replicated", f"FC2 placement {o.placement}")
+                close(f"FC2 tokens={tokens}", y, ref, 1e-4)
 
 
 bad = comm.allgather(failures)
