@@ -283,7 +283,7 @@ class Layer {
   Layer(std::shared_ptr<Env> env, const std::string& prefix, const std::string& kind,
         py::handle weight, py::object bias, std::vector<std::int64_t> output_sizes,
         std::vector<std::int64_t> qkv, std::int64_t in_unit, bool gather_output,
-        bool input_is_parallel, bool reduce_results, bool skip_bias_add)
+        bool input_is_parallel, bool reduce_results, bool skip_bias_add, py::object quant)
       : env_(std::move(env)) {
     const ArrayIn w(weight, "weight");
     std::optional<ArrayIn> b;
@@ -301,14 +301,50 @@ class Layer {
     spec.in_unit = in_unit;
     spec.bias = b.has_value();
     spec.dtype = w.view().dtype();
+    // W8A8 (seed §8): an int8 weight with its checkpoint's vectors; the layer computes in f32 (or
+    // the dtype= given in quant) and the float bias lives in quant_bias.
+    std::optional<W8A8Params> w8a8;
+    if (!quant.is_none()) {
+      TPL_CHECK(!b, kWhere, "a W8A8 layer takes no bias=: fold it into quant['quant_bias']");
+      TPL_CHECK(w.view().dtype() == DType::kI8, kWhere, "a W8A8 layer (quant=) needs an int8 ",
+                "weight, got ", w.view().describe());
+      const py::dict q = quant.cast<py::dict>();
+      for (const char* key : {"deq_scale", "quant_bias", "input_scale", "input_offset"})
+        TPL_CHECK(q.contains(key), kWhere, "quant= needs '", key, "' (deq_scale [out] f32, ",
+                  "quant_bias [out] int32, input_scale float, input_offset int)");
+      const ArrayIn deq(q["deq_scale"], "quant['deq_scale']");
+      const ArrayIn qb(q["quant_bias"], "quant['quant_bias']");
+      const std::int64_t out = w.view().rows();
+      TPL_CHECK(deq.view().dtype() == DType::kF32 && deq.view().numel() == out, kWhere,
+                "quant['deq_scale'] must be float32 with ", out, " values, got ",
+                deq.view().describe());
+      TPL_CHECK(qb.view().dtype() == DType::kI32 && qb.view().numel() == out, kWhere,
+                "quant['quant_bias'] must be int32 with ", out, " values, got ",
+                qb.view().describe());
+      W8A8Params p;
+      p.weight = Tensor::copy_of(w.view());
+      p.deq_scale = Tensor::copy_of(deq.view().reshape(1, out));
+      p.quant_bias = Tensor::copy_of(qb.view().reshape(1, out));
+      p.input_scale = q["input_scale"].cast<float>();
+      p.input_offset = q["input_offset"].cast<std::int32_t>();
+      TPL_CHECK(p.input_scale > 0 && p.input_offset >= -128 && p.input_offset <= 127, kWhere,
+                "quant: input_scale must be > 0 and input_offset in [-128, 127], got ",
+                p.input_scale, " and ", p.input_offset);
+      spec.dtype = q.contains("dtype") ? parse_dtype(q["dtype"].cast<std::string>()) : DType::kF32;
+      w8a8 = std::move(p);
+    }
     spec.flags.gather_output = gather_output;
     spec.flags.input_is_parallel = input_is_parallel;
     spec.flags.reduce_results = reduce_results;
     spec.flags.skip_bias_add = skip_bias_add;
     const TensorView bv = b ? b->view() : TensorView();
     py::gil_scoped_release nogil;
-    layer_ = std::make_unique<LinearLayer>(spec, *env_->selector, *env_->env, GemmBackend::kCpu,
-                                           w.view(), bv);
+    if (w8a8)
+      layer_ = std::make_unique<LinearLayer>(spec, *env_->selector, *env_->env, GemmBackend::kCpu,
+                                             *w8a8);
+    else
+      layer_ = std::make_unique<LinearLayer>(spec, *env_->selector, *env_->env, GemmBackend::kCpu,
+                                             w.view(), bv);
   }
 
   // x: this rank's rows (all of them, or its sequence shard under FlashComm1); tokens: the
@@ -494,12 +530,13 @@ PYBIND11_MODULE(_tplinear, m) {
   py::class_<Layer>(m, "LinearLayer")
       .def(py::init<std::shared_ptr<Env>, const std::string&, const std::string&, py::handle,
                     py::object, std::vector<std::int64_t>, std::vector<std::int64_t>, std::int64_t,
-                    bool, bool, bool, bool>(),
+                    bool, bool, bool, bool, py::object>(),
            py::arg("env"), py::arg("prefix"), py::arg("kind"), py::arg("weight"),
            py::arg("bias") = py::none(), py::arg("output_sizes") = std::vector<std::int64_t>{},
            py::arg("qkv") = std::vector<std::int64_t>{}, py::arg("in_unit") = 1,
            py::arg("gather_output") = false, py::arg("input_is_parallel") = true,
            py::arg("reduce_results") = true, py::arg("skip_bias_add") = false,
+           py::arg("quant") = py::none(),
            "A layer from the full weight [out, in] (a view; this rank keeps a copy of its shard)")
       .def("forward", &Layer::forward, py::arg("x"), py::arg("tokens") = -1)
       .def("_cpp_seconds_per_forward", &Layer::cpp_seconds_per_forward, py::arg("x"),

@@ -1,5 +1,5 @@
 """The Python module under mpirun (1-3 ranks): every op against x @ W.T + b on one process
-(column, row, replicated, merged, QKV, FlashComm1, MLP-TP, O-proj-TP, FlashComm2),
+(column, row, replicated, merged, QKV, FlashComm1, MLP-TP, O-proj-TP, FlashComm2, W8A8),
 NumPy and torch, awkward token counts, zero copy, errors. A failure names the rank, the case,
 the index, expected and actual values; every rank takes part in every collective, and the
 verdicts are gathered so that all ranks fail together."""
@@ -299,6 +299,54 @@ def flashcomm2_oproj():
             else:
                 check(o.placement == "Replicated", f"FC2 placement {o.placement}")
                 close(f"FC2 tokens={tokens}", y, ref, 1e-4)
+
+
+def w8a8_reference(x, Wq, deq, qb, scale, offset):
+    """seed §8 in float64: q = saturate(round_half_even(x / scale + offset)), then
+    (q @ Wq.T + quant_bias) * deq_scale, the integer part exact."""
+    q = np.clip(np.rint(x.astype(np.float64) / scale + offset), -128, 127).astype(np.int64)
+    return (q @ Wq.astype(np.int64).T + qb.astype(np.int64)) * deq.astype(np.float64)
+
+
+@case
+def w8a8_column_and_row():
+    # A power-of-two input scale, so x / scale is exact and the int8 activations are the
+    # reference's bit for bit; what remains is f32 rounding of the dequantised sums.
+    scale, offset = 1.0 / 16, 3
+    wrng = np.random.default_rng(11)
+    Wq_c = wrng.integers(-127, 128, (I, H), dtype=np.int8)
+    deq_c = (wrng.random(I, dtype=np.float32) + 0.5) * np.float32(1e-3)
+    qb_c = wrng.integers(-5000, 5000, I, dtype=np.int32)
+    col = tplinear.LinearLayer(env, "model.layers.3.mlp.up_proj", "column", Wq_c,
+                               quant={"deq_scale": deq_c, "quant_bias": qb_c,
+                                      "input_scale": scale, "input_offset": offset})
+    Wq_r = wrng.integers(-127, 128, (H, I), dtype=np.int8)
+    deq_r = (wrng.random(H, dtype=np.float32) + 0.5) * np.float32(1e-3)
+    qb_r = wrng.integers(-5000, 5000, H, dtype=np.int32)
+    row = tplinear.LinearLayer(env, "model.layers.3.mlp.down_proj", "row", Wq_r,
+                               quant={"deq_scale": deq_r, "quant_bias": qb_r,
+                                      "input_scale": scale, "input_offset": offset})
+    for tokens in (1, 6, 33):
+        x = comm.bcast(rng.standard_normal((tokens, H), dtype=np.float32) * 4)
+        h = col.forward(x)
+        full = np.concatenate(comm.allgather(h), axis=1)
+        close(f"W8A8 column tokens={tokens} (gathered)", full,
+              w8a8_reference(x, Wq_c, deq_c, qb_c, scale, offset), 1e-6)
+        # Row: this rank's feature slice in; quant_bias added once, partial sums all-reduced.
+        z = comm.bcast(rng.standard_normal((tokens, I), dtype=np.float32) * 4)
+        widths = comm.allgather(row.local_weight().shape[1])
+        lo = sum(widths[:R])
+        y = row.forward(np.ascontiguousarray(z[:, lo:lo + widths[R]]))
+        close(f"W8A8 row tokens={tokens}", y, w8a8_reference(z, Wq_r, deq_r, qb_r, scale, offset),
+              1e-5)
+    for bad, what in (({"deq_scale": deq_c}, "quant= needs 'quant_bias'"),
+                      ({"deq_scale": deq_c[:5], "quant_bias": qb_c, "input_scale": scale,
+                        "input_offset": 0}, "quant['deq_scale'] must be float32 with 105")):
+        try:
+            tplinear.LinearLayer(env, "model.layers.3.mlp.up_proj", "column", Wq_c, quant=bad)
+            check(False, f"W8A8 {what}: no error")
+        except tplinear.InvalidArgument as e:
+            check(what in str(e), f"W8A8 bad quant: {e}")
 
 
 bad = comm.allgather(failures)
