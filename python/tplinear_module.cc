@@ -7,6 +7,7 @@
 #include <pybind11/stl.h>
 
 #include <chrono>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -22,6 +23,7 @@
 #include "tpl/model.h"
 #include "tpl/plan.h"
 #include "tpl/process_groups.h"
+#include "tpl/profile.h"
 #include "tpl/selection.h"
 
 namespace py = pybind11;
@@ -414,6 +416,72 @@ ModelSpec model_of(py::handle model) {
   return ModelSpec::from_hf_json(to_json(model), "hf_config");
 }
 
+// A plan (tpl/plan.h) with the planner's notes (left-out candidates, scaled shapes).
+struct PyPlan {
+  Plan plan;
+  std::vector<std::string> notes;
+};
+
+py::dict bucket_dict(const PlanBucket& b) {
+  py::dict d;
+  d["tokens"] = b.tokens;
+  d["max_tokens"] = b.max_tokens;
+  d["weight"] = b.weight;
+  d["strategy"] = b.strategy;
+  d["predicted_ms"] = b.predicted_ms;
+  d["runner_up"] = b.runner_up;
+  d["runner_up_ms"] = b.runner_up_ms;
+  d["why"] = b.why;
+  return d;
+}
+
+// tplinear.plan(): `tplinear plan` for a program's own candidate configs. Collective (the
+// calibration, when no profile is given, measures this machine over `world`).
+std::shared_ptr<PyPlan> make_py_plan(std::shared_ptr<World> world, py::handle model,
+                                     py::dict candidates, const std::string& workload,
+                                     py::object profile, const std::string& dtype, bool w8a8,
+                                     double margin, double memory_cap_gib, bool quick) {
+  const ModelSpec m = model_of(model);
+  TPL_CHECK(margin >= 0 && margin < 0.5, kWhere, "margin must be in [0, 0.5), got ", margin);
+  std::vector<PlanCandidate> cands;
+  for (auto item : candidates) {
+    Config c = item.second.cast<Config>();
+    c.validate();
+    cands.push_back({py::str(item.first), std::move(c)});
+  }
+  TPL_CHECK(!cands.empty(), kWhere,
+            "candidates must name at least one config, e.g. {\"standard\": Config({\"tp\": 2})}");
+  PlanOptions po;
+  po.workload = parse_workload(workload);
+  po.margin = margin;
+  po.memory_cap_bytes = memory_cap_gib * 1024.0 * 1024 * 1024;
+  po.inputs.dtype = parse_dtype(dtype);
+  po.inputs.w8a8 = w8a8;
+  auto out = std::make_shared<PyPlan>();
+  Communicator& comm = *world->comm;
+  const std::string path = profile.is_none() ? std::string() : std::string(py::str(profile));
+  py::gil_scoped_release nogil;
+  MachineProfile prof;
+  if (path.empty()) {
+    CalibrateOptions co;
+    co.quick = quick;
+    std::vector<Config> configs;
+    for (const auto& c : cands) configs.push_back(c.config);
+    std::vector<std::int64_t> tokens;
+    for (const auto& [t, w] : po.workload) tokens.push_back(t);
+    co.layer_shapes = CostModel::gemm_requests(m, configs, comm.size(), tokens, po.inputs);
+    prof = calibrate(comm, co);
+  } else {
+    prof = MachineProfile::from_file(path);
+    for (const auto& d : prof.mismatches(this_machine(comm.size())))
+      out->notes.push_back("profile " + path + ": " + d);
+  }
+  po.inputs.spare_core = prof.machine.spare_core();
+  const CostModel cost(prof);
+  out->plan = make_plan(cost, m, comm.size(), cands, po, &out->notes);
+  return out;
+}
+
 class Stack {
  public:
   Stack(std::shared_ptr<World> world, py::handle model, py::object config, py::object plan,
@@ -430,7 +498,9 @@ class Stack {
       source_ = std::make_unique<DictWeights>(weights.cast<py::dict>());
     Communicator& comm = *world_->comm;
     if (!plan.is_none()) {
-      const Plan p = Plan::from_file(py::str(plan));
+      // A Plan from tplinear.plan(), or the path of a plan.json.
+      const Plan p = py::isinstance<PyPlan>(plan) ? plan.cast<const PyPlan&>().plan
+                                                  : Plan::from_file(py::str(plan));
       py::gil_scoped_release nogil;
       stack_ = std::make_unique<DecoderStack>(comm, model_, p, *source_, so);
     } else {
@@ -554,6 +624,42 @@ PYBIND11_MODULE(_tplinear, m) {
             return numpy_view(self.cast<const Layer&>().layer().local_weight(), self);
           },
           "this rank's weight shard, a view (no copy) kept alive by the layer");
+
+  py::class_<PyPlan, std::shared_ptr<PyPlan>>(m, "Plan")
+      .def_static(
+          "load",
+          [](const std::string& path) {
+            auto p = std::make_shared<PyPlan>();
+            p->plan = Plan::from_file(path);
+            return p;
+          },
+          py::arg("path"), "A plan.json written by `tplinear plan --out` or Plan.save")
+      .def_property_readonly("layout", [](const PyPlan& p) { return p.plan.layout; })
+      .def_property_readonly("world", [](const PyPlan& p) { return p.plan.world; })
+      .def_property_readonly("notes", [](const PyPlan& p) { return p.notes; })
+      .def_property_readonly("buckets",
+                             [](const PyPlan& p) {
+                               py::list l;
+                               for (const auto& b : p.plan.buckets) l.append(bucket_dict(b));
+                               return l;
+                             })
+      .def("bucket_for",
+           [](const PyPlan& p, std::int64_t t) { return bucket_dict(p.plan.bucket_for(t)); })
+      .def("config_for", [](const PyPlan& p, std::int64_t t) { return p.plan.config_for(t); })
+      .def("to_json", [](const PyPlan& p) { return p.plan.to_json().dump(2); })
+      .def("save", [](const PyPlan& p, const std::string& path) {
+        std::ofstream f(path);
+        TPL_CHECK_T(f.good(), IoError, kWhere, "cannot write '", path, "'");
+        f << p.plan.to_json().dump(2) << "\n";
+        TPL_CHECK_T(f.good(), IoError, kWhere, "cannot write '", path, "'");
+      });
+  m.def("plan", &make_py_plan, py::arg("world"), py::arg("model"), py::arg("candidates"),
+        py::arg("workload") = "16,256,1024", py::arg("profile") = py::none(),
+        py::arg("dtype") = "f32", py::arg("w8a8") = false, py::arg("margin") = 0.03,
+        py::arg("memory_cap_gib") = 0.0, py::arg("quick") = false,
+        "The fastest of `candidates` (name -> Config; the first is the baseline) per token "
+        "bucket of `workload`, by the cost model over `profile` (a calibrate JSON) or, without "
+        "one, over this machine measured now (collective)");
 
   py::class_<Stack>(m, "DecoderStack")
       .def(py::init<std::shared_ptr<World>, py::handle, py::object, py::object, const std::string&,

@@ -24,12 +24,14 @@ from ._tplinear import (  # noqa: F401
     IoError,
     LinearLayer,
     OutOfMemory,
+    Plan,
     Unsupported,
     World as _World,
     _data_ptr,
     built_backends,
     explain,
     mpi_library_version,
+    plan,
 )
 
 World = _World
@@ -42,6 +44,6 @@ def world(comm=None):
 
 __all__ = [
     "BackendError", "CommError", "Config", "ConfigError", "DecoderStack", "Env", "Error",
-    "InvalidArgument", "IoError", "LinearLayer", "OutOfMemory", "Unsupported", "World",
-    "built_backends", "explain", "mpi_library_version", "world",
+    "InvalidArgument", "IoError", "LinearLayer", "OutOfMemory", "Plan", "Unsupported", "World",
+    "built_backends", "explain", "mpi_library_version", "plan", "world",
 ]

@@ -303,8 +303,11 @@ MachineProfile calibrate(Communicator& world, const CalibrateOptions& options) {
         progress(std::string("fused ") + path + " " + std::to_string(rows) + " rows");
         const int chunks = ops::fused_chunk_count(rows, 0);
         const std::string ps = path;
+        // Token shards need rows divisible by the ranks (3 ranks: 1023 of 1024); the ratio is
+        // recorded at the nominal row count.
+        const std::int64_t even = rows / world.size() * world.size();
         Tensor x =
-            random_tensor(ps == "all_gather_gemm" ? rows / world.size() : rows, kn, DType::kF32, 9);
+            random_tensor(ps == "all_gather_gemm" ? even / world.size() : even, kn, DType::kF32, 9);
         auto run = [&](CommWorker* wk, int ch) {
           if (ps == "gemm_all_reduce")
             return (void)ops::gemm_all_reduce(g, x, world, false, wk, ch);

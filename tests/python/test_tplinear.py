@@ -349,6 +349,41 @@ def w8a8_column_and_row():
             check(what in str(e), f"W8A8 bad quant: {e}")
 
 
+@case
+def plan_and_run_it():
+    # The planner over this program's own candidates: calibrated now (quick), then a stack runs
+    # the plan; the plan saved and loaded again gives the same buckets.
+    model = {"model_type": "llama", "hidden_size": 96, "intermediate_size": 200,
+             "num_attention_heads": 6, "num_key_value_heads": 6, "num_hidden_layers": 1}
+    cands = {"standard": tplinear.Config({"tp": N, "dp": 1, "pp": 1})}
+    if N > 1:
+        cands["fc1"] = tplinear.Config({"tp": N, "dp": 1, "pp": 1, "flashcomm1": True,
+                                        "flashcomm1_threshold": 0})
+    p = tplinear.plan(world, model, cands, workload="4,64", quick=True)
+    check(len(p.buckets) >= 1 and all(b["strategy"] in cands for b in p.buckets),
+          f"plan buckets {p.buckets}")
+    check(p.world == N and p.layout == "tp", f"plan world {p.world}, layout {p.layout}")
+    check(p.bucket_for(1)["strategy"] == p.buckets[0]["strategy"], "bucket_for(1)")
+    path = comm.bcast(f"/tmp/tplinear-python-plan-{MPI.Get_processor_name()}-{comm.Get_size()}.json"
+                      if R == 0 else None)
+    if R == 0:
+        p.save(path)
+    comm.Barrier()
+    again = tplinear.Plan.load(path)
+    check(again.buckets == p.buckets, f"loaded plan {again.buckets} != {p.buckets}")
+    stack = tplinear.DecoderStack(world, model, plan=p)
+    x = comm.bcast(rng.standard_normal((5, stack.hidden), dtype=np.float32))
+    y = stack.forward(x)
+    check(stack.strategy_for(5) == p.bucket_for(5)["strategy"],
+          f"stack runs {stack.strategy_for(5)} at 5 tokens, the plan says {p.bucket_for(5)}")
+    check(np.isfinite(y).all() and y.shape == (5, stack.hidden), f"planned stack output {y.shape}")
+    try:
+        tplinear.plan(world, model, {}, quick=True)
+        check(False, "plan() with no candidates did not raise")
+    except tplinear.InvalidArgument as e:
+        check("candidates must name at least one config" in str(e), f"plan() error: {e}")
+
+
 bad = comm.allgather(failures)
 if R == 0:
     allf = [f for fs in bad for f in fs]
