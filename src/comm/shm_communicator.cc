@@ -1,26 +1,16 @@
 #include "comm/shm_communicator.h"
 
-#include <immintrin.h>
-
 #include <algorithm>
-#include <chrono>
 #include <cstring>
-#include <new>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "comm/node_layout.h"
-#include "comm/shm_reduce.h"
 #include "tpl/error.h"
-#include "tpl/placement.h"
 
 namespace tpl {
 
 namespace {
-
-constexpr std::size_t kControlBytes = 4096;  // one page: the control line, alone
-constexpr int kMaxMembers = 64;              // shm_reduce's tail arrays
 
 // A contiguous view of `v`: itself, or a staged copy.
 struct Staged {
@@ -52,7 +42,7 @@ std::byte* bytes(const TensorView& v) {
 ShmCommunicator::ShmCommunicator(std::unique_ptr<MpiCommunicator> mpi, ShmOptions options)
     : mpi_(std::move(mpi)), options_(options), rank_(mpi_->rank()), size_(mpi_->size()) {
   const Where where{"shm", rank_};
-  isa_ = detect_cpu().effective();
+  const CpuIsa isa = detect_cpu().effective();  // TPL_CPU_ISA errors before any collective
   desc_ = "shm" + mpi_->description().substr(3);
   // Every member must share this node (TPL_NODE_SPLIT parts count as nodes); the layout is the
   // same on every member, so they all throw alike.
@@ -65,10 +55,10 @@ ShmCommunicator::ShmCommunicator(std::unique_ptr<MpiCommunicator> mpi, ShmOption
                 "; use make_shm_communicator, which serves it by SHM within nodes and MPI ",
                 "between them, or TPL_COMM=mpi");
   }
-  if (!mpi_->all_true(size_ <= kMaxMembers))
-    TPL_THROW(ConfigError, where, "TPL_COMM=shm serves groups of up to ", kMaxMembers,
+  if (!mpi_->all_true(size_ <= ShmGroup::kMaxMembers))
+    TPL_THROW(ConfigError, where, "TPL_COMM=shm serves groups of up to ", ShmGroup::kMaxMembers,
               " ranks, not ", size_);
-  const std::size_t per_rank = kControlBytes + 4 * options_.slot_bytes;
+  const std::size_t per_rank = ShmGroup::member_bytes(options_.slot_bytes);
   MPI_Info info;
   MPI_Info_create(&info);
   MPI_Info_set(info, "alloc_shared_noncontig", "true");  // each rank's pages stay its own
@@ -83,18 +73,26 @@ ShmCommunicator::ShmCommunicator(std::unique_ptr<MpiCommunicator> mpi, ShmOption
               " bytes per rank (4 slots of ", options_.slot_bytes,
               " bytes); check the size of /dev/shm");
   }
-  bases_.resize(static_cast<std::size_t>(size_));
+  std::vector<std::byte*> bases(static_cast<std::size_t>(size_));
   for (int k = 0; k < size_; ++k) {
     MPI_Aint sz = 0;
     int disp = 0;
     void* p = nullptr;
     TPL_MPI_CHECK(MPI_Win_shared_query(win_, k, &sz, &disp, &p), rank_);
-    bases_[static_cast<std::size_t>(k)] = static_cast<std::byte*>(p);
+    bases[static_cast<std::size_t>(k)] = static_cast<std::byte*>(p);
   }
   // A passive-target epoch for the window's lifetime: direct loads and stores are then allowed
   // by MPI's memory model; ordering comes from the control line's atomics.
   TPL_MPI_CHECK(MPI_Win_lock_all(MPI_MODE_NOCHECK, win_), rank_);
-  new (bases_[static_cast<std::size_t>(rank_)]) Control();
+  ShmGroup::init_member(bases[static_cast<std::size_t>(rank_)]);
+  // Each wait's deadline: the earlier of ShmOptions::timeout_s and the watchdog's (TPL_TIMEOUT,
+  // --timeout; 0 there means none), so that SHM, which knows who is late, usually reports first.
+  auto timeout = [this] {
+    const Watchdog* wd = mpi_->watchdog();
+    const double wd_timeout = wd ? wd->timeout() : 0;
+    return wd_timeout > 0 ? std::min(wd_timeout, options_.timeout_s) : options_.timeout_s;
+  };
+  group_.emplace(std::move(bases), rank_, options_, isa, desc_, timeout);
   mpi_->barrier();  // every control line is constructed before anyone reads one
 }
 
@@ -118,113 +116,11 @@ Watchdog::Scope ShmCommunicator::watch(const char* op, std::size_t bytes) {
   return wd->watch(op, &desc_, ++seq_, static_cast<std::int64_t>(bytes));
 }
 
-ShmCommunicator::Control* ShmCommunicator::control(int member) const {
-  return std::launder(reinterpret_cast<Control*>(bases_[static_cast<std::size_t>(member)]));
-}
-
-std::byte* ShmCommunicator::slot(int member, int which, std::uint64_t round) const {
-  const std::size_t index = static_cast<std::size_t>(2 * which) + (round % 2);
-  return bases_[static_cast<std::size_t>(member)] + kControlBytes + index * options_.slot_bytes;
-}
-
-void ShmCommunicator::round(const char* what) {
-  const std::uint64_t r = ++round_;
-  control(rank_)->arrived.store(r, std::memory_order_release);
-  const auto start = std::chrono::steady_clock::now();
-  // The earlier of ShmOptions::timeout_s and the watchdog's deadline (TPL_TIMEOUT, --timeout;
-  // 0 there means none), so that SHM, which knows who is late, usually reports first.
-  const Watchdog* wd = mpi_->watchdog();
-  const double wd_timeout = wd ? wd->timeout() : 0;
-  const double timeout =
-      wd_timeout > 0 ? std::min(wd_timeout, options_.timeout_s) : options_.timeout_s;
-  const auto deadline = start + std::chrono::duration<double>(timeout);
-  for (int k = 0; k < size_; ++k) {
-    std::uint64_t spins = 0;
-    while (control(k)->arrived.load(std::memory_order_acquire) < r) {
-      // Spin briefly (the peer is usually a few hundred ns behind), then give the core away:
-      // ranks may outnumber cores.
-      if (++spins < 256) {
-        _mm_pause();
-        continue;
-      }
-      std::this_thread::yield();
-      if ((spins & 1023) == 0 && std::chrono::steady_clock::now() > deadline) {
-        std::string late;
-        for (int j = 0; j < size_; ++j)
-          if (control(j)->arrived.load(std::memory_order_acquire) < r)
-            late += (late.empty() ? "" : ", ") + std::to_string(j);
-        TPL_THROW(CommError, (Where{"shm", rank_}), what, ": member(s) ", late,
-                  " of the group did not arrive within ", timeout, " s (round ", r, ")");
-      }
-    }
-  }
-}
-
-void ShmCommunicator::reduce(const std::byte* const* src, DType dt, std::byte* dst,
-                             std::size_t count) const {
-  const int n = size_;
-  if (dt == DType::kF32) {
-    const float* s[kMaxMembers];
-    for (int k = 0; k < n; ++k) s[k] = reinterpret_cast<const float*>(src[k]);
-    shm::sum_f32(s, n, reinterpret_cast<float*>(dst), count, isa_);
-    return;
-  }
-  if (dt == DType::kI32) {
-    const std::int32_t* s[kMaxMembers];
-    for (int k = 0; k < n; ++k) s[k] = reinterpret_cast<const std::int32_t*>(src[k]);
-    shm::sum_i32(s, n, reinterpret_cast<std::int32_t*>(dst), count);
-    return;
-  }
-  // 16-bit floats: widen each member's block to f32, sum in order, round once.
-  constexpr std::size_t kBlock = 2048;
-  std::vector<float>& wide = wide_;
-  wide.resize(static_cast<std::size_t>(n + 1) * kBlock);
-  const std::size_t es = dtype_size(dt);
-  for (std::size_t at = 0; at < count; at += kBlock) {
-    const std::size_t len = std::min(kBlock, count - at);
-    const float* s[kMaxMembers];
-    for (int k = 0; k < n; ++k) {
-      float* w = wide.data() + static_cast<std::size_t>(k) * kBlock;
-      convert_to_f32(src[k] + at * es, dt, w, len);
-      s[k] = w;
-    }
-    float* acc = wide.data() + static_cast<std::size_t>(n) * kBlock;
-    shm::sum_f32(s, n, acc, len, isa_);
-    convert_from_f32(acc, dst + at * es, dt, len);
-  }
-}
-
 void ShmCommunicator::do_all_reduce(TensorView inout) {
   if (size_ == 1 || inout.empty()) return;
   auto watched = watch("all_reduce", inout.nbytes());
   Staged io = stage_out(inout, true);
-  const DType dt = inout.dtype();
-  const std::size_t es = dtype_size(dt), total = static_cast<std::size_t>(inout.numel());
-  const bool two_shot = total * es >= options_.two_shot_bytes;
-  const std::size_t chunk = options_.slot_bytes / es;
-  std::byte* data = bytes(io.view);
-  const std::byte* src[kMaxMembers];
-  for (std::size_t o = 0; o < total; o += chunk) {
-    const std::size_t len = std::min(chunk, total - o);
-    const std::uint64_t r = next_round();
-    std::memcpy(slot(rank_, 0, r), data + o * es, len * es);
-    round("all_reduce");
-    for (int k = 0; k < size_; ++k) src[k] = slot(k, 0, r);
-    if (!two_shot) {  // one-shot: every rank sums the whole chunk itself
-      reduce(src, dt, data + o * es, len);
-      continue;
-    }
-    // Two-shot: sum this rank's segment into its result slot, then gather every segment.
-    const ShardRange mine = shard_range(static_cast<std::int64_t>(len), size_, rank_);
-    for (int k = 0; k < size_; ++k) src[k] += mine.offset * static_cast<std::int64_t>(es);
-    reduce(src, dt, slot(rank_, 1, r) + mine.offset * es, static_cast<std::size_t>(mine.size));
-    round("all_reduce");
-    for (int k = 0; k < size_; ++k) {
-      const ShardRange seg = shard_range(static_cast<std::int64_t>(len), size_, k);
-      std::memcpy(data + (o + seg.offset) * es, slot(k, 1, r) + seg.offset * es,
-                  static_cast<std::size_t>(seg.size) * es);
-    }
-  }
+  group_->all_reduce(bytes(io.view), static_cast<std::size_t>(inout.numel()), inout.dtype());
   io.flush();
 }
 
@@ -233,21 +129,8 @@ void ShmCommunicator::do_reduce_scatter(TensorView in, TensorView out) {
   if (size_ == 1) return copy_into(in, out);
   auto watched = watch("reduce_scatter", in.nbytes());
   Staged si = stage_in(in), so = stage_out(out, false);
-  const DType dt = in.dtype();
-  const std::size_t es = dtype_size(dt), block = static_cast<std::size_t>(out.numel());
-  const std::size_t chunk = options_.slot_bytes / (es * static_cast<std::size_t>(size_));
-  const std::byte* src[kMaxMembers];
-  for (std::size_t o = 0; o < block; o += chunk) {
-    const std::size_t len = std::min(chunk, block - o);
-    const std::uint64_t r = next_round();
-    for (int k = 0; k < size_; ++k)
-      std::memcpy(slot(rank_, 0, r) + static_cast<std::size_t>(k) * len * es,
-                  bytes(si.view) + (static_cast<std::size_t>(k) * block + o) * es, len * es);
-    round("reduce_scatter");
-    for (int k = 0; k < size_; ++k)
-      src[k] = slot(k, 0, r) + static_cast<std::size_t>(rank_) * len * es;
-    reduce(src, dt, bytes(so.view) + o * es, len);
-  }
+  group_->reduce_scatter(bytes(si.view), bytes(so.view), static_cast<std::size_t>(out.numel()),
+                         in.dtype());
   so.flush();
 }
 
@@ -262,32 +145,8 @@ void ShmCommunicator::do_all_gather(TensorView in, TensorView out, int dim) {
   if (to_mpi(out.nbytes())) return mpi_->all_gather(in, out, dim);
   auto watched = watch("all_gather", out.nbytes());
   Staged si = stage_in(in), so = stage_out(out, false);
-  const std::size_t es = dtype_size(in.dtype()), total = static_cast<std::size_t>(in.numel());
-  const std::size_t cols = static_cast<std::size_t>(in.cols());
-  const std::size_t chunk = options_.slot_bytes / es;
-  std::byte* dst = bytes(so.view);
-  for (std::size_t o = 0; o < total; o += chunk) {
-    const std::size_t len = std::min(chunk, total - o);
-    const std::uint64_t r = next_round();
-    std::memcpy(slot(rank_, 0, r), bytes(si.view) + o * es, len * es);
-    round("all_gather");
-    for (int k = 0; k < size_; ++k) {
-      const std::byte* from = slot(k, 0, r);
-      if (dim == 0) {
-        std::memcpy(dst + (static_cast<std::size_t>(k) * total + o) * es, from, len * es);
-        continue;
-      }
-      // dim 1: member k's element e goes to row e / cols, column k * cols + e % cols.
-      for (std::size_t e = o; e < o + len;) {
-        const std::size_t row = e / cols, col = e % cols, run = std::min(cols - col, o + len - e);
-        std::memcpy(dst + (row * cols * static_cast<std::size_t>(size_) +
-                           static_cast<std::size_t>(k) * cols + col) *
-                              es,
-                    from + (e - o) * es, run * es);
-        e += run;
-      }
-    }
-  }
+  group_->all_gather(bytes(si.view), bytes(so.view), static_cast<std::size_t>(in.numel()),
+                     static_cast<std::size_t>(in.cols()), dim, in.dtype());
   so.flush();
 }
 
@@ -296,24 +155,9 @@ void ShmCommunicator::do_all_to_all(TensorView in, TensorView out) {
   if (to_mpi(in.nbytes())) return mpi_->all_to_all(in, out);
   auto watched = watch("all_to_all", in.nbytes());
   Staged si = stage_in(in), so = stage_out(out, false);
-  if (size_ == 1) {  // same element count, maybe another shape
-    std::memcpy(bytes(so.view), bytes(si.view), in.nbytes());
-    return so.flush();
-  }
-  const std::size_t es = dtype_size(in.dtype());
-  const std::size_t piece = static_cast<std::size_t>(in.numel()) / static_cast<std::size_t>(size_);
-  const std::size_t chunk = options_.slot_bytes / (es * static_cast<std::size_t>(size_));
-  for (std::size_t o = 0; o < piece; o += chunk) {
-    const std::size_t len = std::min(chunk, piece - o);
-    const std::uint64_t r = next_round();
-    for (int k = 0; k < size_; ++k)
-      std::memcpy(slot(rank_, 0, r) + static_cast<std::size_t>(k) * len * es,
-                  bytes(si.view) + (static_cast<std::size_t>(k) * piece + o) * es, len * es);
-    round("all_to_all");
-    for (int k = 0; k < size_; ++k)
-      std::memcpy(bytes(so.view) + (static_cast<std::size_t>(k) * piece + o) * es,
-                  slot(k, 0, r) + static_cast<std::size_t>(rank_) * len * es, len * es);
-  }
+  group_->all_to_all(bytes(si.view), bytes(so.view),
+                     static_cast<std::size_t>(in.numel()) / static_cast<std::size_t>(size_),
+                     in.dtype());
   so.flush();
 }
 
@@ -322,22 +166,14 @@ void ShmCommunicator::do_broadcast(TensorView buf, int root) {
   if (to_mpi(buf.nbytes())) return mpi_->broadcast(buf, root);
   auto watched = watch("broadcast", buf.nbytes());
   Staged sb = stage_out(buf, rank_ == root);
-  const std::size_t es = dtype_size(buf.dtype()), total = static_cast<std::size_t>(buf.numel());
-  const std::size_t chunk = options_.slot_bytes / es;
-  for (std::size_t o = 0; o < total; o += chunk) {
-    const std::size_t len = std::min(chunk, total - o);
-    const std::uint64_t r = next_round();
-    if (rank_ == root) std::memcpy(slot(root, 0, r), bytes(sb.view) + o * es, len * es);
-    round("broadcast");
-    if (rank_ != root) std::memcpy(bytes(sb.view) + o * es, slot(root, 0, r), len * es);
-  }
+  group_->broadcast(bytes(sb.view), static_cast<std::size_t>(buf.numel()), buf.dtype(), root);
   if (rank_ != root) sb.flush();
 }
 
 void ShmCommunicator::do_barrier() {
   if (size_ == 1) return;
   auto watched = watch("barrier", 0);
-  round("barrier");
+  group_->barrier();
 }
 
 WorkPtr ShmCommunicator::do_iall_reduce(TensorView inout) {

@@ -4,29 +4,23 @@
 // runs in a fixed amount of shared memory. MPI owns the segment (no files of our own, no
 // sockets) and still serves split() and all_true().
 //
-// Synchronisation: each chunk is a "round". A rank writes its part into its slot of parity
-// round % 2, then stores the round number into its control line with release order; readers
-// load every member's line with acquire order until it reaches the round, so the writes
-// happen-before the reads. A slot of parity p is written again two rounds later, only after the
-// writer has seen every member arrive at the round in between, i.e. after every reader finished
-// with it. Waits spin briefly, then yield, and give up after a deadline with a CommError that
-// names the collective and the ranks that have not arrived.
-//
-// Sums: every element is summed in member order 0, 1, ..., n-1 (shm_reduce.h), whatever the
-// size, chunking or algorithm (one-shot below ShmOptions::two_shot_bytes, reduce-scatter +
-// all-gather above), so results are identical on every rank and between fused and unfused
-// paths. Large pure data movement (no sums) goes to the MPI communicator underneath.
+// The window's layout, the rounds that synchronise the ranks (release/acquire on each rank's
+// control line), the fixed-order sums and the slot algorithms are ShmGroup's (shm_group.h),
+// which knows nothing of MPI, so that a thread harness can run them under ThreadSanitizer. This
+// class owns the window, checks the group, stages strided views, watches each collective on the
+// MPI group's watchdog and hands large pure data movement (no sums) to the MPI communicator
+// underneath.
 #pragma once
 
-#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
-#include <vector>
+#include <optional>
+#include <string>
 
 #include "comm/mpi_communicator.h"
+#include "comm/shm_group.h"
 #include "tpl/communicator.h"
-#include "tpl/cpu_isa.h"
 #include "tpl/shm.h"
 
 namespace tpl {
@@ -64,31 +58,18 @@ class ShmCommunicator final : public Communicator {
   WorkPtr do_ibroadcast(TensorView buf, int root) override;
 
  private:
-  struct alignas(64) Control {
-    std::atomic<std::uint64_t> arrived{0};
-  };
-  Control* control(int member) const;
-  std::byte* slot(int member, int which, std::uint64_t round) const;  // which: 0 data, 1 result
-  // Publishes this rank's arrival at the next round and waits for every member's.
-  void round(const char* what);
   // In flight on the MPI group's watchdog until the scope ends (tpl/watchdog.h).
   Watchdog::Scope watch(const char* op, std::size_t bytes);
   // Whether a data-movement collective of `bytes` goes to MPI (ShmOptions::mpi_move_bytes).
   bool to_mpi(std::size_t bytes) const;
-  std::uint64_t next_round() const { return round_ + 1; }
-  // dst = sum over members of src[k], in member order, in dtype `dt`.
-  void reduce(const std::byte* const* src, DType dt, std::byte* dst, std::size_t count) const;
 
   std::unique_ptr<MpiCommunicator> mpi_;
   ShmOptions options_;
   int rank_ = 0, size_ = 1;
   MPI_Win win_ = MPI_WIN_NULL;
-  std::vector<std::byte*> bases_;
-  std::uint64_t round_ = 0;
-  std::string desc_;       // "shm group of 2 ranks (world ranks 0, 1)"
-  std::uint64_t seq_ = 0;  // this group's watched collectives
-  CpuIsa isa_ = CpuIsa::kSse41;
-  mutable std::vector<float> wide_;  // 16-bit sums: the members' blocks widened to f32
+  std::string desc_;               // "shm group of 2 ranks (world ranks 0, 1)"
+  std::uint64_t seq_ = 0;          // this group's watched collectives
+  std::optional<ShmGroup> group_;  // over the window, once it is mapped
 };
 
 }  // namespace tpl
