@@ -11,6 +11,7 @@ PKGS=(
   nlohmann-json3-dev libcli11-dev libfmt-dev
   googletest libgtest-dev libgmock-dev libbenchmark-dev
   clang-format
+  clang-16 libclang-rt-16-dev  # scripts/fuzz.sh: libFuzzer and the sanitizers
   pybind11-dev python3-dev python3-numpy python3-mpi4py python3-torch
 )
 missing=()

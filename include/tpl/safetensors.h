@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -49,11 +50,21 @@ class SafetensorsFile {
  public:
   // Reads and validates the header; throws IoError on any problem.
   static SafetensorsFile open(const std::string& path);
+  // open() without the reading: `bytes` is the start of a file of `file_size` bytes
+  // (bytes.size() <= file_size): the 8-byte length field and the whole header, or all of the
+  // file when it is shorter. Every check open() makes is made here (open() reads the prefix and
+  // calls this), so it throws IoError exactly where open() would; `path` names the file in
+  // messages and is the file later reads open. The fuzz harness (tests/fuzz) calls it.
+  static SafetensorsFile parse_header(std::string_view bytes, std::uint64_t file_size,
+                                      const std::string& path);
 
   const std::string& path() const { return path_; }
   std::vector<std::string> names() const;  // sorted
   bool contains(const std::string& name) const;
   TensorInfo info(const std::string& name) const;
+  // Absolute file offsets [begin, end) of the tensor's bytes: within the data section, and
+  // end - begin == info(name).nbytes().
+  std::pair<std::uint64_t, std::uint64_t> byte_range(const std::string& name) const;
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
   // Whole tensor as a new contiguous host tensor of the stored dtype.
@@ -93,6 +104,12 @@ void write_safetensors(const std::string& path,
 class SafetensorsDir {
  public:
   static SafetensorsDir open(const std::string& dir);
+  // The weight_map of a model.safetensors.index.json (`text`, named `path` in messages):
+  // tensor name -> shard file relative to the directory. IoError when the text is not JSON, has
+  // no "weight_map" object, or an entry is not a non-empty relative path inside the directory.
+  // open() calls it; the shards are not opened here.
+  static std::map<std::string, std::string> parse_index(std::string_view text,
+                                                        const std::string& path);
 
   const std::string& path() const { return path_; }
   std::vector<std::string> names() const;  // sorted

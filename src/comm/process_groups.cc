@@ -15,8 +15,12 @@ void ParallelLayout::validate(int world) const {
   if (pp < 1 || dp < 1 || tp < 1)
     TPL_THROW(ConfigError, kWhere, "PP, DP and TP must be >= 1, got PP=", pp, " DP=", dp,
               " TP=", tp);
-  if (world_size() != world)
-    TPL_THROW(ConfigError, kWhere, "PP x DP x TP = ", pp, " x ", dp, " x ", tp, " = ", world_size(),
+  int product = 0;
+  if (__builtin_mul_overflow(pp, dp, &product) || __builtin_mul_overflow(product, tp, &product))
+    TPL_THROW(ConfigError, kWhere, "PP x DP x TP = ", pp, " x ", dp, " x ", tp,
+              " does not fit in an int");
+  if (product != world)
+    TPL_THROW(ConfigError, kWhere, "PP x DP x TP = ", pp, " x ", dp, " x ", tp, " = ", product,
               " does not match the world size ", world);
 }
 

@@ -2,12 +2,14 @@
 
 #include <algorithm>
 #include <fstream>
+#include <iterator>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <set>
 
 #include "tpl/error.h"
+#include "tpl/json_text.h"
 
 namespace tpl {
 
@@ -35,10 +37,12 @@ std::optional<std::int64_t> opt_int(const nlohmann::json& j, const char* key) {
 }
 
 nlohmann::json parse_file(const std::string& path) {
-  std::ifstream in(path);
+  std::ifstream in(path, std::ios::binary);
   if (!in) TPL_THROW(IoError, kWhere, "cannot open '", path, "'");
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) TPL_THROW(IoError, kWhere, "cannot read '", path, "'");
   try {
-    return nlohmann::json::parse(in);
+    return parse_json(text);
   } catch (const nlohmann::json::exception& e) {
     TPL_THROW(ConfigError, kWhere, "'", path, "' is not valid JSON: ", e.what());
   }
@@ -50,6 +54,8 @@ ModelInfo ModelInfo::from_json(const nlohmann::json& hf) {
   const nlohmann::json& j = hf.contains("text_config") ? hf["text_config"] : hf;
   if (!j.is_object()) TPL_THROW(ConfigError, kWhere, "HF config must be a JSON object");
   ModelInfo m;
+  if (j.contains("model_type") && !j["model_type"].is_string())
+    TPL_THROW(ConfigError, kWhere, "HF config field 'model_type' must be a string");
   m.model_type = j.value("model_type", "");
   // §12.2: an absent n_routed_experts reads as 0 (which counts as "set"); only an explicit null
   // means "no routed experts".
@@ -214,7 +220,15 @@ nlohmann::json Config::to_json() const {
 }
 
 void Config::validate() const {
-  layout.validate(layout.world_size());
+  // PP x DP x TP without overflow (sizes up to 2^30 each parse); layout.validate() reports
+  // sizes < 1 before it compares the product.
+  int world = 0;
+  if (layout.pp >= 1 && layout.dp >= 1 && layout.tp >= 1 &&
+      (__builtin_mul_overflow(layout.pp, layout.dp, &world) ||
+       __builtin_mul_overflow(world, layout.tp, &world)))
+    TPL_THROW(ConfigError, kWhere, "PP x DP x TP = ", layout.pp, " x ", layout.dp, " x ", layout.tp,
+              " does not fit in an int");
+  layout.validate(world);
   if (flashcomm1_threshold < 0) TPL_THROW(ConfigError, kWhere, "flashcomm1_threshold must be >= 0");
   if (fused_chunks < 0) TPL_THROW(ConfigError, kWhere, "fused_chunks must be >= 0 (0 = automatic)");
   if (mlp_tp < 0 || oproj_tp < 0 || flashcomm2_p < 0)

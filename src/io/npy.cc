@@ -1,5 +1,6 @@
 #include "tpl/npy.h"
 
+#include <algorithm>
 #include <bit>
 #include <cctype>
 #include <cstring>
@@ -151,43 +152,46 @@ void write_npy(const std::string& path, TensorView t) {
   if (!out) TPL_THROW(IoError, where, "failed writing '", path, "'");
 }
 
-Tensor read_npy(const std::string& path) {
+namespace {
+// The magic, version and header-length field at the start of `b` (of a file of `size` bytes):
+// sets the prefix length (10 or 12) and the header length, checked against the file size.
+void header_extent(std::string_view b, std::uint64_t size, const std::string& path,
+                   std::uint64_t* prefix, std::uint64_t* hlen) {
   const Where where{"read_npy"};
-  std::error_code ec;
-  const fs::file_status st = fs::status(path, ec);
-  if (ec || !fs::exists(st)) TPL_THROW(IoError, where, "cannot open '", path, "': no such file");
-  if (!fs::is_regular_file(st)) TPL_THROW(IoError, where, "'", path, "' is not a regular file");
-  const std::uintmax_t size = fs::file_size(path, ec);
-  if (ec) TPL_THROW(IoError, where, "cannot stat '", path, "': ", ec.message());
-  std::ifstream in(path, std::ios::binary);
-  if (!in) TPL_THROW(IoError, where, "cannot open '", path, "' for reading");
-
-  unsigned char pre[12] = {};
-  if (size < 10) TPL_THROW(IoError, where, "'", path, "' is too short for a .npy file");
-  in.read(reinterpret_cast<char*>(pre), 10);
-  if (std::memcmp(pre, kMagic, kMagicLen) != 0)
+  if (b.size() > size)
+    TPL_THROW(IoError, where, "'", path, "': ", b.size(), " bytes given for a file of ", size);
+  if (size < 10 || b.size() < 10)
+    TPL_THROW(IoError, where, "'", path, "' is too short for a .npy file");
+  const auto byte = [&](std::size_t i) { return static_cast<unsigned char>(b[i]); };
+  if (std::memcmp(b.data(), kMagic, kMagicLen) != 0)
     TPL_THROW(IoError, where, "'", path, "' is not a .npy file (bad magic)");
-  const int major = pre[6];
-  std::uint64_t prefix = 10;
-  std::uint64_t hlen = pre[8] | (static_cast<std::uint64_t>(pre[9]) << 8);
+  const int major = byte(6);
+  *prefix = 10;
+  *hlen = byte(8) | (static_cast<std::uint64_t>(byte(9)) << 8);
   if (major == 2 || major == 3) {
-    if (size < 12) TPL_THROW(IoError, where, "'", path, "' is too short for a .npy v2 file");
-    in.read(reinterpret_cast<char*>(pre + 10), 2);
-    hlen |=
-        (static_cast<std::uint64_t>(pre[10]) << 16) | (static_cast<std::uint64_t>(pre[11]) << 24);
-    prefix = 12;
+    if (size < 12 || b.size() < 12)
+      TPL_THROW(IoError, where, "'", path, "' is too short for a .npy v2 file");
+    *hlen |=
+        (static_cast<std::uint64_t>(byte(10)) << 16) | (static_cast<std::uint64_t>(byte(11)) << 24);
+    *prefix = 12;
   } else if (major != 1) {
     TPL_THROW(IoError, where, "'", path, "': unsupported .npy version ", major, ".",
-              static_cast<int>(pre[7]));
+              static_cast<int>(byte(7)));
   }
-  if (hlen > size - prefix) {
-    TPL_THROW(IoError, where, "'", path, "': header length ", hlen, " is larger than the file (",
+  if (*hlen > size - *prefix) {
+    TPL_THROW(IoError, where, "'", path, "': header length ", *hlen, " is larger than the file (",
               size, " bytes)");
   }
-  std::string header(static_cast<std::size_t>(hlen), '\0');
-  in.read(header.data(), static_cast<std::streamsize>(hlen));
-  if (static_cast<std::uint64_t>(in.gcount()) != hlen)
+}
+}  // namespace
+
+NpyHeader parse_npy_header(std::string_view bytes, std::uint64_t size, const std::string& path) {
+  const Where where{"read_npy"};
+  std::uint64_t prefix = 0, hlen = 0;
+  header_extent(bytes, size, path, &prefix, &hlen);
+  if (hlen > bytes.size() - prefix)
     TPL_THROW(IoError, where, "'", path, "': short read of the header");
+  const std::string_view header = bytes.substr(prefix, static_cast<std::size_t>(hlen));
 
   const DictParser dict(header, path);
   const std::string descr = dict.string_value("descr");
@@ -220,10 +224,54 @@ Tensor read_npy(const std::string& path) {
     TPL_THROW(IoError, where, "'", path, "': shape (", rows, ", ", cols, ") of ", descr,
               " needs more data than the file holds (", available, " bytes): truncated?");
   }
-  Tensor t(dtype, rows, cols);
-  if (nbytes > 0) {
-    in.read(static_cast<char*>(t.data()), static_cast<std::streamsize>(nbytes));
-    if (in.gcount() != nbytes) TPL_THROW(IoError, where, "'", path, "': short read of the data");
+  NpyHeader h;
+  h.dtype = dtype;
+  h.rows = rows;
+  h.cols = cols;
+  h.data_offset = prefix + hlen;
+  h.nbytes = static_cast<std::uint64_t>(nbytes);
+  return h;
+}
+
+Tensor parse_npy(std::string_view file, const std::string& path) {
+  const NpyHeader h = parse_npy_header(file, file.size(), path);
+  Tensor t(h.dtype, h.rows, h.cols);
+  if (h.nbytes > 0) std::memcpy(t.data(), file.data() + h.data_offset, h.nbytes);
+  return t;
+}
+
+Tensor read_npy(const std::string& path) {
+  const Where where{"read_npy"};
+  std::error_code ec;
+  const fs::file_status st = fs::status(path, ec);
+  if (ec || !fs::exists(st)) TPL_THROW(IoError, where, "cannot open '", path, "': no such file");
+  if (!fs::is_regular_file(st)) TPL_THROW(IoError, where, "'", path, "' is not a regular file");
+  const std::uintmax_t size = fs::file_size(path, ec);
+  if (ec) TPL_THROW(IoError, where, "cannot stat '", path, "': ", ec.message());
+  std::ifstream in(path, std::ios::binary);
+  if (!in) TPL_THROW(IoError, where, "cannot open '", path, "' for reading");
+
+  // The prefix and, when it fits the file, the header; parse_npy_header checks everything.
+  std::string head(static_cast<std::size_t>(std::min<std::uintmax_t>(size, 12)), '\0');
+  in.read(head.data(), static_cast<std::streamsize>(head.size()));
+  if (static_cast<std::size_t>(in.gcount()) != head.size())
+    TPL_THROW(IoError, where, "'", path, "': short read of the header");
+  std::uint64_t prefix = 0, hlen = 0;
+  header_extent(head, size, path, &prefix, &hlen);
+  head.resize(static_cast<std::size_t>(prefix + hlen));
+  if (hlen + prefix > 12) {
+    in.read(head.data() + 12, static_cast<std::streamsize>(prefix + hlen - 12));
+    if (static_cast<std::uint64_t>(in.gcount()) != prefix + hlen - 12)
+      TPL_THROW(IoError, where, "'", path, "': short read of the header");
+  }
+  const NpyHeader h = parse_npy_header(head, size, path);
+  Tensor t(h.dtype, h.rows, h.cols);
+  if (h.nbytes > 0) {
+    in.clear();
+    in.seekg(static_cast<std::streamoff>(h.data_offset));
+    in.read(static_cast<char*>(t.data()), static_cast<std::streamsize>(h.nbytes));
+    if (static_cast<std::uint64_t>(in.gcount()) != h.nbytes)
+      TPL_THROW(IoError, where, "'", path, "': short read of the data");
   }
   return t;
 }

@@ -5,12 +5,15 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
+#include <string_view>
 
 #include "tpl/error.h"
+#include "tpl/json_text.h"
 
 namespace tpl {
 namespace {
@@ -148,32 +151,60 @@ const char* safetensors_dtype_name(DType t) {
 // ---------------------------------------------------------------------------------------------
 // SafetensorsFile
 
+namespace {
+std::uint64_t decode_u64le(std::string_view b) {
+  std::uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(b[i]);
+  return v;
+}
+}  // namespace
+
 SafetensorsFile SafetensorsFile::open(const std::string& path) {
   const std::uint64_t size = file_size_or_throw(path);
   std::ifstream in = open_stream(path);
+  // The length field and, when it fits the file, the header; parse_header checks both.
+  std::string prefix(static_cast<std::size_t>(std::min<std::uint64_t>(size, 8)), '\0');
+  in.read(prefix.data(), static_cast<std::streamsize>(prefix.size()));
+  if (static_cast<std::size_t>(in.gcount()) != prefix.size())
+    TPL_THROW(IoError, kWhere, "'", path, "': cannot read the header length");
+  if (prefix.size() == 8) {
+    const std::uint64_t header_len = decode_u64le(prefix);
+    if (header_len <= size - 8) {
+      prefix.resize(static_cast<std::size_t>(8 + header_len));
+      in.read(prefix.data() + 8, static_cast<std::streamsize>(header_len));
+      if (static_cast<std::uint64_t>(in.gcount()) != header_len) {
+        TPL_THROW(IoError, kWhere, "'", path, "': short read of the ", header_len, "-byte header");
+      }
+    }
+  }
+  return parse_header(prefix, size, path);
+}
+
+SafetensorsFile SafetensorsFile::parse_header(std::string_view bytes, std::uint64_t size,
+                                              const std::string& path) {
+  if (bytes.size() > size) {
+    TPL_THROW(IoError, kWhere, "'", path, "': ", bytes.size(), " header bytes given for a file of ",
+              size, " bytes");
+  }
   if (size < 8) {
     TPL_THROW(IoError, kWhere, "'", path, "' is shorter than 8 bytes (", size,
               " bytes): not a safetensors file (truncated?)");
   }
-  unsigned char len_bytes[8];
-  in.read(reinterpret_cast<char*>(len_bytes), 8);
-  if (in.gcount() != 8) TPL_THROW(IoError, kWhere, "'", path, "': cannot read the header length");
-  std::uint64_t header_len = 0;
-  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | len_bytes[i];
+  if (bytes.size() < 8) TPL_THROW(IoError, kWhere, "'", path, "': cannot read the header length");
+  const std::uint64_t header_len = decode_u64le(bytes);
   if (header_len > size - 8) {
     TPL_THROW(IoError, kWhere, "'", path, "': header length ", header_len,
               " is larger than the file (", size, " bytes, ", size - 8,
               " after the length field); truncated or not a safetensors file");
   }
-  std::string header(static_cast<std::size_t>(header_len), '\0');
-  in.read(header.data(), static_cast<std::streamsize>(header_len));
-  if (static_cast<std::uint64_t>(in.gcount()) != header_len) {
+  if (header_len > bytes.size() - 8) {
     TPL_THROW(IoError, kWhere, "'", path, "': short read of the ", header_len, "-byte header");
   }
+  const std::string_view header = bytes.substr(8, static_cast<std::size_t>(header_len));
 
   json j;
   try {
-    j = json::parse(header);
+    j = parse_json(header);
   } catch (const json::exception& e) {
     TPL_THROW(IoError, kWhere, "'", path, "': header is not valid JSON: ", e.what());
   }
@@ -291,6 +322,11 @@ TensorInfo SafetensorsFile::info(const std::string& name) const {
   return entry(name).info;
 }
 
+std::pair<std::uint64_t, std::uint64_t> SafetensorsFile::byte_range(const std::string& name) const {
+  const Entry& e = entry(name);
+  return {e.begin, e.end};
+}
+
 Tensor SafetensorsFile::read(const std::string& name) const {
   const Entry& e = entry_2d(name);
   Tensor t(e.info.dtype, e.info.rows(), e.info.cols());
@@ -397,6 +433,39 @@ void write_safetensors(const std::string& path,
 // ---------------------------------------------------------------------------------------------
 // SafetensorsDir
 
+std::map<std::string, std::string> SafetensorsDir::parse_index(std::string_view text,
+                                                               const std::string& path) {
+  json j;
+  try {
+    j = parse_json(text);
+  } catch (const json::exception& e) {
+    TPL_THROW(IoError, kWhere, "'", path, "' is not valid JSON: ", e.what());
+  }
+  if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object()) {
+    TPL_THROW(IoError, kWhere, "'", path, "' has no \"weight_map\" object");
+  }
+  std::map<std::string, std::string> out;
+  for (const auto& [name, file] : j["weight_map"].items()) {
+    if (!file.is_string() || file.get<std::string>().empty()) {
+      TPL_THROW(IoError, kWhere, "'", path, "': weight_map entry for '", name,
+                "' must be a file name, got ", file.dump());
+    }
+    const std::string rel = file.get<std::string>();
+    if (rel.find('\0') != std::string::npos) {
+      TPL_THROW(IoError, kWhere, "'", path, "': weight_map entry for '", name,
+                "' holds a NUL byte, which would cut the path short: ", file.dump());
+    }
+    const fs::path rp(rel);
+    if (rp.is_absolute() ||
+        std::any_of(rp.begin(), rp.end(), [](const fs::path& c) { return c == ".."; })) {
+      TPL_THROW(IoError, kWhere, "'", path, "': weight_map entry for '", name,
+                "' points outside the checkpoint directory: '", rel, "'");
+    }
+    out[name] = rel;
+  }
+  return out;
+}
+
 SafetensorsDir SafetensorsDir::open(const std::string& dir) {
   SafetensorsDir d;
   d.path_ = dir;
@@ -427,28 +496,11 @@ SafetensorsDir SafetensorsDir::open(const std::string& dir) {
 
   std::ifstream in(index, std::ios::binary);
   if (!in) TPL_THROW(IoError, kWhere, "cannot open '", index.string(), "'");
-  json j;
-  try {
-    j = json::parse(in);
-  } catch (const json::exception& e) {
-    TPL_THROW(IoError, kWhere, "'", index.string(), "' is not valid JSON: ", e.what());
-  }
-  if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object()) {
-    TPL_THROW(IoError, kWhere, "'", index.string(), "' has no \"weight_map\" object");
-  }
-  for (const auto& [name, file] : j["weight_map"].items()) {
-    if (!file.is_string() || file.get<std::string>().empty()) {
-      TPL_THROW(IoError, kWhere, "'", index.string(), "': weight_map entry for '", name,
-                "' must be a file name, got ", file.dump());
-    }
-    const std::string rel = file.get<std::string>();
-    const fs::path rp(rel);
-    if (rp.is_absolute() ||
-        std::any_of(rp.begin(), rp.end(), [](const fs::path& c) { return c == ".."; })) {
-      TPL_THROW(IoError, kWhere, "'", index.string(), "': weight_map entry for '", name,
-                "' points outside the checkpoint directory: '", rel, "'");
-    }
-    if (!d.files_.count(rel)) d.files_.emplace(rel, SafetensorsFile::open((root / rp).string()));
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) TPL_THROW(IoError, kWhere, "cannot read '", index.string(), "'");
+  for (const auto& [name, rel] : parse_index(text, index.string())) {
+    if (!d.files_.count(rel))
+      d.files_.emplace(rel, SafetensorsFile::open((root / fs::path(rel)).string()));
     if (!d.files_.at(rel).contains(name)) {
       TPL_THROW(IoError, kWhere, "'", index.string(), "' maps tensor '", name, "' to '", rel,
                 "', which has no such tensor (", some_names(d.files_.at(rel).names()), ")");

@@ -2,10 +2,12 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <nlohmann/json.hpp>
 
 #include "tpl/error.h"
+#include "tpl/json_text.h"
 #include "tpl/model.h"
 
 namespace tpl {
@@ -116,10 +118,26 @@ const std::map<std::string, nlohmann::json>& preset_table() {
   return kPresets;
 }
 
+// An integer in int64 range: a float (which nlohmann would convert, undefined when out of range)
+// or an unsigned value above INT64_MAX (which would wrap) is refused.
+bool is_int64(const nlohmann::json& v) {
+  return v.is_number_integer() &&
+         (!v.is_number_unsigned() || v.get<std::uint64_t>() <= std::uint64_t{INT64_MAX});
+}
+
 std::int64_t need_int(const nlohmann::json& j, const char* key, const std::string& name) {
-  if (!j.contains(key) || !j[key].is_number_integer())
+  if (!j.contains(key) || !is_int64(j[key]))
     TPL_THROW(ConfigError, kWhere, "model '", name, "': config.json needs integer field '", key,
               "'");
+  return j[key].get<std::int64_t>();
+}
+
+std::int64_t opt_int(const nlohmann::json& j, const char* key, std::int64_t fallback,
+                     const std::string& name) {
+  if (!j.contains(key)) return fallback;
+  if (!is_int64(j[key]))
+    TPL_THROW(ConfigError, kWhere, "model '", name, "': config.json field '", key,
+              "' must be an integer, got ", j[key].dump());
   return j[key].get<std::int64_t>();
 }
 }  // namespace
@@ -129,6 +147,9 @@ ModelSpec ModelSpec::from_hf_json(const nlohmann::json& hf, const std::string& n
   if (!j.is_object()) TPL_THROW(ConfigError, kWhere, "model '", name, "': not a JSON object");
   ModelSpec m;
   m.name = name;
+  if (j.contains("model_type") && !j["model_type"].is_string())
+    TPL_THROW(ConfigError, kWhere, "model '", name,
+              "': config.json field 'model_type' must be a string");
   m.model_type = j.value("model_type", std::string("llama"));
   if (m.model_type.find("deepseek") != std::string::npos)
     TPL_THROW(Unsupported, kWhere, "model '", name, "' (", m.model_type,
@@ -136,7 +157,7 @@ ModelSpec ModelSpec::from_hf_json(const nlohmann::json& hf, const std::string& n
               "`tplinear explain` for its op selection");
   m.hidden = need_int(j, "hidden_size", name);
   m.heads = need_int(j, "num_attention_heads", name);
-  m.kv_heads = j.value("num_key_value_heads", m.heads);
+  m.kv_heads = opt_int(j, "num_key_value_heads", m.heads, name);
   m.head_dim = j.contains("head_dim") && j["head_dim"].is_number_integer()
                    ? j["head_dim"].get<std::int64_t>()
                    : (m.heads > 0 ? m.hidden / m.heads : 0);
@@ -162,7 +183,9 @@ ModelSpec ModelSpec::from_hf_json(const nlohmann::json& hf, const std::string& n
         if (needed) bad(key, "is missing (rope_type " + type + ")");
         return fallback;
       }
-      if (!rs[key].is_number() || rs[key].get<double>() <= 0) bad(key, "must be a positive number");
+      if (!rs[key].is_number() || !(rs[key].get<double>() > 0) ||
+          !std::isfinite(rs[key].get<double>()))
+        bad(key, "must be a positive number");
       return rs[key].get<double>();
     };
     const bool scaled = type != "default";
@@ -176,23 +199,31 @@ ModelSpec ModelSpec::from_hf_json(const nlohmann::json& hf, const std::string& n
         bad("high_freq_factor", "must exceed low_freq_factor");
     }
   }
-  m.num_experts = j.value("num_experts", j.value("n_routed_experts", std::int64_t{0}));
-  m.shared_expert_intermediate = j.value("shared_expert_intermediate_size", std::int64_t{0});
-  m.decoder_sparse_step = j.value("decoder_sparse_step", std::int64_t{1});
-  m.first_k_dense = j.value("first_k_dense_replace", std::int64_t{0});
-  if (j.contains("mlp_only_layers") && j["mlp_only_layers"].is_array())
-    m.mlp_only_layers = j["mlp_only_layers"].get<std::vector<std::int64_t>>();
+  m.num_experts = opt_int(j, "num_experts", opt_int(j, "n_routed_experts", 0, name), name);
+  m.shared_expert_intermediate = opt_int(j, "shared_expert_intermediate_size", 0, name);
+  m.decoder_sparse_step = opt_int(j, "decoder_sparse_step", 1, name);
+  m.first_k_dense = opt_int(j, "first_k_dense_replace", 0, name);
+  if (j.contains("mlp_only_layers") && j["mlp_only_layers"].is_array()) {
+    for (const nlohmann::json& l : j["mlp_only_layers"]) {
+      if (!is_int64(l))
+        TPL_THROW(ConfigError, kWhere, "model '", name,
+                  "': config.json field 'mlp_only_layers' must hold integers, got ", l.dump());
+      m.mlp_only_layers.push_back(l.get<std::int64_t>());
+    }
+  }
   m.info = ModelInfo::from_json(hf);
   m.validate();
   return m;
 }
 
 ModelSpec ModelSpec::from_file(const std::string& path) {
-  std::ifstream in(path);
+  std::ifstream in(path, std::ios::binary);
   if (!in) TPL_THROW(IoError, kWhere, "cannot open model config '", path, "'");
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) TPL_THROW(IoError, kWhere, "cannot read model config '", path, "'");
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(in);
+    j = parse_json(text);
   } catch (const nlohmann::json::exception& e) {
     TPL_THROW(ConfigError, kWhere, "'", path, "' is not valid JSON: ", e.what());
   }
@@ -270,6 +301,10 @@ void ModelSpec::validate() const {
     TPL_THROW(ConfigError, w, "num_attention_heads ", heads,
               " must be a multiple of num_key_value_heads ", kv_heads);
   if (head_dim % 2 != 0) TPL_THROW(ConfigError, w, "head_dim must be even for RoPE");
+  if (!(rms_eps > 0) || !std::isfinite(rms_eps))
+    TPL_THROW(ConfigError, w, "rms_norm_eps must be a positive number, got ", rms_eps);
+  if (!(rope_theta > 0) || !std::isfinite(rope_theta))
+    TPL_THROW(ConfigError, w, "rope_theta must be a positive number, got ", rope_theta);
 }
 
 }  // namespace tpl

@@ -3,6 +3,8 @@
 
 #include "expect_throw.h"
 
+#include <cstdio>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -132,6 +134,41 @@ TEST(ConfigJsonTest, Errors) {
       },
       "P must divide T");
   EXPECT_THROW(Config::from_file("/nonexistent/tpl.json"), IoError);
+}
+
+// Found with tests/fuzz/config_fuzz.cc (crashes/config/world_overflow.json): sizes up to 2^30
+// parse, and PP x DP x TP overflowed an int (undefined behaviour) before validation compared it.
+TEST(ConfigJsonTest, LayoutProductOverflowIsAConfigError) {
+  expect_throw_with<ConfigError>(
+      [] {
+        Config::from_json(json{{"pp", 1 << 30}, {"dp", 2}});
+      },
+      "does not fit in an int");
+  expect_throw_with<ConfigError>(
+      [] {
+        Config::from_json(json{{"pp", 1 << 30}, {"dp", 1 << 30}, {"tp", 1 << 30}});
+      },
+      "does not fit in an int");
+  expect_throw_with<ConfigError>(
+      [] {
+        Config::from_json(json{{"pp", -(1 << 30)}, {"dp", 4}});
+      },
+      ">= 1");
+  ParallelLayout l;
+  l.pp = 1 << 20, l.dp = 1 << 20;
+  expect_throw_with<ConfigError>([&] { l.validate(0); }, "does not fit in an int");
+}
+
+// Found with tests/fuzz (crashes/config/deep.json, reduced): nesting 200000 levels deep
+// overflowed the stack; from_file now refuses nesting deeper than kMaxJsonDepth.
+TEST(ConfigJsonTest, DeeplyNestedFileIsAConfigError) {
+  const std::string path = ::testing::TempDir() + "/tpl_deep_config.json";
+  {
+    std::ofstream out(path);
+    out << R"({"layer_sharding": )" << std::string(200000, '[') << std::string(200000, ']') << "}";
+  }
+  expect_throw_with<ConfigError>([&] { Config::from_file(path); }, "nest");
+  std::remove(path.c_str());
 }
 
 // ---- validate ------------------------------------------------------------------------------

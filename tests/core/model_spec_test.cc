@@ -111,5 +111,53 @@ TEST(ModelSpec, Qwen3HasQkNormAndLoadTakesPathsAndDirectories) {
   std::filesystem::remove_all(dir);
 }
 
+// Found with tests/fuzz/hf_config_fuzz.cc (crashes/hf_config/): each of these loaded, or was
+// undefined behaviour, before.
+TEST(ModelSpec, FuzzFindingsAreConfigErrors) {
+  // libFuzzer's find: rms_norm_eps 0 (and rope_theta <= 0) were accepted; RMSNorm and RoPE
+  // divide by or take powers of them.
+  EXPECT_NE(error_of(llama({{"rms_norm_eps", 0.0}})).find("rms_norm_eps"), std::string::npos);
+  EXPECT_NE(error_of(llama({{"rms_norm_eps", -1e-5}})).find("rms_norm_eps"), std::string::npos);
+  EXPECT_NE(error_of(llama({{"rope_theta", -2}})).find("rope_theta"), std::string::npos);
+  EXPECT_NE(error_of(llama({{"rope_theta", 0}})).find("rope_theta"), std::string::npos);
+  // Floats where integers belong: nlohmann converted 1e300 to int64 (undefined behaviour).
+  EXPECT_NE(error_of(llama({{"num_key_value_heads", 1e300}})).find("num_key_value_heads"),
+            std::string::npos);
+  EXPECT_NE(error_of(llama({{"mlp_only_layers", {0, 1e300}}})).find("mlp_only_layers"),
+            std::string::npos);
+  EXPECT_NE(error_of(llama({{"num_experts", 2.5}})).find("num_experts"), std::string::npos);
+  // Unsigned values above INT64_MAX wrapped to negative numbers.
+  EXPECT_NE(error_of(llama({{"first_k_dense_replace", 18446744073709551615ull}}))
+                .find("first_k_dense_replace"),
+            std::string::npos);
+  // model_type of the wrong type escaped ModelInfo::from_json as a JSON exception.
+  EXPECT_NE(error_of(llama({{"model_type", 5}})).find("model_type"), std::string::npos);
+  EXPECT_THROW(ModelInfo::from_json({{"model_type", 5}}), ConfigError);
+  // Still accepted: integers as before.
+  EXPECT_EQ(ModelSpec::from_hf_json(llama({{"num_key_value_heads", 4}}), "m").kv_heads, 4);
+}
+
+// Found with tests/fuzz (crashes/hf_config/deep.json, reduced): a config.json nested 200000
+// levels deep overflowed the stack (ModelInfo's search for "expert" keys recurses); nesting
+// deeper than kMaxJsonDepth is now "not valid JSON".
+TEST(ModelSpec, DeeplyNestedConfigIsAConfigError) {
+  const std::string dir = ::testing::TempDir() + "/tpl_deep_config";
+  std::filesystem::create_directories(dir);
+  const std::string path = dir + "/config.json";
+  {
+    std::ofstream out(path);
+    out << R"({"hidden_size": 64, "a": )" << std::string(200000, '[') << std::string(200000, ']')
+        << "}";
+  }
+  try {
+    ModelSpec::from_file(path);
+    ADD_FAILURE() << "expected ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("nest"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(ModelInfo::from_file(path), ConfigError);
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace tpl

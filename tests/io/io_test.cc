@@ -354,9 +354,9 @@ TEST_F(Malformed, HeaderNotJson) {
   expect_open_fails(le64(4) + "\xff\xfe{}", {"not valid JSON"});
   const std::string arr = "[1, 2]";
   expect_open_fails(le64(arr.size()) + arr, {"JSON object"});
-  // Deep nesting must not crash.
+  // Deep nesting must not crash: it is refused as malformed (tpl/json_text.h).
   const std::string deep = std::string(100000, '[') + std::string(100000, ']');
-  expect_open_fails(le64(deep.size()) + deep, {"JSON object"});
+  expect_open_fails(le64(deep.size()) + deep, {"not valid JSON", "nest"});
   const std::string deep_bad = std::string(100000, '[');
   expect_open_fails(le64(deep_bad.size()) + deep_bad, {"not valid JSON"});
 }
@@ -583,6 +583,79 @@ TEST(Npy, MalformedFiles) {
   bad(npy_with_header("{'descr': '<f4', 'fortran_order': False, }", d16), {"'shape'"});
   bad(npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2", ""), {"shape"});
   expect_io_error([&] { read_npy(tmp.file("missing.npy")); }, {"missing.npy", "no such file"});
+}
+
+// In memory: parse_npy_header / parse_npy read what read_npy reads from a file.
+TEST(Npy, InMemoryParseMatchesTheFile) {
+  TempDir tmp;
+  const Tensor a = make_tensor(DType::kI32, 3, 5);
+  write_npy(tmp.file("a.npy"), a.view());
+  const std::string bytes = read_bytes(tmp.file("a.npy"));
+  const NpyHeader h = parse_npy_header(bytes, bytes.size(), "a.npy");
+  EXPECT_EQ(h.dtype, DType::kI32);
+  EXPECT_EQ(h.rows, 3);
+  EXPECT_EQ(h.cols, 5);
+  EXPECT_EQ(h.nbytes, 60u);
+  EXPECT_EQ(h.data_offset + h.nbytes, bytes.size());
+  EXPECT_TRUE(same_bytes(parse_npy(bytes, "a.npy").view(), a.view()));
+  // Only the header given: the size is checked against the whole file's.
+  EXPECT_EQ(parse_npy_header(bytes.substr(0, h.data_offset), bytes.size(), "a.npy").nbytes, 60u);
+  expect_io_error([&] { parse_npy(bytes.substr(0, bytes.size() - 1), "a.npy"); }, {"truncated"});
+  expect_io_error([&] { parse_npy_header(bytes.substr(0, 40), bytes.size(), "a.npy"); },
+                  {"short read of the header"});
+}
+
+// In memory: parse_header reads what open() reads.
+TEST_F(Malformed, InMemoryParseMatchesOpen) {
+  const Tensor a = make_tensor(DType::kBF16, 2, 3);
+  const std::string path = tmp_.file("a.safetensors");
+  write_safetensors(path, {{"a", a.view()}}, {{"k", "v"}});
+  const std::string bytes = read_bytes(path);
+  const SafetensorsFile f = SafetensorsFile::open(path);
+  const SafetensorsFile g = SafetensorsFile::parse_header(bytes, bytes.size(), path);
+  EXPECT_EQ(f.names(), g.names());
+  EXPECT_EQ(f.byte_range("a"), g.byte_range("a"));
+  EXPECT_EQ(g.byte_range("a").second, bytes.size());
+  EXPECT_EQ(g.metadata().at("k"), "v");
+  EXPECT_TRUE(same_bytes(g.read("a").view(), a.view()));
+  const std::string cut = bytes.substr(0, bytes.size() - 1);
+  expect_io_error([&] { SafetensorsFile::parse_header(cut, cut.size(), path); },
+                  {"outside the file"});
+  expect_io_error([&] { SafetensorsFile::parse_header(bytes, cut.size(), path); },
+                  {"header bytes given for a file of"});
+}
+
+// Found with the harnesses (crashes/safetensors/deep_dtype, crashes/safetensors_index/deep.json):
+// a header nested 200000 levels deep overflowed the stack when the error message dumped the
+// dtype; JSON nested deeper than kMaxJsonDepth is now refused as malformed.
+TEST_F(Malformed, DeeplyNestedJsonIsRefusedNotAStackOverflow) {
+  const std::string deep = std::string(200000, '[') + std::string(200000, ']');
+  const std::string h =
+      R"({"t": {"dtype": )" + deep + R"(, "shape": [1], "data_offsets": [0, 4]}})";
+  expect_open_fails(le64(h.size()) + h + std::string(4, '\0'), {"not valid JSON", "nest"});
+  TempDir tmp;
+  write_bytes(tmp.file("model.safetensors.index.json"), R"({"weight_map": {"a": )" + deep + "}}");
+  expect_io_error([&] { SafetensorsDir::open(tmp.path().string()); },
+                  {"not valid JSON", "nest", "index.json"});
+  // A realistic header is far below the limit.
+  const std::string ok = R"({"__metadata__": {"k": "[[[[[[[["}, "t": {"dtype": "F32", )"
+                         R"("shape": [1], "data_offsets": [0, 4]}})";
+  EXPECT_EQ(SafetensorsFile::parse_header(le64(ok.size()) + ok + std::string(4, '\0'),
+                                          8 + ok.size() + 4, "ok")
+                .names()
+                .size(),
+            1u);
+}
+
+// Found by the index harness (crashes/safetensors_index/nul_in_name.json): a shard name holding
+// a NUL byte passed the "inside the directory" check on the whole name while the OS sees the
+// path cut at the NUL ("..\0x" is the parent directory itself).
+TEST(SafetensorsDir, NulByteInShardNameIsRefused) {
+  const std::string text = R"({"weight_map": {"a": "..\u0000x"}})";
+  expect_io_error([&] { SafetensorsDir::parse_index(text, "index.json"); },
+                  {"index.json", "'a'", "NUL"});
+  EXPECT_EQ(SafetensorsDir::parse_index(R"({"weight_map": {"a": "s/x.safetensors"}})", "i").at("a"),
+            "s/x.safetensors");
 }
 
 }  // namespace

@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <tuple>
@@ -453,6 +455,36 @@ TEST(Planner, PlanFileErrorsNameTheField) {
       error_of([&] { p.check_matches(ModelSpec::preset("tiny"), 4, "plan.json"); });
   EXPECT_NE(msg.find("'world'"), std::string::npos) << msg;
   EXPECT_NO_THROW(p.check_matches(ModelSpec::preset("tiny"), 2, "plan.json"));
+}
+
+// Found with tests/fuzz/plan_fuzz.cc (crashes/plan/): world, tp and dp were cast from int64 to
+// int (4294967298 read as 2) and tp x dp overflowed an int (undefined behaviour); and a plan
+// nested 200000 levels deep overflowed the stack.
+TEST(Planner, PlanFileIntegersAreRangeCheckedAndNestingIsLimited) {
+  const CostModel cm(synthetic());
+  PlanOptions o;
+  o.workload = parse_workload("16,2048");
+  const nlohmann::json good =
+      make_plan(cm, ModelSpec::preset("tiny"), 2, candidates(), o, nullptr).to_json();
+  for (const auto& [field, value] : std::vector<std::pair<std::string, nlohmann::json>>{
+           {"world", 4294967298ll}, {"tp", 65536}, {"dp", 0}, {"world", -1}}) {
+    nlohmann::json j = good;
+    j[field] = value;
+    if (field == "tp") j["dp"] = 65536, j["world"] = 1;
+    const std::string msg = error_of([&] { Plan::from_json(j, "plan.json"); });
+    EXPECT_NE(msg.find("plan.json"), std::string::npos) << field << ": " << msg;
+    EXPECT_NE(msg.find("'" + std::string(field == "tp" ? "tp" : field)), std::string::npos)
+        << field << ": " << msg;
+  }
+  const std::string path = ::testing::TempDir() + "/tpl_deep_plan.json";
+  {
+    std::ofstream out(path);
+    out << R"({"version": 1, "configs": )" << std::string(200000, '[') << std::string(200000, ']')
+        << "}";
+  }
+  const std::string msg = error_of([&] { Plan::from_file(path); });
+  EXPECT_NE(msg.find("nest"), std::string::npos) << msg;
+  std::remove(path.c_str());
 }
 
 TEST(Planner, WorkloadParsing) {

@@ -1,0 +1,27 @@
+// JSON text as tplinear's loaders parse it: the safetensors header and index, config.json, the
+// tplinear config and the plan (their from_file functions and the in-memory parsers).
+//
+// nlohmann::json parses iteratively, but copying, dumping and comparing a value recurse once per
+// level of nesting, so a document nested some 100000 levels deep (a few hundred KB of '[')
+// would overflow the stack wherever a loader copies or prints part of it. parse_json refuses
+// nesting deeper than kMaxJsonDepth before parsing; real checkpoints and configs nest a few
+// levels.
+#pragma once
+
+#include <cstddef>
+#include <nlohmann/json.hpp>
+#include <string_view>
+
+namespace tpl {
+
+inline constexpr std::size_t kMaxJsonDepth = 256;
+
+// The deepest nesting of arrays and objects in `text`, brackets inside strings not counted
+// (malformed text gives some number; the parser then reports it).
+std::size_t json_nesting_depth(std::string_view text);
+
+// nlohmann::json::parse(text), except that nesting deeper than kMaxJsonDepth throws
+// nlohmann::json::parse_error too, so callers report it as they report malformed JSON.
+nlohmann::json parse_json(std::string_view text);
+
+}  // namespace tpl
