@@ -8,9 +8,9 @@
 #
 #   scripts/fuzz.sh [SECONDS_TOTAL]
 #
-# Environment: TPL_FUZZ_CXX (clang++-16), TPL_FUZZ_BUILD (build dir, default
-# $TMPDIR/tplinear-fuzz-build), TPL_FUZZ_WORK (run dir, default a fresh one under $TMPDIR, kept
-# on failure), TPL_FUZZ_ONLY (space-separated harness names), TPL_FUZZ_JOBS (build jobs, 2),
+# Environment: TPL_FUZZ_CXX (clang++-16), TPL_FUZZ_BUILD (build dir, default build-fuzz/ in
+# this clone, ignored by git, so two clones never share a CMake cache), TPL_FUZZ_WORK (run dir,
+# default a fresh one under $TMPDIR, kept on failure), TPL_FUZZ_ONLY (space-separated harness names), TPL_FUZZ_JOBS (build jobs, 2),
 # TPL_FUZZ_ARGS (extra libFuzzer flags).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +26,7 @@ command -v "$cxx" > /dev/null || {
   exit 2
 }
 tmp=${TMPDIR:-/tmp}
-build=${TPL_FUZZ_BUILD:-$tmp/tplinear-fuzz-build}
+build=${TPL_FUZZ_BUILD:-$root/build-fuzz}
 work=${TPL_FUZZ_WORK:-$(mktemp -d "$tmp/tplinear-fuzz.XXXXXX")}
 
 # The harness list is tests/fuzz/harnesses.cmake's, so the two builds cannot disagree.
