@@ -3,7 +3,9 @@
 NumPy and torch, awkward token counts, zero copy, errors. A failure names the rank, the case,
 the index, expected and actual values; every rank takes part in every collective, and the
 verdicts are gathered so that all ranks fail together."""
+import os
 import sys
+import tempfile
 import traceback
 
 import numpy as np
@@ -364,8 +366,8 @@ def plan_and_run_it():
           f"plan buckets {p.buckets}")
     check(p.world == N and p.layout == "tp", f"plan world {p.world}, layout {p.layout}")
     check(p.bucket_for(1)["strategy"] == p.buckets[0]["strategy"], "bucket_for(1)")
-    path = comm.bcast(f"/tmp/tplinear-python-plan-{MPI.Get_processor_name()}-{comm.Get_size()}.json"
-                      if R == 0 else None)
+    path = comm.bcast(os.path.join(tempfile.gettempdir(),
+                                   f"tplinear-python-plan-{os.getpid()}-{N}.json") if R == 0 else None)
     if R == 0:
         p.save(path)
     comm.Barrier()
