@@ -85,6 +85,13 @@ class Communicator {
   // into `size` equal pieces; piece k goes to member k; out is the concatenation of the pieces
   // received from members 0..size-1.
   void all_to_all(TensorView in, TensorView out);
+  // Unequal pieces: in and out contiguous, of one dtype; in's first send_counts[0] elements go
+  // to member 0, the next send_counts[1] to member 1, ...; out is the concatenation of the
+  // recv_counts[k] elements received from members k = 0..size-1. Member k's send_counts[rank()]
+  // must equal this member's recv_counts[k]; that cannot be checked locally, so callers derive
+  // both from one split (FlashComm2's head slices). Blocking only.
+  void all_to_all_v(TensorView in, const std::vector<std::int64_t>& send_counts, TensorView out,
+                    const std::vector<std::int64_t>& recv_counts);
   // buf on `root` is copied to every member's buf.
   void broadcast(TensorView buf, int root);
   void barrier();
@@ -119,6 +126,8 @@ class Communicator {
   }
   virtual void do_all_to_all(TensorView in, TensorView out) { do_iall_to_all(in, out)->wait(); }
   virtual void do_broadcast(TensorView buf, int root) { do_ibroadcast(buf, root)->wait(); }
+  virtual void do_all_to_all_v(TensorView in, const std::vector<std::int64_t>& send_counts,
+                               TensorView out, const std::vector<std::int64_t>& recv_counts) = 0;
   virtual void do_barrier() = 0;
 
   virtual WorkPtr do_iall_reduce(TensorView inout) = 0;
@@ -137,6 +146,9 @@ class Communicator {
   void check_reduce_scatter(const TensorView& in, const TensorView& out) const;
   void check_all_gather(const TensorView& in, const TensorView& out, int dim) const;
   void check_all_to_all(const TensorView& in, const TensorView& out) const;
+  void check_all_to_all_v(const TensorView& in, const std::vector<std::int64_t>& send_counts,
+                          const TensorView& out,
+                          const std::vector<std::int64_t>& recv_counts) const;
   void check_broadcast(const TensorView& buf, int root) const;
 };
 
@@ -151,6 +163,8 @@ class LocalCommunicator final : public Communicator {
 
  protected:
   void do_barrier() override {}
+  void do_all_to_all_v(TensorView in, const std::vector<std::int64_t>& send_counts, TensorView out,
+                       const std::vector<std::int64_t>& recv_counts) override;
   WorkPtr do_iall_reduce(TensorView inout) override;
   WorkPtr do_ireduce_scatter(TensorView in, TensorView out) override;
   WorkPtr do_iall_gather(TensorView in, TensorView out, int dim) override;

@@ -7,10 +7,11 @@
 // Sharding rules (uneven sizes are allowed; see docs/architecture.md):
 //   Column        output rows shard_range(out, tp_size, tp_rank)
 //   MergedColumn  each logical output (gate, up) split separately, then concatenated
-//   QKV           query heads split by shard_range over heads; KV heads split the same way when
-//                 kv_heads >= tp_size, else replicated (tp_size must be a multiple of kv_heads,
-//                 rank r holds KV head r / (tp_size / kv_heads)); each rank's query heads must
-//                 map onto its KV heads (GQA), else InvalidArgument names the constraint
+//   QKV           query heads split by shard_range over heads (any TP size from 1 to the
+//                 number of query heads); each rank holds the contiguous run of KV heads its
+//                 query heads read (GQA), so KV heads that ranks share are replicated. Even
+//                 splits give the usual layouts: KV heads split when tp_size divides them,
+//                 rank r holds KV head r / (tp_size / kv_heads) when tp_size is a multiple
 //   Row           input columns shard_range_units(in / in_unit, in_unit, tp_size, tp_rank);
 //                 bias full
 //   Replicated    full weight

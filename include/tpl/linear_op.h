@@ -53,6 +53,7 @@ struct LocalGemm {
   std::int64_t in_features = 0;        // in_local
   std::int64_t out_features = 0;       // out_local
   std::int64_t full_out_features = 0;  // out over the whole group (for feature gathers)
+  std::int64_t full_in_features = 0;   // the layer's whole input (FlashComm2's head slices)
   TensorView bias;                     // f32 [1, out_local] float bias, empty if none
   bool skip_bias_add = false;
   std::int64_t in_unit = 1;          // row layers: input split granularity (LayerSpec)

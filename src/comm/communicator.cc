@@ -116,6 +116,37 @@ void Communicator::all_gather(TensorView in, TensorView out, int dim) {
   count(Collective::kAllGather, out);
   do_all_gather(in, out, dim == -1 ? 1 : dim);
 }
+void Communicator::check_all_to_all_v(const TensorView& in,
+                                      const std::vector<std::int64_t>& send_counts,
+                                      const TensorView& out,
+                                      const std::vector<std::int64_t>& recv_counts) const {
+  const Where w{std::string(name()) + " all_to_all_v", rank()};
+  TPL_CHECK_EQ(in.dtype(), out.dtype(), w);
+  TPL_CHECK(in.contiguous() && out.contiguous(), w, "all_to_all_v needs contiguous views");
+  const auto n = static_cast<std::size_t>(size());
+  TPL_CHECK(send_counts.size() == n && recv_counts.size() == n, w, "needs one send and one ",
+            "receive count per member (", size(), "), got ", send_counts.size(), " and ",
+            recv_counts.size());
+  std::int64_t sent = 0, received = 0;
+  for (std::size_t k = 0; k < n; ++k) {
+    TPL_CHECK(send_counts[k] >= 0 && recv_counts[k] >= 0, w, "negative count for member ", k);
+    sent += send_counts[k];
+    received += recv_counts[k];
+  }
+  TPL_CHECK_EQ(sent, in.numel(), w, "the send counts must add up to in ", in.describe());
+  TPL_CHECK_EQ(received, out.numel(), w, "the receive counts must add up to out ", out.describe());
+  TPL_CHECK_EQ(send_counts[static_cast<std::size_t>(rank())],
+               recv_counts[static_cast<std::size_t>(rank())], w,
+               "the piece a member sends itself is the piece it receives");
+}
+void Communicator::all_to_all_v(TensorView in, const std::vector<std::int64_t>& send_counts,
+                                TensorView out, const std::vector<std::int64_t>& recv_counts) {
+  check_all_to_all_v(in, send_counts, out, recv_counts);
+  ++stats_.calls;
+  const std::int64_t others = in.numel() - send_counts[static_cast<std::size_t>(rank())];
+  stats_.bytes_sent += double(others) * double(dtype_size(in.dtype()));
+  do_all_to_all_v(in, send_counts, out, recv_counts);
+}
 void Communicator::all_to_all(TensorView in, TensorView out) {
   check_all_to_all(in, out);
   count(Collective::kAllToAll, in);

@@ -211,6 +211,11 @@ WorkPtr HierCommunicator::do_ireduce_scatter(TensorView in, TensorView out) {
 WorkPtr HierCommunicator::do_iall_gather(TensorView in, TensorView out, int dim) {
   return mpi_->iall_gather(in, out, dim);
 }
+void HierCommunicator::do_all_to_all_v(TensorView in, const std::vector<std::int64_t>& send_counts,
+                                       TensorView out,
+                                       const std::vector<std::int64_t>& recv_counts) {
+  mpi_->all_to_all_v(in, send_counts, out, recv_counts);
+}
 WorkPtr HierCommunicator::do_iall_to_all(TensorView in, TensorView out) {
   return mpi_->iall_to_all(in, out);
 }

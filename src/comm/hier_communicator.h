@@ -46,6 +46,9 @@ class HierCommunicator final : public Communicator {
   void do_all_gather(TensorView in, TensorView out, int dim) override;
   void do_all_to_all(TensorView in, TensorView out) override;
   void do_broadcast(TensorView buf, int root) override;
+  // Unequal pieces go over MPI (rare: FlashComm2 with uneven head slices).
+  void do_all_to_all_v(TensorView in, const std::vector<std::int64_t>& send_counts, TensorView out,
+                       const std::vector<std::int64_t>& recv_counts) override;
   void do_barrier() override;
 
   // Sums complete before these return (as SHM's); data movement is MPI's own async.

@@ -389,6 +389,27 @@ WorkPtr MpiCommunicator::do_iall_gather(TensorView in, TensorView out, int dim) 
   auto s = watch("iall_gather", out.nbytes());
   return watched(run_all_gather(comm_, rank_, size_, in, out, dim, true), std::move(s));
 }
+void MpiCommunicator::do_all_to_all_v(TensorView in, const std::vector<std::int64_t>& send_counts,
+                                      TensorView out,
+                                      const std::vector<std::int64_t>& recv_counts) {
+  auto s = watch("all_to_all_v", in.nbytes());
+  Staged st;
+  const void* send = contiguous_source(in, out, st);
+  std::vector<int> sc(static_cast<std::size_t>(size_)), sd(sc.size()), rc(sc.size()), rd(sc.size());
+  std::int64_t so = 0, ro = 0;
+  for (std::size_t k = 0; k < sc.size(); ++k) {
+    sc[k] = mpi_count(send_counts[k], rank_, "all_to_all_v");
+    rc[k] = mpi_count(recv_counts[k], rank_, "all_to_all_v");
+    sd[k] = mpi_count(so, rank_, "all_to_all_v");
+    rd[k] = mpi_count(ro, rank_, "all_to_all_v");
+    so += send_counts[k];
+    ro += recv_counts[k];
+  }
+  const MPI_Datatype type = move_type(in.dtype());
+  TPL_MPI_CHECK(MPI_Alltoallv(send, sc.data(), sd.data(), type, out.data(), rc.data(), rd.data(),
+                              type, comm_),
+                rank_);
+}
 WorkPtr MpiCommunicator::do_iall_to_all(TensorView in, TensorView out) {
   auto s = watch("iall_to_all", in.nbytes());
   return watched(run_all_to_all(comm_, rank_, size_, in, out, true), std::move(s));

@@ -44,6 +44,8 @@ class MpiCommunicator final : public Communicator {
   void do_all_gather(TensorView in, TensorView out, int dim) override;
   void do_all_to_all(TensorView in, TensorView out) override;
   void do_broadcast(TensorView buf, int root) override;
+  void do_all_to_all_v(TensorView in, const std::vector<std::int64_t>& send_counts, TensorView out,
+                       const std::vector<std::int64_t>& recv_counts) override;
   void do_barrier() override;
 
   WorkPtr do_iall_reduce(TensorView inout) override;

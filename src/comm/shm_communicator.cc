@@ -188,6 +188,11 @@ WorkPtr ShmCommunicator::do_iall_gather(TensorView in, TensorView out, int dim) 
   do_all_gather(in, out, dim);
   return std::make_unique<CompletedWork>();
 }
+void ShmCommunicator::do_all_to_all_v(TensorView in, const std::vector<std::int64_t>& send_counts,
+                                      TensorView out,
+                                      const std::vector<std::int64_t>& recv_counts) {
+  mpi_->all_to_all_v(in, send_counts, out, recv_counts);
+}
 WorkPtr ShmCommunicator::do_iall_to_all(TensorView in, TensorView out) {
   do_all_to_all(in, out);
   return std::make_unique<CompletedWork>();

@@ -181,6 +181,27 @@ class NcclCommunicator final : public Communicator {
     TPL_NCCL_CHECK(ncclGroupEnd(), rank_);
     return op.finish();
   }
+  void do_all_to_all_v(TensorView in, const std::vector<std::int64_t>& send_counts, TensorView out,
+                       const std::vector<std::int64_t>& recv_counts) override {
+    // Both views are contiguous (validated); stream-ordered like the others.
+    Op op(*this);
+    const std::size_t es = dtype_size(in.dtype());
+    const auto* src = static_cast<const char*>(op.input(in));
+    auto* dst = static_cast<char*>(op.output(out));
+    const ncclDataType_t t = nccl_type(in.dtype());
+    std::size_t so = 0, ro = 0;
+    TPL_NCCL_CHECK(ncclGroupStart(), rank_);
+    for (int p = 0; p < size_; ++p) {
+      const auto sc = static_cast<std::size_t>(send_counts[static_cast<std::size_t>(p)]);
+      const auto rc = static_cast<std::size_t>(recv_counts[static_cast<std::size_t>(p)]);
+      if (sc > 0) TPL_NCCL_CHECK(ncclSend(src + so * es, sc, t, p, comm_, stream_), rank_);
+      if (rc > 0) TPL_NCCL_CHECK(ncclRecv(dst + ro * es, rc, t, p, comm_, stream_), rank_);
+      so += sc;
+      ro += rc;
+    }
+    TPL_NCCL_CHECK(ncclGroupEnd(), rank_);
+    op.finish()->wait();
+  }
   WorkPtr do_ibroadcast(TensorView buf, int root) override {
     Op op(*this);
     void* p = op.in_place(buf);

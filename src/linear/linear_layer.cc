@@ -37,25 +37,17 @@ std::vector<ShardRange> qkv_rows_of(const QkvShape& s, int rank, int size, const
   TPL_CHECK(s.num_heads > 0 && s.num_kv_heads > 0 && s.head_dim > 0, w,
             "QKV shape must be positive");
   TPL_CHECK_EQ(s.num_heads % s.num_kv_heads, 0, w, "num_heads must be a multiple of num_kv_heads");
+  TPL_CHECK(size <= s.num_heads, w, "QKV with ", s.num_heads, " query heads cannot be split over ",
+            size, " ranks: every rank needs at least one query head (TP size 1..", s.num_heads,
+            ")");
   const std::int64_t hd = s.head_dim;
   const ShardRange q = shard_range_units(s.num_heads, hd, size, rank);
-  ShardRange kv_heads;  // in heads
-  if (s.num_kv_heads >= size) {
-    kv_heads = shard_range(s.num_kv_heads, size, rank);
-  } else {
-    TPL_CHECK_EQ(size % s.num_kv_heads, 0, w, "with fewer KV heads (", s.num_kv_heads,
-                 ") than ranks (", size, "), the TP size must be a multiple of the KV heads");
-    kv_heads = {rank / (size / s.num_kv_heads), 1};
-  }
-  // GQA: every local query head must use a local KV head.
+  // GQA: the rank holds the KV heads its query heads read, a contiguous run; ranks whose queries
+  // share a KV head each hold a copy. When the heads divide evenly this is the plain split (TP <=
+  // KV heads) or the usual replication (TP a multiple of the KV heads).
   const std::int64_t group = s.num_heads / s.num_kv_heads;
-  for (std::int64_t h = q.offset / hd; h < (q.offset + q.size) / hd; ++h) {
-    const std::int64_t kv = h / group;
-    TPL_CHECK(kv >= kv_heads.offset && kv < kv_heads.offset + kv_heads.size, w, "QKV with ",
-              s.num_heads, " heads and ", s.num_kv_heads, " KV heads cannot be split ", "over ",
-              size, " ranks: rank ", rank, "'s query head ", h, " needs KV head ", kv,
-              " which it does not hold; choose a TP size that keeps query groups whole");
-  }
+  const std::int64_t first = q.offset / hd, last = (q.offset + q.size) / hd - 1;
+  const ShardRange kv_heads{first / group, last / group - first / group + 1};
   const std::int64_t q_total = s.num_heads * hd, kv_total = s.num_kv_heads * hd;
   return {q,
           {q_total + kv_heads.offset * hd, kv_heads.size * hd},
@@ -231,7 +223,15 @@ void LinearLayer::init(const Selector& selector, const OpEnv& env, GemmBackend b
   if (spec_.kind == LayerKind::kRow) {
     TPL_CHECK(spec_.in_unit >= 1 && spec_.in_features % spec_.in_unit == 0, w, "in_unit ",
               spec_.in_unit, " must divide the input features ", spec_.in_features);
-    const ShardRange cols = input_cols(spec_, rank, size);
+    ShardRange cols = input_cols(spec_, rank, size);
+    if (choice_.kind == OpKind::kFlashcomm2OProjRow && size > 1) {
+      // FC2-OTP rank j multiplies the head slices its ODP block gathered, TP ranks j*G ..
+      // j*G + G-1: with uneven heads that is not the even split over P.
+      const int t = env.config.layout.tp, g = t / size;
+      const ShardRange first = input_cols(spec_, rank * g, t),
+                       last = input_cols(spec_, rank * g + g - 1, t);
+      cols = {first.offset, last.offset + last.size - first.offset};
+    }
     weight_ = load.cols(cols);
     TPL_CHECK(weight_.rows() == spec_.out_features && weight_.cols() == cols.size, w,
               "weight loader returned ", weight_.view().describe(), " for columns [", cols.offset,
@@ -313,6 +313,7 @@ void LinearLayer::init(const Selector& selector, const OpEnv& env, GemmBackend b
   local_.in_features = desc.k;
   local_.out_features = desc.n;
   local_.full_out_features = size == 1 ? desc.n : full_out_features();
+  local_.full_in_features = spec_.in_features;
   if (spec_.bias) local_.bias = bias_.view();
   local_.skip_bias_add = spec_.flags.skip_bias_add;
   local_.in_unit = spec_.kind == LayerKind::kRow ? spec_.in_unit : 1;
@@ -321,10 +322,12 @@ void LinearLayer::init(const Selector& selector, const OpEnv& env, GemmBackend b
 void LinearLayer::check_op(const OpChoice& choice, const LinearOp& op, const OpEnv& env,
                            const Where& w) const {
   // Checked at construction, so every rank fails the same way before any collective runs.
-  if (choice.kind == OpKind::kFlashcomm2OProjRow)
-    TPL_CHECK_EQ(spec_.in_features % env.config.layout.tp, 0, w,
-                 "FlashComm2 exchanges equal head slices: the o_proj input features must be "
-                 "divisible by the TP size");
+  if (choice.kind == OpKind::kFlashcomm2OProjRow) {
+    const std::int64_t unit = spec_.kind == LayerKind::kRow ? spec_.in_unit : 1;
+    TPL_CHECK(spec_.in_features / unit >= env.config.layout.tp, w, "FlashComm2 gives every TP ",
+              "rank a head slice: ", spec_.in_features / unit, " heads of ", unit,
+              " features do not cover ", env.config.layout.tp, " ranks");
+  }
   if (choice.kind == OpKind::kOProjRow)
     TPL_CHECK_EQ(spec_.in_features % op.tp_size(), 0, w,
                  "O-proj TP cuts the features into equal slices: the input features must be "

@@ -3,7 +3,9 @@
 // Entry: all N tokens, this rank's head slice [N, F] (Shard(features) over TP).
 //   1. pad to N' (a multiple of T) with zero rows; cut into T chunks of b = N'/T rows;
 //   2. reorder: ODP member i receives chunks table[i] = (i, i+G, ..., i+(P-1)G);
-//   3. all-to-all in ODP -> [P*b, G*F]: those chunks' tokens with o_proj input slice j;
+//   3. all-to-all in ODP -> [P*b, G*F]: those chunks' tokens with o_proj input slice j; when
+//      the heads do not split evenly over TP, member i's slice is F_i wide and the exchange
+//      carries unequal pieces (all_to_all_v), [P*b, sum F_i];
 //   4. GEMM with weight slice j (the full weight when P = 1); bias on OTP rank 0 (every rank
 //      when P = 1, since nothing is summed);
 //   5. P > 1: reduce-scatter in OTP -> [b, H]; TP rank t now holds chunk t (Shard(tokens));
@@ -37,20 +39,52 @@ class Flashcomm2OProjRowOp final : public LinearOp {
     return ctx.flash_comm_v1_enabled ? Placement::shard_tokens() : Placement::replicated();
   }
 
-  // Steps 1-3 on a tensor of any dtype: [N', F] -> [N'/G, G*F].
-  Tensor exchange(Runtime& rt, TensorView xp) const {
+  // The head-slice widths of this rank's ODP members: TP rank j*G + s holds the input features
+  // shard_range_units(in / unit, unit, T, j*G + s) (the QKV layer's query-head split).
+  std::vector<std::int64_t> odp_widths(const LocalGemm& g) const {
+    const int t = tp_.size(), gs = odp_.size(), j = tp_.rank() / gs;
+    const std::int64_t unit = std::max<std::int64_t>(1, g.in_unit);
+    std::vector<std::int64_t> w(static_cast<std::size_t>(gs));
+    for (int s = 0; s < gs; ++s)
+      w[static_cast<std::size_t>(s)] =
+          shard_range_units(g.full_in_features / unit, unit, t, j * gs + s).size;
+    return w;
+  }
+
+  // Steps 1-3 on a tensor of any dtype: [N', F] -> [N'/G, sum of the members' F].
+  Tensor exchange(Runtime& rt, TensorView xp, const std::vector<std::int64_t>& widths) const {
     const int t = tp_.size(), g = odp_.size();
     const std::int64_t b = xp.rows() / t, f = xp.cols();
     Tensor send = rt.empty(xp.dtype(), xp.rows(), f);
     for (int i = 0; i < g; ++i)
       for (int q = 0; q < p_; ++q)
         rt.copy(xp.row_slice(table_[i][q] * b, b), send.view().row_slice((i * p_ + q) * b, b));
-    Tensor recv = rt.empty(xp.dtype(), xp.rows(), f);  // [G, P*b, F]: source, row, feature
-    odp_.all_to_all(send, recv);
     const std::int64_t rows = static_cast<std::int64_t>(p_) * b;
-    Tensor out = rt.empty(xp.dtype(), rows, static_cast<std::int64_t>(g) * f);
-    for (int s = 0; s < g; ++s)
-      rt.copy(recv.view().row_slice(s * rows, rows), out.view().col_slice(s * f, f));
+    std::int64_t total = 0;
+    bool even = true;
+    for (std::int64_t w : widths) {
+      total += w;
+      even = even && w == f;
+    }
+    Tensor out = rt.empty(xp.dtype(), rows, total);
+    if (even) {
+      Tensor recv = rt.empty(xp.dtype(), xp.rows(), f);  // [G, P*b, F]: source, row, feature
+      odp_.all_to_all(send, recv);
+      for (int s = 0; s < g; ++s)
+        rt.copy(recv.view().row_slice(s * rows, rows), out.view().col_slice(s * f, f));
+      return out;
+    }
+    // Member s sends [P*b, F_s] to every member: pieces of P*b*F_s elements.
+    std::vector<std::int64_t> send_counts(static_cast<std::size_t>(g), rows * f), recv_counts;
+    for (std::int64_t w : widths) recv_counts.push_back(rows * w);
+    Tensor recv = rt.empty(xp.dtype(), 1, rows * total);
+    odp_.all_to_all_v(send, send_counts, recv, recv_counts);
+    std::int64_t at = 0, col = 0;
+    for (std::int64_t w : widths) {
+      rt.copy(recv.view().col_slice(at, rows * w).reshape(rows, w), out.view().col_slice(col, w));
+      at += rows * w;
+      col += w;
+    }
     return out;
   }
 
@@ -66,14 +100,19 @@ class Flashcomm2OProjRowOp final : public LinearOp {
                 pad, " is not a multiple of TP size ", t);
       pad = pad_to_multiple(xin.rows(), t);
     }
-    TPL_CHECK_EQ(xin.cols() * odp_.size(), g.in_features, w,
-                 "FlashComm2 needs equal head slices: every rank's input width times G must be "
-                 "the weight slice width");
+    const std::vector<std::int64_t> widths = odp_widths(g);
+    std::int64_t slice = 0;
+    for (std::int64_t v : widths) slice += v;
+    TPL_CHECK(xin.cols() == widths[static_cast<std::size_t>(odp_.rank())] && slice == g.in_features,
+              w, "FlashComm2's input is this rank's head slice: ", xin.cols(), " features, ",
+              "expected ", widths[static_cast<std::size_t>(odp_.rank())],
+              " (ODP slices adding up to ", "the weight slice's ", g.in_features, ")");
     Runtime& rt = g.runtime();
     Tensor xp = pad_rows(rt, xin, pad);
     // W8A8 quantizes before the exchange, so the all-to-all moves int8 (§8.3): the activation
     // scale and offset are per tensor, identical on every rank.
-    Tensor gathered = g.quantized() ? exchange(rt, g.quantize(xp)) : exchange(rt, xp);
+    Tensor gathered =
+        g.quantized() ? exchange(rt, g.quantize(xp), widths) : exchange(rt, xp, widths);
     Tensor y;
     if (otp_) {
       y = gemm_reduce_scatter(g, gathered, *otp_, row_bias(tp_rank()), false);

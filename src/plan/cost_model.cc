@@ -295,9 +295,8 @@ StackPrediction CostModel::predict(const ModelSpec& model, const Config& config,
         case OpKind::kFlashcomm2OProjRow: {
           const int p = std::max(1, config.flashcomm2_p), g = tp / p;
           const std::int64_t unit = std::max<std::int64_t>(1, spec.in_unit);
-          TPL_CHECK_T((spec.in_features / unit) % tp == 0, Unsupported, kWhere, spec.prefix,
-                      ": FlashComm2 needs equal head slices");
-          const std::int64_t f = spec.in_features / tp;
+          // Uneven heads: the widest slice (all_to_all_v) bounds the exchange.
+          const std::int64_t f = (spec.in_features / unit + tp - 1) / tp * unit;
           const std::int64_t np = pad_to_multiple(n_tok, tp) + n_tok;  // N' without FC1's pad
           const std::int64_t nprime = ctx.flash_comm_v1_enabled ? n_pad : np;
           const std::int64_t b = nprime / tp;

@@ -331,6 +331,57 @@ TEST_P(CommConformance, AllToAll) {
   expect_agreed(world(), fail);
 }
 
+TEST_P(CommConformance, AllToAllUnequalPieces) {
+  std::string fail;
+  // Member i sends member k a piece of 1 + (i + 2k) % 3 rows of `cols` (some empty when a
+  // member has one row to spare), as FlashComm2's uneven head slices do.
+  auto piece_rows = [](int from, int to) { return std::int64_t{(from + 2 * to) % 3}; };
+  for (DType t : kAllTypes)
+    for (std::int64_t cols : {std::int64_t{1}, std::int64_t{5}}) {
+      std::vector<std::int64_t> send, recv;
+      std::int64_t in_rows = 0, out_rows = 0;
+      for (int k = 0; k < n(); ++k) {
+        send.push_back(piece_rows(me(), k) * cols);
+        recv.push_back(piece_rows(k, me()) * cols);
+        in_rows += piece_rows(me(), k);
+        out_rows += piece_rows(k, me());
+      }
+      const std::string label = tag("all_to_all_v", t, in_rows, cols, "");
+      // Row r of member i's input, in its piece for member k, is val(i, k, r - piece start).
+      std::vector<int> to_of(static_cast<std::size_t>(in_rows));
+      std::vector<std::int64_t> at_of(to_of.size());
+      for (int k = 0, r = 0; k < n(); ++k)
+        for (std::int64_t j = 0; j < piece_rows(me(), k); ++j, ++r) {
+          to_of[static_cast<std::size_t>(r)] = k;
+          at_of[static_cast<std::size_t>(r)] = j;
+        }
+      Buf in =
+          make_buf(t, std::max<std::int64_t>(in_rows, 1), cols, false, [&, t = t](auto r, auto c) {
+            if (in_rows == 0) return 0.0;
+            return val(t, me() * 4 + to_of[static_cast<std::size_t>(r)],
+                       at_of[static_cast<std::size_t>(r)], c);
+          });
+      Buf out = sentinel_buf(t, std::max<std::int64_t>(out_rows, 1), cols, false);
+      TensorView iv = in_rows ? in.view : in.view.row_slice(0, 0);
+      TensorView ov = out_rows ? out.view : out.view.row_slice(0, 0);
+      comm().all_to_all_v(iv, send, ov, recv);
+      if (out_rows == 0) continue;
+      std::vector<int> from_of(static_cast<std::size_t>(out_rows));
+      std::vector<std::int64_t> j_of(from_of.size());
+      for (int k = 0, r = 0; k < n(); ++k)
+        for (std::int64_t j = 0; j < piece_rows(k, me()); ++j, ++r) {
+          from_of[static_cast<std::size_t>(r)] = k;
+          j_of[static_cast<std::size_t>(r)] = j;
+        }
+      const Buf want = make_buf(t, out_rows, cols, false, [&, t = t](auto r, auto c) {
+        return val(t, from_of[static_cast<std::size_t>(r)] * 4 + me(),
+                   j_of[static_cast<std::size_t>(r)], c);
+      });
+      check(fail, out, want, label);
+    }
+  expect_agreed(world(), fail);
+}
+
 TEST_P(CommConformance, BroadcastFromEveryRoot) {
   std::string fail;
   for (Mode mode : {Mode::kBlocking, Mode::kWait, Mode::kTest})
@@ -467,6 +518,17 @@ TEST_P(CommConformance, ValidationErrorsNameTheRank) {
   }
   expect_invalid(fail, r, "all_to_all strided", [&] {
     comm().all_to_all(wide.view().col_slice(0, 2), wide.view().col_slice(2, 2));
+  });
+  // Bad counts are refused locally, the same on every member.
+  Tensor va(DType::kF32, n(), 2), vb(DType::kF32, n(), 2);
+  const std::vector<std::int64_t> twos(static_cast<std::size_t>(n()), 2);
+  if (n() > 1)
+    expect_invalid(fail, r, "all_to_all_v too few counts",
+                   [&] { comm().all_to_all_v(va, {2}, vb, twos); });
+  expect_invalid(fail, r, "all_to_all_v counts do not add up", [&] {
+    std::vector<std::int64_t> more = twos;
+    more[0] += 1;
+    comm().all_to_all_v(va, more, vb, twos);
   });
   expect_invalid(fail, r, "broadcast root out of range", [&] { comm().broadcast(b, n()); });
   expect_invalid(fail, r, "ibroadcast negative root", [&] { comm().ibroadcast(b, -1); });

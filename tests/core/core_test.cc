@@ -384,14 +384,48 @@ TEST(OutputRowsTest, QkvKvSplit) {
   EXPECT_EQ(LinearLayer::output_rows(mha, 5, 8), (Rows{{10, 2}, {26, 2}, {42, 2}}));
 }
 
-TEST(OutputRowsTest, QkvMisalignedKvHeads) {
-  // 4 heads / 2 KV heads over 3 ranks: 3 is not a multiple of 2.
-  expect_throw_with<InvalidArgument>([] { LinearLayer::output_rows(qkv(4, 2, 4), 0, 3); },
-                                     "KV heads");
-  // 8 heads / 4 KV heads over 3 ranks: rank 1 holds query heads 3..5 (KV heads 1, 2) but only
-  // KV head 2.
-  expect_throw_with<InvalidArgument>([] { LinearLayer::output_rows(qkv(8, 4, 4), 1, 3); },
-                                     "KV head");
+TEST(OutputRowsTest, QkvUnevenGqaSplits) {
+  // 4 heads / 2 KV heads over 3 ranks (TP does not divide the KV heads): query heads 0-1, 2, 3;
+  // rank 0 reads KV head 0, ranks 1 and 2 share KV head 1. Layout: q [0, 16), k [16, 24).
+  const LayerSpec a = qkv(4, 2, 4);
+  EXPECT_EQ(LinearLayer::output_rows(a, 0, 3), (Rows{{0, 8}, {16, 4}, {24, 4}}));
+  EXPECT_EQ(LinearLayer::output_rows(a, 1, 3), (Rows{{8, 4}, {20, 4}, {28, 4}}));
+  EXPECT_EQ(LinearLayer::output_rows(a, 2, 3), (Rows{{12, 4}, {20, 4}, {28, 4}}));
+  // 8 heads / 4 KV heads over 3 ranks (query groups straddle ranks): query heads 0-2, 3-5,
+  // 6-7; rank 1 reads KV heads 1 and 2, so KV head 1 lives on ranks 0 and 1.
+  const LayerSpec b = qkv(8, 4, 4);
+  EXPECT_EQ(LinearLayer::output_rows(b, 0, 3), (Rows{{0, 12}, {32, 8}, {48, 8}}));
+  EXPECT_EQ(LinearLayer::output_rows(b, 1, 3), (Rows{{12, 12}, {36, 8}, {52, 8}}));
+  EXPECT_EQ(LinearLayer::output_rows(b, 2, 3), (Rows{{24, 8}, {44, 4}, {60, 4}}));
+  // 5 heads / 1 KV head over 4 ranks (TP divides neither): every rank holds the one KV head.
+  const LayerSpec c = qkv(5, 1, 2);
+  EXPECT_EQ(LinearLayer::output_rows(c, 0, 4), (Rows{{0, 4}, {10, 2}, {12, 2}}));
+  EXPECT_EQ(LinearLayer::output_rows(c, 3, 4), (Rows{{8, 2}, {10, 2}, {12, 2}}));
+  // Every query head is held exactly once and finds its KV head locally, at every TP size.
+  for (const auto& [heads, kv] : {std::pair{8, 2}, {8, 4}, {6, 3}, {5, 1}, {12, 4}})
+    for (int tp = 1; tp <= heads; ++tp) {
+      std::vector<int> held(static_cast<std::size_t>(heads), 0);
+      for (int r = 0; r < tp; ++r) {
+        const Rows rows = LinearLayer::output_rows(qkv(heads, kv, 2), r, tp);
+        const std::int64_t kv0 = (rows[1].offset - heads * 2) / 2, kvn = rows[1].size / 2;
+        for (std::int64_t h = rows[0].offset / 2; h < (rows[0].offset + rows[0].size) / 2; ++h) {
+          ++held[static_cast<std::size_t>(h)];
+          const std::int64_t need = h / (heads / kv);
+          EXPECT_TRUE(need >= kv0 && need < kv0 + kvn)
+              << heads << "/" << kv << " heads at TP " << tp << ": rank " << r << "'s query head "
+              << h << " needs KV head " << need << ", holds [" << kv0 << ", " << kv0 + kvn << ")";
+        }
+      }
+      for (int h = 0; h < heads; ++h)
+        EXPECT_EQ(held[static_cast<std::size_t>(h)], 1)
+            << heads << "/" << kv << " at TP " << tp << ": query head " << h;
+    }
+}
+
+TEST(OutputRowsTest, QkvBadSplits) {
+  // More ranks than query heads: some rank would hold none.
+  expect_throw_with<InvalidArgument>([] { LinearLayer::output_rows(qkv(4, 2, 4), 0, 5); },
+                                     "4 query heads cannot be split over 5 ranks");
   expect_throw_with<InvalidArgument>([] { LinearLayer::output_rows(qkv(6, 4, 4), 0, 2); },
                                      "multiple of num_kv_heads");
 }

@@ -242,7 +242,8 @@ std::string run_case(Case c) {
       const int parts = kind == OpKind::kFlashcomm2OProjRow ? T : layer.tp_size();
       const int part = kind == OpKind::kFlashcomm2OProjRow ? t : layer.tp_rank();
       if (spec.flags.input_is_parallel && parts > 1) {
-        const ShardRange cols = shard_range(spec.in_features, parts, part);
+        const ShardRange cols =
+            shard_range_units(spec.in_features / spec.in_unit, spec.in_unit, parts, part);
         input = Tensor::copy_of(x.view().col_slice(cols.offset, cols.size));
         in_view = input;
       } else {
@@ -396,7 +397,6 @@ TEST(Ops, MergedColumnAndQkvShards) {
   c.spec.kind = LayerKind::kMergedColumn;
   c.spec.output_sizes = {11, 11};
   sweep(c, {1, 7, 1001});
-  if (W() == 3) return;  // 4 heads / 2 KV heads do not split over 3 ranks (checked below)
   Case q{"qkv gqa", tp_config(W()), {}, column(kQkv, 16, 0), OpKind::kStandardColumn};
   q.spec.kind = LayerKind::kQkv;
   q.spec.qkv = {4, 2, 3};
@@ -450,6 +450,11 @@ TEST(Ops, FlashComm2) {
       cfg.flashcomm1_threshold = 0;
       const std::string tag = " P=" + std::to_string(p) + (fc1 ? " fc1" : "");
       sweep({"fc2 o_proj" + tag, cfg, {}, row(kO, 24, 16), OpKind::kFlashcomm2OProjRow});
+      // Uneven heads: 5 heads of 3 features over 2, 3 or 4 ranks (all_to_all_v).
+      Case uneven{
+          "fc2 o_proj 5 heads" + tag, cfg, {}, row(kO, 15, 16), OpKind::kFlashcomm2OProjRow};
+      uneven.spec.in_unit = 3;
+      sweep(uneven, {1, 7, 37});
       cfg.layer_sharding = {"o_proj"};
       sweep({"fc2 oshard qkv" + tag, cfg, {}, column(kQkv, 16, 13), OpKind::kFlashcomm2OshardQkv},
             {1, 7, 1001});

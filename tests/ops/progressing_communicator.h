@@ -36,6 +36,11 @@ class ProgressingCommunicator final : public Communicator {
     worker_.drain();
     inner_->barrier();
   }
+  void do_all_to_all_v(TensorView in, const std::vector<std::int64_t>& send_counts, TensorView out,
+                       const std::vector<std::int64_t>& recv_counts) override {
+    worker_.drain();
+    inner_->all_to_all_v(in, send_counts, out, recv_counts);
+  }
   WorkPtr do_iall_reduce(TensorView t) override {
     return run([this, t] { inner_->all_reduce(t); });
   }
