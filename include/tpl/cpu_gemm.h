@@ -124,6 +124,12 @@ class CpuGemmChooser {
   std::map<Key, std::string> cache_;  // measured choices, at m_hint
   std::set<std::string> probed_;      // "<impl>/<dtypes>" checked against the reference
   GemmAgreement agreement_;
+  // > 0 while an implementation builds its inner GEMM through make() (bf16_via_f32's f32 one).
+  // Those inner choices take the table order, unmeasured and not agreed: how many a rank makes
+  // depends on what it measured and cached, which differs between ranks holding different
+  // shapes (uneven head splits), and the agreement is a collective that must be called the same
+  // number of times on every rank.
+  int nesting_ = 0;
 };
 
 // Every rank takes `root`'s choice: one broadcast of the name over comm per make().

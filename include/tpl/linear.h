@@ -5,7 +5,7 @@
 // so a custom group changes the sharding (FlashComm2 with P = 1 keeps the full o_proj).
 //
 // Sharding rules (uneven sizes are allowed; see docs/architecture.md):
-//   Column        output rows shard_range(out, tp_size, tp_rank)
+//   Column        output rows shard_range_units(out / out_unit, out_unit, tp_size, tp_rank)
 //   MergedColumn  each logical output (gate, up) split separately, then concatenated
 //   QKV           query heads split by shard_range over heads (any TP size from 1 to the
 //                 number of query heads); each rank holds the contiguous run of KV heads its
@@ -50,6 +50,9 @@ struct LayerSpec {
   // Row layers: the input is split in whole units of this many features (o_proj: head_dim, so
   // the split follows the attention heads of the QKV layer before it).
   std::int64_t in_unit = 1;
+  // Column layers: the output is split in whole units of this many rows (MLA's q_b_proj and
+  // kv_b_proj: one attention head each).
+  std::int64_t out_unit = 1;
   bool bias = false;
   LinearFlags flags;
   DType dtype = DType::kF32;  // weights, activations and outputs

@@ -2,14 +2,19 @@
 //
 // Each layer: RMSNorm, qkv (QKV column), causal GQA attention with RoPE over the rank's local
 // heads, o_proj (row), residual, RMSNorm, gate_up (merged column), SiLU·mul, down (row),
-// residual. MoE layers run their shared experts (if the model has any) through tplinear and skip
-// the routed experts: expert FFNs are outside the scope of linear ops. Embedding, final norm and
-// LM head are not part of the stack; the input hidden states are seeded random values.
+// residual. DeepSeek-V2/V3 layers run multi-head latent attention instead (docs/architecture.md):
+// q_proj or q_a_proj -> q_a_layernorm -> q_b_proj, kv_a_proj_with_mqa -> kv_a_layernorm ->
+// kv_b_proj, decoupled RoPE, o_proj; under DSA-CP (index_topk with FC1) each rank attends for
+// its token shard with all heads (the ShardedCP ops). MoE layers run their shared experts (if the
+// model has any) through tplinear and skip the routed experts: expert FFNs are outside the scope of
+// linear ops. Embedding, final norm and LM head are not part of the stack; the input hidden states
+// are seeded random values.
 #pragma once
 
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -31,21 +36,35 @@ struct ModelSpec {
   std::int64_t heads = 0, kv_heads = 0, head_dim = 0;
   std::int64_t layers = 0;
   double rms_eps = 1e-6, rope_theta = 10000.0;
-  // config.json's rope_scaling: "default" (none), "linear" (positions / factor) or "llama3"
+  // config.json's rope_scaling: "default" (none), "linear" (positions / factor), "llama3"
   // (Llama-3.1: long wavelengths / factor, a smooth band between; HF's
-  // _compute_llama3_parameters). Other types are refused (ConfigError naming the field).
+  // _compute_llama3_parameters) or, for DeepSeek MLA, "yarn" (DeepSeek's
+  // DeepseekV2YarnRotaryEmbedding: interpolated frequencies, cos/sin and the softmax scale
+  // corrected by mscale). Other types are refused (ConfigError naming the field).
   struct RopeScaling {
     std::string type = "default";
     double factor = 1, low_freq_factor = 1, high_freq_factor = 4;
     double original_max_position_embeddings = 8192;
+    double beta_fast = 32, beta_slow = 1, mscale = 1, mscale_all_dim = 0;  // yarn
   } rope_scaling;
+  // Multi-head latent attention (DeepSeek-V2/V3). head_dim is then qk_nope + qk_rope (the
+  // query/key head), kv_heads = heads.
+  struct Mla {
+    std::int64_t q_lora_rank = 0;  // 0: q_proj; else q_a_proj -> q_a_layernorm -> q_b_proj
+    std::int64_t kv_lora_rank = 0, qk_nope_head_dim = 0, qk_rope_head_dim = 0, v_head_dim = 0;
+    std::int64_t index_topk = 0;  // DSA (V3.2): sparse attention over this many keys
+  };
+  std::optional<Mla> mla;
   bool qkv_bias = false;  // Qwen2 has q/k/v biases
   bool qk_norm = false;   // Qwen3: per-head RMSNorm of q and k (q_norm, k_norm) before RoPE
   // MoE structure (decides which layers run experts; selection uses ModelInfo).
   std::int64_t num_experts = 0;
   std::int64_t shared_expert_intermediate = 0;  // 0 = no shared expert
-  std::int64_t decoder_sparse_step = 1;
+  std::int64_t decoder_sparse_step = 1;         // Qwen-MoE: layer l is MoE when (l + 1) % step == 0
   std::int64_t first_k_dense = 0;
+  std::int64_t moe_layer_freq = 0;  // DeepSeek: MoE when l >= first_k_dense and l % freq == 0
+  // The shared expert's module name: "shared_expert" (Qwen-MoE) or "shared_experts" (DeepSeek).
+  std::string shared_expert_module = "shared_expert";
   std::vector<std::int64_t> mlp_only_layers;
   ModelInfo info;  // what selection reads (§12.2)
 
@@ -55,8 +74,15 @@ struct ModelSpec {
   // A preset name, a config.json path or a checkpoint directory holding config.json (as vLLM's
   // --model); ConfigError naming the presets when it is none of them.
   static ModelSpec load(const std::string& name_or_path);
-  // RoPE's inverse frequency of pair d (of head_dim / 2), rope_scaling applied.
+  // RoPE's inverse frequency of pair d (of rope_dim() / 2), rope_scaling applied.
   double rope_inv_freq(std::int64_t d) const;
+  // The dims RoPE rotates: head_dim, or MLA's qk_rope_head_dim.
+  std::int64_t rope_dim() const { return mla ? mla->qk_rope_head_dim : head_dim; }
+  // yarn: the factor on cos and sin (1 otherwise).
+  double rope_mscale() const;
+  // The attention's softmax scale: head_dim^-0.5, times yarn's mscale(mscale_all_dim)^2.
+  double softmax_scale() const;
+
   static std::vector<std::string> presets();
   bool layer_is_moe(std::int64_t layer) const;
   void validate() const;  // sizes positive, heads divisible, ...
@@ -88,6 +114,8 @@ struct LayerReport {
 
 // The linear layers of decoder layer `l` in forward order: qkv_proj, o_proj, then gate_up_proj
 // and down_proj (the shared expert's in an MoE layer; none when it has routed experts only).
+// MLA layers: q_proj (or q_a_proj, q_b_proj), kv_a_proj_with_mqa, kv_b_proj, o_proj, then the
+// MLP's.
 // DecoderStack builds exactly these; the cost model predicts them.
 std::vector<LayerSpec> decoder_linear_specs(const ModelSpec& model, std::int64_t l, DType dtype);
 

@@ -181,6 +181,11 @@ double CpuGemmChooser::held_bytes_per_weight(const GemmDesc& desc) const {
 std::unique_ptr<Gemm> CpuGemmChooser::make_impl(const Impl& impl, const GemmDesc& desc,
                                                 TensorView weight, TensorView bias) {
   const GemmFactory f32 = [this](const GemmDesc& d, TensorView w, TensorView b) {
+    struct Nest {
+      int& n;
+      explicit Nest(int& v) : n(++v) {}
+      ~Nest() { --n; }
+    } nest(nesting_);
     return make(d, w, b);
   };
   return impl.make(desc, weight, bias, f32);
@@ -281,6 +286,11 @@ GemmChoice CpuGemmChooser::decide(const GemmDesc& desc, std::int64_t m, TensorVi
     c.how = "only one serves";
     return c;
   }
+  if (nesting_ > 0) {  // see nesting_: the same choice on every rank, without a collective
+    c.chosen = list[serving.front()]->name;
+    c.how = "inside another implementation: table order";
+    return c;
+  }
   const Key key{static_cast<int>(desc.act), static_cast<int>(desc.weight),
                 static_cast<int>(desc.out), desc.n, desc.k};
   if (keep) {
@@ -346,7 +356,7 @@ std::unique_ptr<Gemm> CpuGemmChooser::make(const GemmDesc& desc, TensorView weig
                                            std::string* chosen) {
   std::unique_ptr<Gemm> gemm;
   GemmChoice c = decide(desc, options_.m_hint, weight, bias, &gemm);
-  if (agreement_) {
+  if (agreement_ && nesting_ == 0) {
     const std::string agreed = agreement_(desc, c.chosen);
     if (agreed != c.chosen) {
       const auto it = std::find_if(impls_.begin(), impls_.end(),

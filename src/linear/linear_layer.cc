@@ -60,7 +60,9 @@ std::vector<ShardRange> LinearLayer::output_rows(const LayerSpec& spec, int rank
   const Where w{"linear " + spec.prefix, -1};
   switch (spec.kind) {
     case LayerKind::kColumn:
-      return {shard_range(spec.out_features, size, rank)};
+      TPL_CHECK(spec.out_unit >= 1 && spec.out_features % spec.out_unit == 0, w, "out_unit ",
+                spec.out_unit, " must divide the output features ", spec.out_features);
+      return {shard_range_units(spec.out_features / spec.out_unit, spec.out_unit, size, rank)};
     case LayerKind::kMergedColumn: {
       std::vector<ShardRange> v;
       std::int64_t base = 0;

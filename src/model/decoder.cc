@@ -169,6 +169,19 @@ struct DecoderStack::Layer {
   Tensor norm1, norm2;
   Tensor q_norm, k_norm;             // [1, head_dim] when the model has qk_norm (Qwen3)
   std::vector<ShardRange> qkv_rows;  // global rows of q, k, v this rank holds
+  // MLA (qkv null): q is q_proj, or q_b_proj after q_a_proj and its norm.
+  std::unique_ptr<LinearLayer> q_a, q, kv_a, kv_b;
+  Tensor q_a_norm, kv_a_norm;
+  ShardRange heads;  // the query heads q and kv_b hold (all of them under DSA-CP)
+
+  // The linear layers in forward order: decoder_linear_specs()'s, as the report lists them.
+  std::vector<LinearLayer*> linears() const {
+    std::vector<LinearLayer*> v;
+    for (LinearLayer* l : {qkv.get(), q_a.get(), q.get(), kv_a.get(), kv_b.get(), o.get(),
+                           gate_up.get(), down.get()})
+      if (l) v.push_back(l);
+    return v;
+  }
 };
 
 DecoderStack::~DecoderStack() = default;
@@ -186,20 +199,40 @@ std::vector<LayerSpec> decoder_linear_specs(const ModelSpec& model, std::int64_t
   const std::int64_t q_out = model.heads * hd;
   const std::string p = "model.layers." + std::to_string(l) + ".";
   std::vector<LayerSpec> v;
-  LayerSpec qkv{p + "self_attn.qkv_proj", LayerKind::kQkv, h, 0};
-  qkv.qkv = {model.heads, model.kv_heads, hd};
-  qkv.dtype = dtype;
-  qkv.bias = model.qkv_bias;
-  v.push_back(qkv);
-  LayerSpec o{p + "self_attn.o_proj", LayerKind::kRow, q_out, h};
-  o.dtype = dtype;
-  o.in_unit = hd;  // split by heads, like the QKV layer before it
-  v.push_back(o);
+  auto add = [&](const std::string& name, LayerKind kind, std::int64_t in, std::int64_t out) {
+    LayerSpec s{p + name, kind, in, out};
+    s.dtype = dtype;
+    v.push_back(s);
+    return &v.back();
+  };
+  if (model.mla) {
+    // MLA: the latent projections are replicated (as vLLM's DeepSeek builds them); q_b_proj,
+    // kv_b_proj and o_proj split by heads.
+    const ModelSpec::Mla& a = *model.mla;
+    const std::int64_t heads = model.heads, kv_head = a.qk_nope_head_dim + a.v_head_dim;
+    if (a.q_lora_rank == 0) {
+      add("self_attn.q_proj", LayerKind::kColumn, h, heads * hd)->out_unit = hd;
+    } else {
+      add("self_attn.q_a_proj", LayerKind::kReplicated, h, a.q_lora_rank);
+      add("self_attn.q_b_proj", LayerKind::kColumn, a.q_lora_rank, heads * hd)->out_unit = hd;
+    }
+    add("self_attn.kv_a_proj_with_mqa", LayerKind::kReplicated, h,
+        a.kv_lora_rank + a.qk_rope_head_dim);
+    add("self_attn.kv_b_proj", LayerKind::kColumn, a.kv_lora_rank, heads * kv_head)->out_unit =
+        kv_head;
+    add("self_attn.o_proj", LayerKind::kRow, heads * a.v_head_dim, h)->in_unit = a.v_head_dim;
+  } else {
+    LayerSpec* qkv = add("self_attn.qkv_proj", LayerKind::kQkv, h, 0);
+    qkv->qkv = {model.heads, model.kv_heads, hd};
+    qkv->bias = model.qkv_bias;
+    // o_proj splits by heads, like the QKV layer before it.
+    add("self_attn.o_proj", LayerKind::kRow, q_out, h)->in_unit = hd;
+  }
   std::string mlp = p + "mlp.";
   std::int64_t inter = model.intermediate;
   if (model.layer_is_moe(l)) {
     if (model.shared_expert_intermediate <= 0) return v;  // routed experts only: skipped
-    mlp += "shared_expert.";
+    mlp += model.shared_expert_module + ".";
     inter = model.shared_expert_intermediate;
   }
   LayerSpec gu{mlp + "gate_up_proj", LayerKind::kMergedColumn, h, 0};
@@ -320,6 +353,17 @@ DecoderStack::DecoderStack(Communicator& world, const ModelSpec& model, Strategi
     v->env->cpu_gemm = cpu_gemm_.get();
     v->env->oshard = series_.get();
     v->env->layer_shard = series_.get();
+    // DSA-CP (index_topk under FC1) shards MLA's attention by tokens: ShardedCP q_b_proj and
+    // kv_b_proj hold every head. A model without MLA, or MLA with a plain (TP-sharded) q_proj,
+    // has no such attention.
+    if (v->features.dsa_cp) {
+      TPL_CHECK_T(model.mla.has_value(), ConfigError, where, "model '", model.name,
+                  "' sets index_topk (DSA context parallelism under FC1, DeepSeek-V3.2's sparse ",
+                  "attention) but has no multi-head latent attention");
+      TPL_CHECK_T(model.mla->q_lora_rank > 0, ConfigError, where, "model '", model.name,
+                  "': DSA-CP needs field 'q_lora_rank' (q_a_proj -> q_b_proj, as DeepSeek-V3.2 ",
+                  "has): a plain q_proj is TP-sharded, not a ShardedCP op");
+    }
     variants_.push_back(std::move(v));
   }
   if (plan_)
@@ -368,26 +412,57 @@ DecoderStack::DecoderStack(Communicator& world, const ModelSpec& model, Strategi
     }
 
     const std::vector<LayerSpec> specs = decoder_linear_specs(model, l, dt);
-    const LayerSpec& qkv = specs[0];
     const float s_in = 1.f / std::sqrt(float(h));
     const std::string a = p + "self_attn.";
-    std::vector<Part> qkv_bias;
-    if (model.qkv_bias)
-      qkv_bias = {
-          {a + "q_proj.bias", q_out}, {a + "k_proj.bias", kv_out}, {a + "v_proj.bias", kv_out}};
-    L->qkv = make(qkv,
-                  {{a + "q_proj.weight", q_out},
-                   {a + "k_proj.weight", kv_out},
-                   {a + "v_proj.weight", kv_out}},
-                  qkv_bias, s_in, "qkv");
-    L->qkv_rows = LinearLayer::output_rows(L->qkv->spec(), L->qkv->tp_rank(), L->qkv->tp_size());
-    if (L->qkv->tp_size() == 1) {
-      L->qkv_rows = {{0, q_out}, {q_out, kv_out}, {q_out + kv_out, kv_out}};
+    std::size_t next = 0;  // specs[next]: the next layer in forward order
+    auto one = [&](const std::string& name, float stddev, const char* kind) {
+      const LayerSpec& s = specs[next++];
+      return make(s, {{a + name + ".weight", LinearLayer::full_out_features(s)}}, {}, stddev, kind);
+    };
+    if (model.mla) {
+      const ModelSpec::Mla& m = *model.mla;
+      if (m.q_lora_rank > 0) {
+        L->q_a = one("q_a_proj", s_in, "qkv");
+        L->q_a_norm = weights.get(a + "q_a_layernorm.weight", 1, m.q_lora_rank, DType::kF32, 0.1f);
+        L->q = one("q_b_proj", 1.f / std::sqrt(float(m.q_lora_rank)), "qkv");
+      } else {
+        L->q = one("q_proj", s_in, "qkv");
+      }
+      L->kv_a = one("kv_a_proj_with_mqa", s_in, "qkv");
+      L->kv_a_norm = weights.get(a + "kv_a_layernorm.weight", 1, m.kv_lora_rank, DType::kF32, 0.1f);
+      L->kv_b = one("kv_b_proj", 1.f / std::sqrt(float(m.kv_lora_rank)), "qkv");
+      L->o = one("o_proj", 1.f / std::sqrt(float(model.heads * m.v_head_dim)), "o_proj");
+      // q and kv_b split by heads alike (both hold all heads under DSA-CP's ShardedCP ops).
+      const ShardRange qh =
+          LinearLayer::output_rows(L->q->spec(), L->q->tp_rank(), L->q->tp_size())[0];
+      const ShardRange kvh =
+          LinearLayer::output_rows(L->kv_b->spec(), L->kv_b->tp_rank(), L->kv_b->tp_size())[0];
+      L->heads = {qh.offset / hd, qh.size / hd};
+      const std::int64_t kv_head = m.qk_nope_head_dim + m.v_head_dim;
+      TPL_CHECK(kvh.offset / kv_head == L->heads.offset && kvh.size / kv_head == L->heads.size,
+                where, p, "q (", op_kind_name(L->q->choice().kind), ") holds heads [",
+                L->heads.offset, ", ", L->heads.offset + L->heads.size, ") but kv_b_proj (",
+                op_kind_name(L->kv_b->choice().kind), ") heads [", kvh.offset / kv_head, ", ",
+                (kvh.offset + kvh.size) / kv_head, "): the config splits them differently");
+    } else {
+      std::vector<Part> qkv_bias;
+      if (model.qkv_bias)
+        qkv_bias = {
+            {a + "q_proj.bias", q_out}, {a + "k_proj.bias", kv_out}, {a + "v_proj.bias", kv_out}};
+      L->qkv = make(specs[next++],
+                    {{a + "q_proj.weight", q_out},
+                     {a + "k_proj.weight", kv_out},
+                     {a + "v_proj.weight", kv_out}},
+                    qkv_bias, s_in, "qkv");
+      L->qkv_rows = LinearLayer::output_rows(L->qkv->spec(), L->qkv->tp_rank(), L->qkv->tp_size());
+      if (L->qkv->tp_size() == 1) {
+        L->qkv_rows = {{0, q_out}, {q_out, kv_out}, {q_out + kv_out, kv_out}};
+      }
+      L->o = one("o_proj", 1.f / std::sqrt(float(q_out)), "o_proj");
     }
-    L->o = make(specs[1], {{a + "o_proj.weight", h}}, {}, 1.f / std::sqrt(float(q_out)), "o_proj");
 
     if (L->moe) {
-      if (specs.size() > 2) {
+      if (specs.size() > next) {
         skipped_.push_back(p + "mlp.experts (" + std::to_string(model.num_experts) +
                            " routed experts; shared expert run)");
       } else {
@@ -397,8 +472,8 @@ DecoderStack::DecoderStack(Communicator& world, const ModelSpec& model, Strategi
         continue;
       }
     }
-    const LayerSpec& gu = specs[2];
-    const LayerSpec& dn = specs[3];
+    const LayerSpec& gu = specs[next];
+    const LayerSpec& dn = specs[next + 1];
     const std::int64_t inter = dn.in_features;
     const std::string mlp =
         gu.prefix.substr(0, gu.prefix.size() - std::string("gate_up_proj").size());
@@ -411,8 +486,7 @@ DecoderStack::DecoderStack(Communicator& world, const ModelSpec& model, Strategi
   // has nothing to prefetch.
   if (series_ && !series_->empty()) series_->finalize();
   for (const auto& L : layers_)
-    for (const LinearLayer* ll : {L->qkv.get(), L->o.get(), L->gate_up.get(), L->down.get()}) {
-      if (!ll) continue;
+    for (const LinearLayer* ll : L->linears()) {
       const ShardCoord sc = shard_coord(ll->choice(), config_, world.rank());
       report_.push_back({ll->spec().prefix, op_kind_name(ll->choice().kind), sc.group,
                          ll->tp_rank(), ll->tp_size(), 0, 0});
@@ -491,6 +565,70 @@ Tensor attention(TensorView qkv, const std::vector<ShardRange>& rows, const Mode
   return out;
 }
 
+// Multi-head latent attention over `heads` local heads (DeepSeek-V2's DeepseekV2Attention).
+// q: [R, heads * (nope + rope)], query row i at position pos0 + i; k_pe: [K, rope], the keys'
+// shared RoPE part (positions 0..K-1); kv: [K, heads * (nope + v)], kv_b_proj's k_nope | value
+// per head. Query i attends keys 0..pos0+i; rows at positions >= valid are pad and get zeros.
+// RoPE pairs dims (2i, 2i+1) as DeepSeek's apply_rotary_pos_emb does (it de-interleaves, then
+// rotates halves), scaled by yarn's mscale; q and k are written out in that de-interleaved order,
+// which leaves their dot products unchanged.
+Tensor mla_attention(TensorView q, TensorView k_pe, TensorView kv, std::int64_t heads,
+                     std::int64_t pos0, std::int64_t valid, const ModelSpec& m) {
+  const ModelSpec::Mla& a = *m.mla;
+  const std::int64_t nope = a.qk_nope_head_dim, rope = a.qk_rope_head_dim, vd = a.v_head_dim;
+  const std::int64_t qhd = nope + rope, kvd = nope + vd, rows = q.rows(), keys = k_pe.rows();
+  std::vector<double> inv_freq(static_cast<std::size_t>(rope / 2));
+  for (std::int64_t d = 0; d < rope / 2; ++d) inv_freq[d] = m.rope_inv_freq(d);
+  const double mscale = m.rope_mscale();
+  auto rotate = [&](const float* x, std::int64_t pos, float* out) {
+    for (std::int64_t i = 0; i < rope / 2; ++i) {
+      const double f = double(pos) * inv_freq[i];
+      const float c = float(std::cos(f) * mscale), s = float(std::sin(f) * mscale);
+      const float x0 = x[2 * i], x1 = x[2 * i + 1];
+      out[i] = x0 * c - x1 * s;
+      out[i + rope / 2] = x1 * c + x0 * s;
+    }
+  };
+  std::vector<float> kr(static_cast<std::size_t>(keys * rope)), tmp(static_cast<std::size_t>(rope));
+  for (std::int64_t j = 0; j < keys; ++j) {
+    for (std::int64_t d = 0; d < rope; ++d) tmp[d] = get_f32(k_pe, j, d);
+    rotate(tmp.data(), j, &kr[j * rope]);
+  }
+  Tensor out(q.dtype(), rows, heads * vd);
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t c = 0; c < heads * vd; ++c) set_f32(out, r, c, 0.f);
+  const float scale = static_cast<float>(m.softmax_scale());
+  std::vector<float> qi(static_cast<std::size_t>(qhd)), p(static_cast<std::size_t>(keys)),
+      acc(static_cast<std::size_t>(vd));
+  for (std::int64_t i = 0; i < rows; ++i) {
+    const std::int64_t pos = pos0 + i;
+    if (pos >= valid) continue;
+    const std::int64_t last = std::min(pos, keys - 1);
+    for (std::int64_t hh = 0; hh < heads; ++hh) {
+      for (std::int64_t d = 0; d < nope; ++d) qi[d] = get_f32(q, i, hh * qhd + d);
+      for (std::int64_t d = 0; d < rope; ++d) tmp[d] = get_f32(q, i, hh * qhd + nope + d);
+      rotate(tmp.data(), pos, &qi[nope]);
+      float mx = -INFINITY;
+      for (std::int64_t j = 0; j <= last; ++j) {
+        float s = 0;
+        for (std::int64_t d = 0; d < nope; ++d) s += qi[d] * get_f32(kv, j, hh * kvd + d);
+        for (std::int64_t d = 0; d < rope; ++d) s += qi[nope + d] * kr[j * rope + d];
+        p[j] = s * scale;
+        mx = std::max(mx, p[j]);
+      }
+      float sum = 0;
+      for (std::int64_t j = 0; j <= last; ++j) sum += (p[j] = std::exp(p[j] - mx));
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (std::int64_t j = 0; j <= last; ++j) {
+        const float w = p[j] / sum;
+        for (std::int64_t d = 0; d < vd; ++d) acc[d] += w * get_f32(kv, j, hh * kvd + nope + d);
+      }
+      for (std::int64_t d = 0; d < vd; ++d) set_f32(out, i, hh * vd + d, acc[d]);
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 int DecoderStack::variant_for(std::int64_t tokens) const {
@@ -539,6 +677,13 @@ Tensor DecoderStack::run_variant(TensorView hidden, int vi) {
     for (int r = 0; r < world_.size(); ++r)
       across[coord_of(config_.layout, r).d] = all.ptr<std::int32_t>()[r];
   }
+  // DSA's lightning indexer is not modelled: attention is dense, which is DSA's exactly while
+  // every query has at most index_topk keys.
+  if (model_.mla && model_.mla->index_topk > 0)
+    TPL_CHECK(n <= model_.mla->index_topk, (Where{"decoder", world_.rank()}), "a batch of ", n,
+              " tokens exceeds index_topk ", model_.mla->index_topk,
+              ": tplinear runs DSA's attention densely (its lightning indexer is not modelled), ",
+              "which equals DSA only up to index_topk tokens");
   const Variant& var = *variants_[static_cast<std::size_t>(vi)];
   ForwardContext ctx = ForwardContext::make(var.config, var.features, model_.info, n, across);
   ctx.variant = vi;
@@ -592,11 +737,82 @@ Tensor DecoderStack::run_variant(TensorView hidden, int vi) {
     if (ll.choice().unsharded) out.placement = res_pl;
     return out;
   };
+  // All N tokens of a residual-shaped tensor (FC1's shard gathered, the pad dropped).
+  auto all_tokens = [&](Tensor x) -> Tensor {
+    if (res_pl.kind != PlacementKind::kShard) return x;
+    Tensor all(x.dtype(), x.rows() * T, x.cols());
+    tp.all_gather(x, all, 0);
+    return Tensor::copy_of(all.view().row_slice(0, n));
+  };
+  // Multi-head latent attention and o_proj. Plain TP: every rank has all N tokens and its heads.
+  // DSA-CP: every rank has its token shard (FC1's rows t*b.., or all N when FC1 is off for the
+  // batch) and all heads; the latent K/V of every token is all-gathered, and o_proj gets what its
+  // op takes: the shard as it is (ShardedCPRow), or all N' tokens with this rank's head slice.
+  const double latent_eps = 1e-6;  // q_a_layernorm, kv_a_layernorm: DeepseekV2RMSNorm's default
+  auto mla = [&](Layer& L, Tensor h) -> LinearOutput {
+    const ModelSpec::Mla& a = *model_.mla;
+    const bool cp = var.features.dsa_cp, shard = res_pl.kind == PlacementKind::kShard;
+    Tensor x = cp ? std::move(h) : all_tokens(std::move(h));
+    const std::int64_t pos0 = cp && shard ? t * x.rows() : 0;
+    Tensor q_latent;
+    if (L.q_a) q_latent = rms_norm(run(*L.q_a, x).output, L.q_a_norm, latent_eps);
+    LinearOutput q = run(*L.q, L.q_a ? q_latent.view() : x.view());
+    LinearOutput kva = run(*L.kv_a, x);
+    Tensor ckv = rms_norm(kva.output.view().col_slice(0, a.kv_lora_rank), L.kv_a_norm, latent_eps);
+    Tensor k_pe = Tensor::copy_of(kva.output.view().col_slice(a.kv_lora_rank, a.qk_rope_head_dim));
+    if (cp && shard) {
+      ckv = all_tokens(std::move(ckv));
+      k_pe = all_tokens(std::move(k_pe));
+    }
+    LinearOutput kv = run(*L.kv_b, ckv);
+    Tensor att = mla_attention(q.output, k_pe, kv.output, L.heads.size, pos0, n, model_);
+    const LinearLayer& o = *L.o;
+    const Placement in_pl = o.op(vi).input_placement(ctx);
+    if (cp && in_pl == Placement::shard_features()) {
+      // This rank's head slice of every token (SequenceRow, FlashComm2), from the TP group.
+      std::vector<ShardRange> slice(static_cast<std::size_t>(T));
+      for (int s = 0; s < T; ++s) slice[s] = LinearLayer::input_cols(o.spec(), s, T);
+      if (!shard) {
+        att = Tensor::copy_of(att.view().col_slice(slice[t].offset, slice[t].size));
+      } else {
+        // Member s receives this shard's rows of its head slice: [b, w_s] pieces.
+        const std::int64_t b = att.rows();
+        std::vector<std::int64_t> send, recv(static_cast<std::size_t>(T), b * slice[t].size);
+        std::int64_t total = 0;
+        for (const ShardRange& r : slice) total += b * r.size;
+        Tensor buf(att.dtype(), 1, total);
+        std::int64_t at = 0;
+        for (const ShardRange& r : slice) {
+          copy_into(att.view().col_slice(r.offset, r.size),
+                    buf.view().col_slice(at, b * r.size).reshape(b, r.size));
+          send.push_back(b * r.size);
+          at += b * r.size;
+        }
+        Tensor heads(att.dtype(), b * T, slice[t].size);  // all N' tokens, rank order
+        tp.all_to_all_v(buf, send, heads, recv);
+        // SequenceRow takes DSA-CP's N' rows as they are (seed §6.9 a); the others pad N.
+        att = o.op(vi).kind() == OpKind::kSequenceRow
+                  ? std::move(heads)
+                  : Tensor::copy_of(heads.view().row_slice(0, n));
+      }
+    } else if (cp && in_pl == Placement::replicated()) {
+      att = all_tokens(std::move(att));
+    }
+    LinearOutput out = run(*L.o, att);
+    // ShardedCPRow keeps the rows it was given: the residual's.
+    if (cp && in_pl == Placement::shard_tokens()) out.placement = res_pl;
+    return out;
+  };
   for (auto& L : layers_) {
     Tensor h = rms_norm(resid, L->norm1, model_.rms_eps);
-    LinearOutput qkv = run(*L->qkv, h);
-    Tensor a = attention(qkv.output, L->qkv_rows, model_, L->q_norm.view(), L->k_norm.view());
-    LinearOutput o = run(*L->o, a);
+    LinearOutput o;
+    if (model_.mla) {
+      o = mla(*L, std::move(h));
+    } else {
+      LinearOutput qkv = run(*L->qkv, h);
+      Tensor a = attention(qkv.output, L->qkv_rows, model_, L->q_norm.view(), L->k_norm.view());
+      o = run(*L->o, a);
+    }
     add_into(to_residual(std::move(o.output), o.placement), resid);
     if (!L->gate_up) continue;
     Tensor h2 = rms_norm(resid, L->norm2, model_.rms_eps);

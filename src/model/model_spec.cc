@@ -151,16 +151,49 @@ ModelSpec ModelSpec::from_hf_json(const nlohmann::json& hf, const std::string& n
     TPL_THROW(ConfigError, kWhere, "model '", name,
               "': config.json field 'model_type' must be a string");
   m.model_type = j.value("model_type", std::string("llama"));
-  if (m.model_type.find("deepseek") != std::string::npos)
-    TPL_THROW(Unsupported, kWhere, "model '", name, "' (", m.model_type,
-              "): multi-head latent attention is not supported by `tplinear run`; use "
-              "`tplinear explain` for its op selection");
+  const bool deepseek = m.model_type.find("deepseek") != std::string::npos;
   m.hidden = need_int(j, "hidden_size", name);
   m.heads = need_int(j, "num_attention_heads", name);
   m.kv_heads = opt_int(j, "num_key_value_heads", m.heads, name);
   m.head_dim = j.contains("head_dim") && j["head_dim"].is_number_integer()
                    ? j["head_dim"].get<std::int64_t>()
                    : (m.heads > 0 ? m.hidden / m.heads : 0);
+  if (deepseek) {
+    // DeepSeek-V2/V3: multi-head latent attention; every head has its own K and V (from the
+    // shared latent), so there are no KV-head groups.
+    Mla a;
+    a.q_lora_rank = j.contains("q_lora_rank") && !j["q_lora_rank"].is_null()
+                        ? need_int(j, "q_lora_rank", name)
+                        : 0;
+    if (j.contains("q_lora_rank") && !j["q_lora_rank"].is_null() && a.q_lora_rank <= 0)
+      TPL_THROW(ConfigError, kWhere, "model '", name,
+                "': field 'q_lora_rank' must be positive or null, got ", a.q_lora_rank);
+    a.kv_lora_rank = need_int(j, "kv_lora_rank", name);
+    a.qk_nope_head_dim = need_int(j, "qk_nope_head_dim", name);
+    a.qk_rope_head_dim = need_int(j, "qk_rope_head_dim", name);
+    a.v_head_dim = need_int(j, "v_head_dim", name);
+    a.index_topk = opt_int(j, "index_topk", 0, name);
+    for (const auto& [field, v] : {std::pair{"kv_lora_rank", a.kv_lora_rank},
+                                   {"qk_nope_head_dim", a.qk_nope_head_dim},
+                                   {"qk_rope_head_dim", a.qk_rope_head_dim},
+                                   {"v_head_dim", a.v_head_dim}})
+      if (v <= 0)
+        TPL_THROW(ConfigError, kWhere, "model '", name, "': field '", field,
+                  "' must be positive, got ", v);
+    if (a.qk_rope_head_dim % 2 != 0)
+      TPL_THROW(ConfigError, kWhere, "model '", name, "': field 'qk_rope_head_dim' must be even ",
+                "for RoPE, got ", a.qk_rope_head_dim);
+    if (j.contains("index_topk") && a.index_topk <= 0)
+      TPL_THROW(ConfigError, kWhere, "model '", name,
+                "': field 'index_topk' must be positive, got ", a.index_topk);
+    if (j.value("attention_bias", false))
+      TPL_THROW(ConfigError, kWhere, "model '", name,
+                "': field 'attention_bias' is true; MLA projections without bias only");
+    m.mla = a;
+    m.head_dim = a.qk_nope_head_dim + a.qk_rope_head_dim;
+    m.kv_heads = m.heads;
+    m.shared_expert_module = "shared_experts";
+  }
   m.layers = need_int(j, "num_hidden_layers", name);
   m.intermediate = need_int(j, "intermediate_size", name);
   m.rms_eps = j.value("rms_norm_eps", 1e-6);
@@ -174,9 +207,14 @@ ModelSpec ModelSpec::from_hf_json(const nlohmann::json& hf, const std::string& n
     };
     if (!rs.is_object()) bad("", "must be an object");
     const std::string type = rs.value("rope_type", rs.value("type", std::string("default")));
-    if (type != "default" && type != "linear" && type != "llama3")
-      bad(rs.contains("rope_type") ? "rope_type" : "type",
-          "is '" + type + "'; supported: default, linear, llama3");
+    const char* type_field = rs.contains("rope_type") ? "rope_type" : "type";
+    if (type == "yarn" && !deepseek)
+      bad(type_field,
+          "is 'yarn', which tplinear implements as DeepSeek's (MLA models) only; "
+          "supported here: default, linear, llama3");
+    if (type != "default" && type != "linear" && type != "llama3" && type != "yarn")
+      bad(type_field,
+          "is '" + type + "'; supported: default, linear, llama3" + (deepseek ? ", yarn" : ""));
     m.rope_scaling.type = type;
     auto num = [&](const char* key, double fallback, bool needed) {
       if (!rs.contains(key)) {
@@ -198,11 +236,33 @@ ModelSpec ModelSpec::from_hf_json(const nlohmann::json& hf, const std::string& n
       if (m.rope_scaling.high_freq_factor <= m.rope_scaling.low_freq_factor)
         bad("high_freq_factor", "must exceed low_freq_factor");
     }
+    if (type == "yarn") {
+      RopeScaling& r = m.rope_scaling;
+      r.original_max_position_embeddings = num("original_max_position_embeddings", 4096, false);
+      r.beta_fast = num("beta_fast", 32, false);
+      r.beta_slow = num("beta_slow", 1, false);
+      r.mscale = num("mscale", 1, false);
+    }
+    // DeepSeek's attention corrects its softmax scale by mscale_all_dim whatever the type.
+    if (deepseek && rs.contains("mscale_all_dim")) {
+      if (!rs["mscale_all_dim"].is_number() || !(rs["mscale_all_dim"].get<double>() >= 0))
+        bad("mscale_all_dim", "must be a number >= 0");
+      m.rope_scaling.mscale_all_dim = rs["mscale_all_dim"].get<double>();
+    }
   }
   m.num_experts = opt_int(j, "num_experts", opt_int(j, "n_routed_experts", 0, name), name);
   m.shared_expert_intermediate = opt_int(j, "shared_expert_intermediate_size", 0, name);
   m.decoder_sparse_step = opt_int(j, "decoder_sparse_step", 1, name);
   m.first_k_dense = opt_int(j, "first_k_dense_replace", 0, name);
+  if (deepseek && m.num_experts > 0) {
+    // DeepSeekMoE: n_shared_experts experts of moe_intermediate_size, run as one MLP.
+    m.moe_layer_freq = opt_int(j, "moe_layer_freq", 1, name);
+    if (m.moe_layer_freq <= 0)
+      TPL_THROW(ConfigError, kWhere, "model '", name, "': field 'moe_layer_freq' must be positive");
+    const std::int64_t shared = opt_int(j, "n_shared_experts", 0, name);
+    if (shared > 0)
+      m.shared_expert_intermediate = shared * need_int(j, "moe_intermediate_size", name);
+  }
   if (j.contains("mlp_only_layers") && j["mlp_only_layers"].is_array()) {
     for (const nlohmann::json& l : j["mlp_only_layers"]) {
       if (!is_int64(l))
@@ -260,10 +320,48 @@ ModelSpec ModelSpec::load(const std::string& name_or_path) {
             "; or a config.json path or a checkpoint directory)");
 }
 
+namespace {
+// DeepSeek's yarn_get_mscale.
+double yarn_mscale(double scale, double mscale) {
+  return scale <= 1 ? 1.0 : 0.1 * mscale * std::log(scale) + 1.0;
+}
+}  // namespace
+
+double ModelSpec::rope_mscale() const {
+  const RopeScaling& r = rope_scaling;
+  if (r.type != "yarn") return 1.0;
+  return yarn_mscale(r.factor, r.mscale) / yarn_mscale(r.factor, r.mscale_all_dim);
+}
+
+double ModelSpec::softmax_scale() const {
+  double s = 1.0 / std::sqrt(double(head_dim));
+  if (mla && rope_scaling.type != "default" && rope_scaling.mscale_all_dim != 0) {
+    const double m = yarn_mscale(rope_scaling.factor, rope_scaling.mscale_all_dim);
+    s *= m * m;
+  }
+  return s;
+}
+
 double ModelSpec::rope_inv_freq(std::int64_t d) const {
-  const double inv = std::pow(rope_theta, -2.0 * double(d) / double(head_dim));
+  const std::int64_t dim = rope_dim();
+  const double inv = std::pow(rope_theta, -2.0 * double(d) / double(dim));
   const RopeScaling& r = rope_scaling;
   if (r.type == "linear") return inv / r.factor;
+  if (r.type == "yarn") {
+    // DeepseekV2YarnRotaryEmbedding: extrapolated (inv) below the correction range,
+    // interpolated (inv / factor) above it, a linear ramp between.
+    const double pi = 3.14159265358979323846;
+    auto correction_dim = [&](double rotations) {
+      return double(dim) * std::log(r.original_max_position_embeddings / (rotations * 2 * pi)) /
+             (2 * std::log(rope_theta));
+    };
+    const double low = std::max(std::floor(correction_dim(r.beta_fast)), 0.0);
+    double high = std::min(std::ceil(correction_dim(r.beta_slow)), double(dim - 1));
+    if (low == high) high += 0.001;
+    const double ramp = std::clamp((double(d) - low) / (high - low), 0.0, 1.0);
+    const double extra = 1.0 - ramp;  // inv_freq_mask
+    return inv / r.factor * (1.0 - extra) + inv * extra;
+  }
   if (r.type != "llama3") return inv;
   const double pi = 3.14159265358979323846;
   const double wavelen = 2 * pi / inv;
@@ -285,6 +383,7 @@ std::vector<std::string> ModelSpec::presets() {
 bool ModelSpec::layer_is_moe(std::int64_t l) const {
   if (num_experts <= 0) return false;
   if (l < first_k_dense) return false;
+  if (moe_layer_freq > 0) return l % moe_layer_freq == 0;  // DeepSeek's rule (§12.2)
   if (std::find(mlp_only_layers.begin(), mlp_only_layers.end(), l) != mlp_only_layers.end())
     return false;
   return (l + 1) % std::max<std::int64_t>(1, decoder_sparse_step) == 0;
@@ -300,7 +399,7 @@ void ModelSpec::validate() const {
   if (heads % kv_heads != 0)
     TPL_THROW(ConfigError, w, "num_attention_heads ", heads,
               " must be a multiple of num_key_value_heads ", kv_heads);
-  if (head_dim % 2 != 0) TPL_THROW(ConfigError, w, "head_dim must be even for RoPE");
+  if (rope_dim() % 2 != 0) TPL_THROW(ConfigError, w, "head_dim must be even for RoPE");
   if (!(rms_eps > 0) || !std::isfinite(rms_eps))
     TPL_THROW(ConfigError, w, "rms_norm_eps must be a positive number, got ", rms_eps);
   if (!(rope_theta > 0) || !std::isfinite(rope_theta))

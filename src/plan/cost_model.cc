@@ -227,6 +227,13 @@ StackPrediction CostModel::predict(const ModelSpec& model, const Config& config,
       // the residual it reads, which FC1 shards: the rank's part of the padded batch.
       const std::int64_t rows =
           choice.unsharded && ctx.flash_comm_v1_enabled ? n_pad / std::max(1, tp) : n_tok;
+      // MLA under FC1: the decoder gathers the normed tokens once before the latent projections
+      // (replicated ops that do not gather), charged to the first of them.
+      const bool mla_entry =
+          model.mla && (spec.prefix.ends_with("self_attn.q_a_proj") ||
+                        (model.mla->q_lora_rank == 0 && spec.prefix.ends_with("self_attn.q_proj")));
+      if (mla_entry && ctx.flash_comm_v1_enabled && tp > 1)
+        coll(Collective::kAllGather, double(n_pad) * model.hidden * e, tp, lp);
       switch (choice.kind) {
         case OpKind::kStandardColumn:
         case OpKind::kReplicated:
@@ -311,7 +318,8 @@ StackPrediction CostModel::predict(const ModelSpec& model, const Config& config,
         }
         default:
           TPL_THROW(Unsupported, kWhere, spec.prefix, ": the cost model does not cover op ",
-                    op_kind_name(choice.kind), " yet (DSA-CP's sharded-CP ops)");
+                    op_kind_name(choice.kind),
+                    " yet (DSA-CP's sharded-CP ops and their latent all-gather)");
       }
       lp.ms = lp.gemm_ms + lp.comm_ms + lp.other_ms;
       if (lp.kind >= 0) {

@@ -70,9 +70,13 @@ TEST(ModelSpec, Llama3RopeScalingKeepsHighDividesLowAndBlendsBetween) {
 
 TEST(ModelSpec, BadRopeScalingNamesTheField) {
   EXPECT_NE(
-      error_of(llama({{"rope_scaling", {{"rope_type", "yarn"}, {"factor", 4.0}}}}))
-          .find("field 'rope_scaling.rope_type' is 'yarn'; supported: default, linear, llama3"),
+      error_of(llama({{"rope_scaling", {{"rope_type", "dynamic"}, {"factor", 4.0}}}}))
+          .find("field 'rope_scaling.rope_type' is 'dynamic'; supported: default, linear, llama3"),
       std::string::npos);
+  // yarn is DeepSeek's (MLA) only; HF's generic yarn for Llama/Qwen differs.
+  EXPECT_NE(error_of(llama({{"rope_scaling", {{"rope_type", "yarn"}, {"factor", 4.0}}}}))
+                .find("'yarn', which tplinear implements as DeepSeek's (MLA models) only"),
+            std::string::npos);
   EXPECT_NE(error_of(llama({{"rope_scaling", {{"rope_type", "llama3"}, {"factor", 8.0}}}}))
                 .find("'rope_scaling.low_freq_factor' is missing"),
             std::string::npos);
@@ -160,4 +164,97 @@ TEST(ModelSpec, DeeplyNestedConfigIsAConfigError) {
 }
 
 }  // namespace
+
+static nlohmann::json deepseek(nlohmann::json extra = nlohmann::json::object()) {
+  nlohmann::json j{{"model_type", "deepseek_v2"}, {"hidden_size", 128},
+                   {"intermediate_size", 256},    {"num_attention_heads", 4},
+                   {"num_hidden_layers", 4},      {"kv_lora_rank", 32},
+                   {"q_lora_rank", nullptr},      {"qk_nope_head_dim", 16},
+                   {"qk_rope_head_dim", 8},       {"v_head_dim", 12},
+                   {"rope_theta", 10000.0}};
+  j.update(extra);
+  return j;
+}
+
+TEST(ModelSpec, DeepSeekMla) {
+  const ModelSpec m = ModelSpec::from_hf_json(deepseek(), "ds");
+  ASSERT_TRUE(m.mla.has_value());
+  EXPECT_EQ(m.mla->q_lora_rank, 0);  // null: q_proj
+  EXPECT_EQ(m.head_dim, 24);         // qk_nope + qk_rope
+  EXPECT_EQ(m.rope_dim(), 8);
+  EXPECT_EQ(m.kv_heads, m.heads);
+  EXPECT_DOUBLE_EQ(m.softmax_scale(), 1.0 / std::sqrt(24.0));
+  EXPECT_DOUBLE_EQ(m.rope_inv_freq(1), std::pow(10000.0, -2.0 / 8));
+  EXPECT_EQ(ModelSpec::from_hf_json(deepseek({{"q_lora_rank", 48}}), "ds").mla->q_lora_rank, 48);
+  // Missing, non-positive and odd fields name themselves.
+  nlohmann::json no_rope = deepseek();
+  no_rope.erase("qk_rope_head_dim");
+  EXPECT_NE(error_of(no_rope).find("needs integer field 'qk_rope_head_dim'"), std::string::npos);
+  EXPECT_NE(error_of(deepseek({{"kv_lora_rank", 0}})).find("'kv_lora_rank' must be positive"),
+            std::string::npos);
+  EXPECT_NE(error_of(deepseek({{"qk_rope_head_dim", 7}})).find("'qk_rope_head_dim' must be even"),
+            std::string::npos);
+  EXPECT_NE(error_of(deepseek({{"q_lora_rank", 0}})).find("'q_lora_rank' must be positive or null"),
+            std::string::npos);
+  EXPECT_NE(error_of(deepseek({{"attention_bias", true}})).find("'attention_bias' is true"),
+            std::string::npos);
+}
+
+TEST(ModelSpec, DeepSeekMoeLayersAndSharedExperts) {
+  // DeepSeek's rule: MoE when l >= first_k_dense_replace and l % moe_layer_freq == 0.
+  const ModelSpec m = ModelSpec::from_hf_json(deepseek({{"n_routed_experts", 8},
+                                                        {"n_shared_experts", 2},
+                                                        {"moe_intermediate_size", 40},
+                                                        {"first_k_dense_replace", 1},
+                                                        {"moe_layer_freq", 2}}),
+                                              "ds");
+  EXPECT_FALSE(m.layer_is_moe(0));
+  EXPECT_FALSE(m.layer_is_moe(1));
+  EXPECT_TRUE(m.layer_is_moe(2));
+  EXPECT_FALSE(m.layer_is_moe(3));
+  EXPECT_EQ(m.shared_expert_intermediate, 80);
+  EXPECT_EQ(m.shared_expert_module, "shared_experts");
+  const std::vector<LayerSpec> specs = decoder_linear_specs(m, 2, DType::kF32);
+  ASSERT_EQ(specs.size(), 6u);
+  EXPECT_EQ(specs[0].prefix, "model.layers.2.self_attn.q_proj");
+  EXPECT_EQ(specs[0].out_unit, 24);
+  EXPECT_EQ(specs[1].kind, LayerKind::kReplicated);
+  EXPECT_EQ(specs[2].prefix, "model.layers.2.self_attn.kv_b_proj");
+  EXPECT_EQ(specs[2].out_features, 4 * (16 + 12));
+  EXPECT_EQ(specs[3].in_unit, 12);
+  EXPECT_EQ(specs[4].prefix, "model.layers.2.mlp.shared_experts.gate_up_proj");
+}
+
+TEST(ModelSpec, DeepSeekYarn) {
+  // DeepseekV2YarnRotaryEmbedding, recomputed here from its definition for d = 0..3.
+  const double factor = 40, base = 10000, orig = 4096, dim = 8, ms = 0.707, ms_all = 0.707;
+  const ModelSpec m =
+      ModelSpec::from_hf_json(deepseek({{"rope_scaling",
+                                         {{"type", "yarn"},
+                                          {"factor", factor},
+                                          {"original_max_position_embeddings", orig},
+                                          {"beta_fast", 32},
+                                          {"beta_slow", 1},
+                                          {"mscale", ms},
+                                          {"mscale_all_dim", ms_all}}}}),
+                              "ds");
+  const double pi = 3.14159265358979323846;
+  auto corr = [&](double rot) {
+    return dim * std::log(orig / (rot * 2 * pi)) / (2 * std::log(base));
+  };
+  const double low = std::max(std::floor(corr(32)), 0.0);
+  const double high = std::min(std::ceil(corr(1)), dim - 1);
+  for (int d = 0; d < 4; ++d) {
+    const double extra = std::pow(base, -2.0 * d / dim), inter = extra / factor;
+    const double ramp = std::clamp((d - low) / (high - low), 0.0, 1.0);
+    const double want = inter * ramp + extra * (1 - ramp);
+    EXPECT_NEAR(m.rope_inv_freq(d), want, 1e-15 * want) << "pair " << d;
+  }
+  // cos/sin carry mscale(factor, mscale) / mscale(factor, mscale_all_dim) = 1 here; the softmax
+  // scale mscale(factor, mscale_all_dim)^2 / sqrt(head_dim).
+  const double g = 0.1 * ms_all * std::log(factor) + 1.0;
+  EXPECT_DOUBLE_EQ(m.rope_mscale(), 1.0);
+  EXPECT_NEAR(m.softmax_scale(), g * g / std::sqrt(24.0), 1e-15);
+}
+
 }  // namespace tpl

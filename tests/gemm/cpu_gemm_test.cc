@@ -249,6 +249,34 @@ TEST(CpuGemmChooser, AgreementOverridesTheLocalChoiceWhereItServes) {
   EXPECT_EQ(seen, std::vector<std::string>(3, serving.front()));
 }
 
+// The agreement is a collective: every rank must call it once per make(), whatever it measured
+// or cached before. bf16_via_f32 builds its f32 GEMM through make() while it is being measured;
+// those inner makes must not reach the agreement (ranks with other shapes, e.g. uneven heads,
+// measure and cache differently and would call it a different number of times: a hang).
+TEST(CpuGemmChooser, AgreementOncePerMakeWhateverIsMeasuredInside) {
+  CpuGemmOptions o = table_order();
+  o.measure = true;
+  o.m_hint = 16;
+  CpuGemmChooser chooser(detect_cpu(), o);
+  std::vector<std::string> seen;
+  chooser.set_agreement([&](const GemmDesc& d, const std::string& mine) {
+    seen.push_back(std::string(dtype_name(d.act)) + " n=" + std::to_string(d.n) + " " + mine);
+    return mine;
+  });
+  int makes = 0;
+  for (std::int64_t n : {std::int64_t{24}, std::int64_t{48}, std::int64_t{24}})
+    for (const GemmDesc& base : {kBf16, kF32, kBf16}) {
+      GemmDesc d = base;
+      d.n = n;
+      Tensor w = testing::random_ints(d.n, d.k, 3, static_cast<int>(n), d.weight);
+      chooser.make(d, w, TensorView());
+      ++makes;
+      ASSERT_EQ(seen.size(), static_cast<std::size_t>(makes))
+          << "make #" << makes << " (" << dtype_name(d.act) << " n=" << n
+          << ") reached the agreement " << seen.size() << " times in all; last: " << seen.back();
+    }
+}
+
 TEST(CpuGemmChooser, MakeAsPlansTheNamedImplementationOrSaysWhyNot) {
   CpuGemmChooser chooser(detect_cpu(), table_order());
   Tensor w = testing::random_ints(kF32.n, kF32.k, 8, 7, DType::kF32);

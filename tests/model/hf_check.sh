@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # hf_check.sh CONFIG TPLINEAR ARGS...: runs `TPLINEAR ARGS... run --hf-config CONFIG --dump DIR`
-# (ARGS carry --np and the strategy flags) and checks the dump against hf_reference.py.
+# (ARGS carry --np and the strategy flags) and checks the dump against hf_reference.py, passing it
+# $HF_REFERENCE_ARGS (e.g. --shared-experts-only).
 set -u
 config=$1 tplinear=$2
 shift 2
@@ -14,4 +15,5 @@ if ! timeout -k 5 "${TPL_EXPECT_TIMEOUT:-100}" "$tplinear" "$@" --hf-config "$co
   exit 1
 fi
 grep -E '^(PASS|FAIL)' "$dir/run.log"
-/usr/bin/python3 "$here/hf_reference.py" --config "$config" --dump "$dir"
+# shellcheck disable=SC2086
+/usr/bin/python3 "$here/hf_reference.py" --config "$config" --dump "$dir" ${HF_REFERENCE_ARGS:-}

@@ -25,7 +25,9 @@ import sys
 import numpy as np
 
 LLAMA_FAMILY = ("llama", "qwen2", "qwen3")
-DEEPSEEK_FAMILY = ("deepseek_v2", "deepseek_v3")
+# deepseek_v32 (V3.2) adds DSA's lightning indexer, which picks index_topk keys per query; with
+# at most index_topk tokens every key is picked, so its attention is the dense MLA below.
+DEEPSEEK_FAMILY = ("deepseek_v2", "deepseek_v3", "deepseek_v32")
 
 
 def main():

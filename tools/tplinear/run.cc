@@ -400,27 +400,18 @@ int explain_model(Communicator& world, const RunOptions& o) {
   else
     fmt::print("communicator: {} for every group of this run's {} ranks (TPL_COMM)\n", world.name(),
                world.size());
-  fmt::print("{:<46} {:<20} {:<10} {:>9}  {}\n", "layer", "op", "group", "rank/size", "rule");
+  fmt::print("{:<50} {:<20} {:<10} {:>9}  {}\n", "layer", "op", "group", "rank/size", "rule");
+  // The layers `run` builds (decoder_linear_specs), so explain and run cannot disagree.
   for (std::int64_t l = 0; l < model.layers; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    std::vector<std::pair<std::string, Direction>> names{
-        {p + "self_attn.qkv_proj", Direction::kColumn}, {p + "self_attn.o_proj", Direction::kRow}};
-    const bool moe = model.layer_is_moe(l);
-    if (!moe) {
-      names.push_back({p + "mlp.gate_up_proj", Direction::kColumn});
-      names.push_back({p + "mlp.down_proj", Direction::kRow});
-    } else if (model.shared_expert_intermediate > 0) {
-      names.push_back({p + "mlp.shared_expert.gate_up_proj", Direction::kColumn});
-      names.push_back({p + "mlp.shared_expert.down_proj", Direction::kRow});
-    }
-    for (const auto& [name, dir] : names) {
-      const OpChoice c = sel.choose(name, dir);
+    for (const LayerSpec& spec : decoder_linear_specs(model, l, DType::kF32)) {
+      const OpChoice c = sel.choose(spec.prefix, direction_of(spec.kind), spec.disable_tp);
       const ShardCoord sc = shard_coord(c, cfg, o.rank);
-      fmt::print("{:<46} {:<20} {:<10} {:>9}  {}\n", name, op_kind_name(c.kind), sc.group,
+      fmt::print("{:<50} {:<20} {:<10} {:>9}  {}\n", spec.prefix, op_kind_name(c.kind), sc.group,
                  fmt::format("{}/{}", sc.tp_rank, sc.tp_size), c.rule);
       if (o.verbose) fmt::print("{}", c.explanation);
     }
-    if (moe) fmt::print("  (layer {}: routed experts are not linear ops of tplinear)\n", l);
+    if (model.layer_is_moe(l))
+      fmt::print("  (layer {}: routed experts are not linear ops of tplinear)\n", l);
   }
   return 0;
 }
