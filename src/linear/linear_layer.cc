@@ -295,11 +295,12 @@ void LinearLayer::init(const Selector& selector, const OpEnv& env, GemmBackend b
   backend_ = backend;
   desc_ = desc;
   if (env.layer_shard && choice_.kind == OpKind::kFlashcomm2OProjRow) {
-    if (quant) TPL_THROW(Unsupported, w, "layer-sharded W8A8 o_proj weights are not supported");
     TPL_CHECK(name.layer_index.has_value(), w,
               "a layer-sharded o_proj needs a layer index in its name");
-    // The series keeps the weight on its source member only; this layer plans its GEMM over
-    // the window it receives, just before each forward.
+    // The series keeps the weight (int8 under W8A8) on its source member only; this layer plans
+    // its GEMM over the window it receives, just before each forward. W8A8's deq_scale and
+    // quant_bias stay here on every rank, as in the seed (§7b.2 c): a row layer's vectors are
+    // full (out_features each), and every rank builds them from the same parameters.
     env.layer_shard->add_layer(*name.layer_index, weight_);
     layer_shard_ = env.layer_shard;
     layer_index_ = *name.layer_index;

@@ -59,7 +59,8 @@ MemoryEstimate estimate_stack_memory(const ModelSpec& model, const Config& confi
   RankBytes most;
   for (int rank = 0; rank < world_size; ++rank) {
     RankBytes b;
-    double sharded_layer = 0;  // one layer-sharded o_proj's local weight
+    double sharded_layer = 0;  // one layer-sharded o_proj's local weight (int8 under W8A8)
+    double sharded_plan = 0;   // the GEMM planned over its window, as the layer's dtypes hold it
     std::int64_t sharded_layers = 0;
     for (std::int64_t l = 0; l < model.layers; ++l) {
       b.small += 2.0 * model.hidden * 4;  // the two RMSNorm weights, f32
@@ -88,6 +89,7 @@ MemoryEstimate estimate_stack_memory(const ModelSpec& model, const Config& confi
         b.transient = std::max(b.transient, load + (timed ? 2 * elems * held : 0));
         if (features.flashcomm2_oshard && c.kind == OpKind::kFlashcomm2OProjRow) {
           sharded_layer = elems * own;
+          sharded_plan = elems * held * (timed ? 2 : 1);  // the first plan may be timed
           ++sharded_layers;
           continue;
         }
@@ -102,8 +104,8 @@ MemoryEstimate estimate_stack_memory(const ModelSpec& model, const Config& confi
       std::int64_t mine = 0;
       for (std::int64_t i = 0; i < sharded_layers; ++i) mine += (i % g == member) ? 1 : 0;
       b.weights += double(mine) * sharded_layer;
-      // Windows, and the GEMM planned over the window each forward uses.
-      b.windows += double(k + 1) * sharded_layer + sharded_layer * 4.0;
+      // Windows, and the GEMM planned over the window each forward uses (one at a time).
+      b.windows += double(k + 1) * sharded_layer + sharded_plan;
     }
     double forward = 0;
     if (tokens > 0) {

@@ -9,6 +9,7 @@
 
 #include "expect_throw.h"
 #include "tpl/communicator.h"
+#include "tpl/cpu_gemm.h"
 #include "tpl/error.h"
 #include "tpl/memory.h"
 #include "tpl/model.h"
@@ -158,6 +159,30 @@ TEST(EstimateStackMemory, FollowsShardingDtypeAndBackend) {
   // A forward's activations grow with the tokens.
   EXPECT_GT(estimate_stack_memory(m, tp_config(1), f32, 1, 8192).transient,
             estimate_stack_memory(m, tp_config(1), f32, 1, 16).transient);
+}
+
+// Layer-sharded o_proj (FC2 P = 1 over 2 ranks, 2 layers, so k = 0): one window of the full
+// o_proj in the layer's weight dtype, int8 under W8A8, plus the GEMM planned over it (twice
+// while its first plan is timed).
+TEST(EstimateStackMemory, LayerShardWindowsFollowTheWeightDtype) {
+  const ModelSpec m = model_1024();
+  const Config cfg = Config::from_json(
+      {{"tp", 2}, {"dp", 1}, {"pp", 1}, {"flashcomm2_p", 1}, {"layer_sharding", {"o_proj"}}});
+  const double elems = 1024.0 * 1024;
+  const CpuGemmChooser chooser;
+  const double plans = chooser.options().measure ? 2 : 1;
+  for (bool w8a8 : {false, true}) {
+    StackOptions so;
+    so.w8a8 = w8a8;
+    GemmDesc d;
+    d.n = d.k = 1024;
+    d.act = d.weight = d.out = w8a8 ? DType::kI8 : DType::kF32;
+    if (w8a8) d.out = DType::kI32;
+    const double window = elems * (w8a8 ? 1 : 4);
+    EXPECT_DOUBLE_EQ(item(estimate_stack_memory(m, cfg, so, 2), "layer-shard windows"),
+                     window + plans * elems * chooser.held_bytes_per_weight(d))
+        << (w8a8 ? "w8a8" : "f32");
+  }
 }
 
 // The estimate against what building the stack makes resident (VmRSS): never below it, and

@@ -6,6 +6,7 @@
 #include "harness.h"
 #include "tpl/layer_shard.h"
 #include "tpl/linear.h"
+#include "tpl/quant.h"
 
 namespace tpl {
 namespace {
@@ -127,6 +128,78 @@ TEST(LayerShard, ShardedOprojEqualsResidentWeights) {
           msg = compare(a, b, 0, 0,
                         "P=" + std::to_string(p) + " k=" + std::to_string(k) + " pass " +
                             std::to_string(pass) + " layer " + std::to_string(l));
+        }
+      }
+      expect_agreed(w, msg);
+    }
+  }
+}
+
+// The W8A8 twin: int8 o_proj weights come from the series, each layer's deq_scale and
+// quant_bias stay resident on every rank (they are per layer: weights of growing scale, a bias
+// and per-layer activation calibration make them differ). Int8 GEMMs accumulate exactly and
+// the dequantization is the same code, so outputs are bit-identical to resident weights.
+TEST(LayerShard, ShardedW8A8OprojEqualsResidentWeights) {
+  Communicator& w = world();
+  if (w.size() < 2) GTEST_SKIP() << "FlashComm2 needs TP > 1";
+  for (int p = 1; p < w.size(); ++p) {
+    if (w.size() % p) continue;
+    for (int k : {0, 1, 2}) {
+      const int layers = 5;
+      Config cfg;
+      cfg.layout = {1, 1, w.size()};
+      cfg.flashcomm2_p = p;
+      cfg.layer_sharding = {"o_proj"};
+      const Features f = Features::derive(cfg, {});
+      ProcessGroups groups(w, cfg.layout, group_sizes(cfg, f));
+      Selector sel(cfg, {});
+      LayerShardSeries series(groups.shard_weight(), k);
+      OpEnv sharded{cfg, f, groups, &series, nullptr, nullptr, &series};
+      OpEnv resident{cfg, f, groups};
+      std::vector<std::unique_ptr<LinearLayer>> qkv, o_sharded, o_resident;
+      const std::int64_t hidden = 16, attn = 12 * w.size();
+      for (int l = 0; l < layers; ++l) {
+        const std::string base = "model.layers." + std::to_string(l) + ".self_attn.";
+        LayerSpec sq{base + "qkv_proj", LayerKind::kColumn, hidden, attn};
+        LayerSpec so{base + "o_proj", LayerKind::kRow, attn, hidden};
+        const W8A8Params pq = make_w8a8_params(
+            testing::random_normal(attn, hidden, 0.25f, 100 + l), TensorView(),
+            calibrate_activation(testing::random_normal(32, hidden, 1.f, 400 + l)));
+        const Tensor o_bias = testing::random_normal(1, hidden, 0.5f, 500 + l);
+        const W8A8Params po = make_w8a8_params(
+            testing::random_normal(hidden, attn, 0.1f * float(l + 1), 200 + l), o_bias.view(),
+            calibrate_activation(testing::random_normal(32, attn, 0.5f + float(l), 600 + l)));
+        qkv.push_back(
+            std::make_unique<LinearLayer>(sq, sel, sharded, default_cpu_gemm_backend(), pq));
+        o_sharded.push_back(
+            std::make_unique<LinearLayer>(so, sel, sharded, default_cpu_gemm_backend(), po));
+        o_resident.push_back(
+            std::make_unique<LinearLayer>(so, sel, resident, default_cpu_gemm_backend(), po));
+      }
+      series.finalize();
+      const std::string tag = "P=" + std::to_string(p) + " k=" + std::to_string(k);
+      std::string msg;
+      // The weight lives in the series only: int8, the owner's layers plus k+1 windows.
+      const TensorView one = o_resident[0]->local_weight();
+      int own = 0;
+      for (int l = 0; l < layers; ++l) own += series.is_source(l);
+      if (one.dtype() != DType::kI8 || !o_sharded[0]->local_weight().empty() ||
+          series.memory_bytes() != one.nbytes() * static_cast<std::size_t>(own + k + 1))
+        msg = tag + ": series holds " + std::to_string(series.memory_bytes()) + " bytes, want (" +
+              std::to_string(own) + " own + " + std::to_string(k + 1) + " windows) x " +
+              std::to_string(one.nbytes()) + " of int8, and no resident copy in the layer";
+      const std::int64_t tokens[] = {1, 7, 37, 1};
+      for (int pass = 0; pass < 4 && msg.empty(); ++pass) {
+        const std::int64_t n = tokens[pass];
+        const ForwardContext ctx = ForwardContext::make(cfg, f, {}, n);
+        Tensor x = testing::random_normal(n, hidden, 1.f, 300 + pass);
+        for (int l = 0; l < layers && msg.empty(); ++l) {
+          Tensor h = qkv[l]->forward(x, ctx).output;  // triggers the prefetch of layer l+k
+          Tensor a = o_sharded[l]->forward(h, ctx).output;
+          Tensor b = o_resident[l]->forward(h, ctx).output;
+          msg = compare(a, b, 0, 0,
+                        tag + " pass " + std::to_string(pass) + " tokens " + std::to_string(n) +
+                            " layer " + std::to_string(l));
         }
       }
       expect_agreed(w, msg);

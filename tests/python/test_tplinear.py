@@ -235,6 +235,26 @@ def decoder_stack_and_explain():
 
 
 @case
+def w8a8_layer_sharded_stack():
+    # FC2 o_proj weights layer-sharded as int8: bit-identical to the same stack holding them.
+    if N < 2:
+        return
+    model = {"model_type": "llama", "hidden_size": 96, "intermediate_size": 200,
+             "num_attention_heads": 6, "num_key_value_heads": 6, "num_hidden_layers": 3}
+    fc2 = {"tp": N, "dp": 1, "pp": 1, "flashcomm2_p": 1}
+    sharded = tplinear.DecoderStack(
+        world, model, tplinear.Config(dict(fc2, layer_sharding=["o_proj"])), w8a8=True)
+    resident = tplinear.DecoderStack(world, model, tplinear.Config(fc2), w8a8=True)
+    ops = {r["op"] for r in sharded.report() if r["layer"].endswith("o_proj")}
+    check(ops == {"Flashcomm2OProjRow"}, f"layer-sharded o_proj ops {ops}")
+    xrng = np.random.default_rng(13)  # its own draws: later cases keep their data
+    for tokens in (1, 7, 37):
+        x = comm.bcast(xrng.standard_normal((tokens, sharded.hidden), dtype=np.float32))
+        close(f"W8A8 layer-sharded stack, {tokens} tokens", sharded.forward(x),
+              resident.forward(x), 0)
+
+
+@case
 def mlp_tp_over_dp_replicas():
     # MLP-TP: the DP replicas form the group (TP 1, DP N, mlp_tp N); each rank brings its own B
     # tokens, gate_up gathers every member's tokens, down reduce-scatters them back.
