@@ -12,7 +12,9 @@ const Where kWhere{"w8a8"};
 }
 
 std::int8_t quantize_value(float x, float inv_scale, std::int32_t offset) {
-  const float v = std::nearbyint(x * inv_scale) + static_cast<float>(offset);
+  // The offset is added before rounding, as the formula says: with an odd offset a tie of
+  // x / scale would otherwise round to the other neighbour.
+  const float v = std::nearbyint(x * inv_scale + static_cast<float>(offset));
   return static_cast<std::int8_t>(std::clamp(v, -128.f, 127.f));
 }
 

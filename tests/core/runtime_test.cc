@@ -52,7 +52,9 @@ TEST(HostRuntime, BiasAndW8A8Steps) {
   Tensor x = Tensor::from_f32({0.5f, 1.5f, 2.5f, 300}, 1, 4);
   Tensor q(DType::kI8, 1, 4);
   rt.quantize(x, q, 1.f, 1);
-  EXPECT_EQ(values(q), (std::vector<float>{1, 3, 3, 127}));  // half to even, then + 1, saturated
+  // round_half_even(x / scale + offset), saturated: 1.5 -> 2, 2.5 -> 2, 3.5 -> 4. Rounding before
+  // adding the odd offset would give 1, 3, 3.
+  EXPECT_EQ(values(q), (std::vector<float>{2, 2, 4, 127}));
 }
 
 TEST(HostRuntime, RejectsDeviceViewsAndBadShapes) {
