@@ -67,6 +67,10 @@ struct ModelSpec {
   std::string shared_expert_module = "shared_expert";
   std::vector<std::int64_t> mlp_only_layers;
   ModelInfo info;  // what selection reads (§12.2)
+  // Non-empty for a model_type whose layers DecoderStack would not compute faithfully (Qwen3-Next's
+  // linear attention, Bailing, ...): the stack refuses it (Unsupported) with this reason; explain
+  // still lists the op selection of its standard-named layers.
+  std::string unsupported;
 
   static ModelSpec from_hf_json(const nlohmann::json& j, const std::string& name);
   static ModelSpec from_file(const std::string& config_json);

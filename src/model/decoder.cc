@@ -306,6 +306,8 @@ DecoderStack::DecoderStack(Communicator& world, const ModelSpec& model, Strategi
       plan_(std::move(st.plan)) {
   const auto& strategies = st.list;
   const Where where{"decoder", world.rank()};
+  TPL_CHECK_T(model.unsupported.empty(), Unsupported, where, "model '", model.name,
+              "': ", model.unsupported, "; `tplinear explain` shows its op selection");
   if (plan_) plan_->check_matches(model, world.size(), "plan");
   config_.validate();
   features_ = Features::derive(config_, model_.info);

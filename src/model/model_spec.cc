@@ -151,7 +151,18 @@ ModelSpec ModelSpec::from_hf_json(const nlohmann::json& hf, const std::string& n
     TPL_THROW(ConfigError, kWhere, "model '", name,
               "': config.json field 'model_type' must be a string");
   m.model_type = j.value("model_type", std::string("llama"));
-  const bool deepseek = m.model_type.find("deepseek") != std::string::npos;
+  // DeepSeek-V2 and later: MLA (DeepSeek V1, "deepseek", is a Llama-like model tplinear does
+  // not run).
+  const bool deepseek = m.model_type.rfind("deepseek_v", 0) == 0;
+  static const char* const kDecoders[] = {"llama",       "qwen2",       "qwen2_moe",
+                                          "qwen3",       "qwen3_moe",   "deepseek_v2",
+                                          "deepseek_v3", "deepseek_v32"};
+  if (std::find(std::begin(kDecoders), std::end(kDecoders), m.model_type) == std::end(kDecoders)) {
+    std::string known;
+    for (const char* k : kDecoders) known += (known.empty() ? "" : ", ") + std::string(k);
+    m.unsupported = "model_type '" + m.model_type + "' is not a decoder tplinear computes (" +
+                    known + "); its layers would run as another family's";
+  }
   m.hidden = need_int(j, "hidden_size", name);
   m.heads = need_int(j, "num_attention_heads", name);
   m.kv_heads = opt_int(j, "num_key_value_heads", m.heads, name);

@@ -126,6 +126,15 @@ int write_checkpoint(const std::string& mode, const std::string& dir, const std:
     fs::resize_file(dir + "/model.safetensors", fs::file_size(dir + "/model.safetensors") / 2);
   } else if (mode == "norms1d") {
     write_raw(dir + "/model.safetensors", ts);
+  } else if (mode == "bf16") {
+    // As Hugging Face ships most checkpoints: bf16, separate q/k/v and gate/up, HF names.
+    std::vector<Named> b;
+    for (const auto& n : ts) {
+      tpl::Tensor t(tpl::DType::kBF16, n.t.rows(), n.t.cols());
+      tpl::convert_into(n.t, t.view());
+      b.push_back({n.name, std::move(t), n.one_d});
+    }
+    write_lib(dir + "/model.safetensors", b);
   } else if (mode == "sharded") {
     // Layer 0 in the first shard, the rest in the second.
     std::vector<Named> a, b;

@@ -390,6 +390,8 @@ int explain_model(Communicator& world, const RunOptions& o) {
   fmt::print("tplinear explain: {} ({}), {} ranks = DP {} x TP {}, coordinates of rank {}\n",
              model.name, model.model_type, n, cfg.layout.dp, cfg.layout.tp, o.rank);
   fmt::print("config: {}\n", cfg.to_json().dump());
+  if (!model.unsupported.empty())
+    fmt::print("note: `tplinear run` refuses this model: {}\n", model.unsupported);
   // Every group is split from the world, so the world's kind serves them all (TPL_COMM); an
   // shm+mpi world's groups are SHM where they lie within one node.
   if (world.name() == "shm+mpi")
