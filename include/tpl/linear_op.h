@@ -107,8 +107,9 @@ struct OpEnv {
   // collective). Owned by the caller; one per process is enough.
   CommWorker* overlap = nullptr;
   WeightPrefetchHook* prefetch = nullptr;  // optional, see WeightPrefetchHook
-  // Layer-sharded o_proj weights (§7b): FlashComm2 o_proj layers register their weight here and
-  // take it from here before each GEMM. Usually the same object as `oshard`.
+  // Layer-sharded weights (§7b): FlashComm2 o_proj layers, and under DSA-CP on a prefill node
+  // the ShardedCP layers given a series, register their weight here and take it from here
+  // before each GEMM. Usually the same object as `oshard`.
   LayerShardSeries* layer_shard = nullptr;
   // Device of the layers' tensors; nullptr = the host runtime. Its communicators (groups) and
   // GEMM backend must be of the same device: host with MPI and the CPU GEMMs, CUDA with NCCL

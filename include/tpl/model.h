@@ -184,7 +184,7 @@ class DecoderStack {
   std::vector<std::string> skipped() const { return skipped_; }
   const ProcessGroups& groups() const { return *groups_; }
   std::size_t layer_shard_bytes() const;
-  int layer_shard_windows() const { return series_ ? series_->num_windows() : 0; }
+  int layer_shard_windows() const;
   int dp_rank() const;
 
  private:
@@ -214,6 +214,14 @@ class DecoderStack {
   std::unique_ptr<Communicator> gemm_comm_;   // the GEMM choices' agreement (its own stats)
   std::unique_ptr<CpuGemmChooser> cpu_gemm_;  // measures once per layer shape, rank 0 decides
   std::unique_ptr<LayerShardSeries> series_;
+  // DSA-CP on a prefill node: one series per layer_sharding entry (q_b_proj, kv_b_proj, o_proj),
+  // with the op environment its layers are built in.
+  struct CpSeries {
+    std::string name;
+    std::unique_ptr<LayerShardSeries> series;
+    std::unique_ptr<OpEnv> env;
+  };
+  std::vector<CpSeries> cp_series_;
   std::vector<std::unique_ptr<Layer>> layers_;
   std::vector<LayerReport> report_;
   std::vector<std::string> skipped_;

@@ -294,9 +294,15 @@ void LinearLayer::init(const Selector& selector, const OpEnv& env, GemmBackend b
   }
   backend_ = backend;
   desc_ = desc;
-  if (env.layer_shard && choice_.kind == OpKind::kFlashcomm2OProjRow) {
+  // DSA-CP's ShardedCP layers hold the full weight, which a prefill node shards by layers over
+  // its ranks (the seed does it outside linear_op, §6.10).
+  const bool shardable =
+      choice_.kind == OpKind::kFlashcomm2OProjRow ||
+      (env.features.dsa_cp_with_layer_shard &&
+       (choice_.kind == OpKind::kShardedCpRow || choice_.kind == OpKind::kShardedCpColumn));
+  if (env.layer_shard && shardable) {
     TPL_CHECK(name.layer_index.has_value(), w,
-              "a layer-sharded o_proj needs a layer index in its name");
+              "a layer-sharded layer needs a layer index in its name");
     // The series keeps the weight (int8 under W8A8) on its source member only; this layer plans
     // its GEMM over the window it receives, just before each forward. W8A8's deq_scale and
     // quant_bias stay here on every rank, as in the seed (§7b.2 c): a row layer's vectors are

@@ -191,7 +191,15 @@ int DecoderStack::dp_rank() const {
 }
 
 std::size_t DecoderStack::layer_shard_bytes() const {
-  return series_ ? series_->memory_bytes() : 0;
+  std::size_t b = series_ ? series_->memory_bytes() : 0;
+  for (const CpSeries& s : cp_series_) b += s.series->memory_bytes();
+  return b;
+}
+
+int DecoderStack::layer_shard_windows() const {
+  int n = series_ ? series_->num_windows() : 0;
+  for (const CpSeries& s : cp_series_) n += s.series->num_windows();
+  return n;
 }
 
 std::vector<LayerSpec> decoder_linear_specs(const ModelSpec& model, std::int64_t l, DType dtype) {
@@ -329,9 +337,21 @@ DecoderStack::DecoderStack(Communicator& world, const ModelSpec& model, Strategi
       cpu_gemm_->set_agreement(gemm_agreement_from_root(*gemm_comm_));
     }
   }
-  if (features_.flashcomm2_oshard) {
-    const int k = prefetch_step_for(options, model.layers);
-    series_ = std::make_unique<LayerShardSeries>(groups_->shard_weight(), k);
+  const int prefetch_k = prefetch_step_for(options, model.layers);
+  if (features_.flashcomm2_oshard && !features_.dsa_cp_with_layer_shard)
+    series_ = std::make_unique<LayerShardSeries>(groups_->shard_weight(), prefetch_k);
+  if (features_.dsa_cp_with_layer_shard) {
+    for (const std::string& name : config_.layer_sharding) {
+      TPL_CHECK_T(name == "q_b_proj" || name == "kv_b_proj" || name == "o_proj", ConfigError, where,
+                  "layer_sharding entry '", name, "': under DSA-CP on a prefill node the ",
+                  "ShardedCP layers q_b_proj, kv_b_proj and o_proj can be layer-sharded");
+      cp_series_.push_back(
+          {name, std::make_unique<LayerShardSeries>(groups_->shard_weight(), prefetch_k), nullptr});
+    }
+  } else if (!config_.layer_sharding.empty() && !features_.flashcomm2_oshard) {
+    TPL_THROW(ConfigError, where, "layer_sharding takes effect with FlashComm2 (o_proj) or under ",
+              "DSA-CP on a prefill node (index_topk, FC1, deployment prefill); this config has ",
+              "neither, so the weights would stay resident");
   }
   for (const auto& [name, cfg] : strategies) {
     auto v = std::make_unique<Variant>();
@@ -374,6 +394,10 @@ DecoderStack::DecoderStack(Communicator& world, const ModelSpec& model, Strategi
         if (variants_[i]->name == b.strategy) bucket_variant_.push_back(static_cast<int>(i));
   const Selector& selector0 = *variants_.front()->selector;
   const OpEnv& env0 = *variants_.front()->env;
+  for (CpSeries& s : cp_series_) {
+    s.env = std::make_unique<OpEnv>(env0);
+    s.env->layer_shard = s.series.get();
+  }
   const DType dt = options.dtype;
   const std::int64_t h = model.hidden, hd = model.head_dim;
   const std::int64_t q_out = model.heads * hd, kv_out = model.kv_heads * hd;
@@ -383,9 +407,12 @@ DecoderStack::DecoderStack(Communicator& world, const ModelSpec& model, Strategi
                   float stddev, const char* kind) {
     const WeightLoader load =
         stacked_loader(weights, parts, bias_parts, spec.in_features, dt, stddev);
+    const OpEnv* env = &env0;
+    for (const CpSeries& s : cp_series_)
+      if (spec.prefix.ends_with("self_attn." + s.name)) env = s.env.get();
     std::unique_ptr<LinearLayer> layer;
     if (!options.w8a8) {
-      layer = std::make_unique<LinearLayer>(spec, selector0, env0, options.backend, load);
+      layer = std::make_unique<LinearLayer>(spec, selector0, *env, options.backend, load);
     } else {
       std::int64_t out = 0;
       for (const Part& p : parts) out += p.rows;
@@ -395,7 +422,7 @@ DecoderStack::DecoderStack(Communicator& world, const ModelSpec& model, Strategi
       s.bias = false;
       const W8A8Params p = make_w8a8_params(w, bias_parts.empty() ? TensorView() : b.view(),
                                             calibrate_for(kind, spec.in_features, 99));
-      layer = std::make_unique<LinearLayer>(s, selector0, env0, options.backend, p);
+      layer = std::make_unique<LinearLayer>(s, selector0, *env, options.backend, p);
     }
     for (std::size_t i = 1; i < variants_.size(); ++i)
       layer->add_variant(*variants_[i]->selector, *variants_[i]->env);
@@ -487,6 +514,8 @@ DecoderStack::DecoderStack(Communicator& world, const ModelSpec& model, Strategi
   // No o_proj may have registered (e.g. matmul-allreduce took the row layers); an empty series
   // has nothing to prefetch.
   if (series_ && !series_->empty()) series_->finalize();
+  for (CpSeries& s : cp_series_)
+    if (!s.series->empty()) s.series->finalize();
   for (const auto& L : layers_)
     for (const LinearLayer* ll : L->linears()) {
       const ShardCoord sc = shard_coord(ll->choice(), config_, world.rank());
@@ -753,6 +782,11 @@ Tensor DecoderStack::run_variant(TensorView hidden, int vi) {
   const double latent_eps = 1e-6;  // q_a_layernorm, kv_a_layernorm: DeepseekV2RMSNorm's default
   auto mla = [&](Layer& L, Tensor h) -> LinearOutput {
     const ModelSpec::Mla& a = *model_.mla;
+    // MLA has no QKV op to start the layer-shard prefetch (Flashcomm2OshardQkv's trigger): the
+    // layer does it before its first GEMM.
+    if (series_ && !series_->empty()) series_->reach_layer_index(L.index);
+    for (CpSeries& s : cp_series_)
+      if (!s.series->empty()) s.series->reach_layer_index(L.index);
     const bool cp = var.features.dsa_cp, shard = res_pl.kind == PlacementKind::kShard;
     Tensor x = cp ? std::move(h) : all_tokens(std::move(h));
     const std::int64_t pos0 = cp && shard ? t * x.rows() : 0;

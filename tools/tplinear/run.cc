@@ -356,7 +356,7 @@ int run_model(Communicator& world, const RunOptions& o) {
                human_bytes(bytes), ms);
     fmt::print("forward (whole stack, incl. attention and norms): {:.2f} ms on rank 0\n", total_ms);
     if (stack.layer_shard_bytes())
-      fmt::print("layer-sharded o_proj: {} resident per rank (own layers + {} windows)\n",
+      fmt::print("layer-sharded weights: {} resident per rank (own layers + {} windows)\n",
                  human_bytes(double(stack.layer_shard_bytes())), stack.layer_shard_windows());
     for (const auto& s : stack.skipped()) fmt::print("skipped: {}\n", s);
     for (int r = 0; r < world.size(); ++r)
