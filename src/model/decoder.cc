@@ -753,6 +753,15 @@ Tensor DecoderStack::run_variant(TensorView hidden, int vi) {
               res_pl.to_string());
   };
   std::size_t ri = 0;
+  // Bytes of the decoder's own collectives (MLA's gathers and head exchange), reported with the
+  // linear layer that follows them, as the cost model prices them.
+  double carry_bytes = 0;
+  auto counted = [&](auto&& collective) {
+    const double b0 = groups_->bytes_sent();
+    auto r = collective();
+    carry_bytes += groups_->bytes_sent() - b0;
+    return r;
+  };
   auto run = [&](LinearLayer& ll, TensorView x) {
     // Profiling: start every layer together, so a layer's time excludes the wait for ranks
     // still in the attention or norms before it.
@@ -762,7 +771,8 @@ Tensor DecoderStack::run_variant(TensorView hidden, int vi) {
     LinearOutput out = ll.forward(x, ctx);
     const auto t1 = std::chrono::steady_clock::now();
     report_[ri].ms += std::chrono::duration<double, std::milli>(t1 - t0).count();
-    report_[ri].bytes_sent += groups_->bytes_sent() - b0;
+    report_[ri].bytes_sent += groups_->bytes_sent() - b0 + carry_bytes;
+    carry_bytes = 0;
     ++ri;
     // An unsharded op (shared expert under shared-expert DP) keeps its input's rows.
     if (ll.choice().unsharded) out.placement = res_pl;
@@ -788,7 +798,7 @@ Tensor DecoderStack::run_variant(TensorView hidden, int vi) {
     for (CpSeries& s : cp_series_)
       if (!s.series->empty()) s.series->reach_layer_index(L.index);
     const bool cp = var.features.dsa_cp, shard = res_pl.kind == PlacementKind::kShard;
-    Tensor x = cp ? std::move(h) : all_tokens(std::move(h));
+    Tensor x = cp ? std::move(h) : counted([&] { return all_tokens(std::move(h)); });
     const std::int64_t pos0 = cp && shard ? t * x.rows() : 0;
     Tensor q_latent;
     if (L.q_a) q_latent = rms_norm(run(*L.q_a, x).output, L.q_a_norm, latent_eps);
@@ -797,8 +807,8 @@ Tensor DecoderStack::run_variant(TensorView hidden, int vi) {
     Tensor ckv = rms_norm(kva.output.view().col_slice(0, a.kv_lora_rank), L.kv_a_norm, latent_eps);
     Tensor k_pe = Tensor::copy_of(kva.output.view().col_slice(a.kv_lora_rank, a.qk_rope_head_dim));
     if (cp && shard) {
-      ckv = all_tokens(std::move(ckv));
-      k_pe = all_tokens(std::move(k_pe));
+      ckv = counted([&] { return all_tokens(std::move(ckv)); });
+      k_pe = counted([&] { return all_tokens(std::move(k_pe)); });
     }
     LinearOutput kv = run(*L.kv_b, ckv);
     Tensor att = mla_attention(q.output, k_pe, kv.output, L.heads.size, pos0, n, model_);
@@ -825,14 +835,17 @@ Tensor DecoderStack::run_variant(TensorView hidden, int vi) {
           at += b * r.size;
         }
         Tensor heads(att.dtype(), b * T, slice[t].size);  // all N' tokens, rank order
-        tp.all_to_all_v(buf, send, heads, recv);
+        counted([&] {
+          tp.all_to_all_v(buf, send, heads, recv);
+          return 0;
+        });
         // SequenceRow takes DSA-CP's N' rows as they are (seed §6.9 a); the others pad N.
         att = o.op(vi).kind() == OpKind::kSequenceRow
                   ? std::move(heads)
                   : Tensor::copy_of(heads.view().row_slice(0, n));
       }
     } else if (cp && in_pl == Placement::replicated()) {
-      att = all_tokens(std::move(att));
+      att = counted([&] { return all_tokens(std::move(att)); });
     }
     LinearOutput out = run(*L.o, att);
     // ShardedCPRow keeps the rows it was given: the residual's.

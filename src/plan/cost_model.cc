@@ -170,6 +170,9 @@ StackPrediction CostModel::predict(const ModelSpec& model, const Config& config,
   TPL_CHECK(config.layout.world_size() == world, kWhere, "config is for ",
             config.layout.world_size(), " ranks, not ", world);
   const Features features = Features::derive(config, model.info);
+  TPL_CHECK_T(!features.dsa_cp || model.mla, Unsupported, kWhere, "model '", model.name,
+              "': index_topk (DSA-CP) without multi-head latent attention, which the decoder ",
+              "refuses");
   const Selector selector(config, model.info);
   const ForwardContext ctx = ForwardContext::make(config, features, model.info, tokens);
   const int tp = config.layout.tp;
@@ -225,15 +228,34 @@ StackPrediction CostModel::predict(const ModelSpec& model, const Config& config,
       const std::int64_t out_f = LinearLayer::full_out_features(spec);
       // An unsharded op (an MoE shared expert under sequence parallelism) runs on the rows of
       // the residual it reads, which FC1 shards: the rank's part of the padded batch.
-      const std::int64_t rows =
+      std::int64_t rows =
           choice.unsharded && ctx.flash_comm_v1_enabled ? n_pad / std::max(1, tp) : n_tok;
-      // MLA under FC1: the decoder gathers the normed tokens once before the latent projections
-      // (replicated ops that do not gather), charged to the first of them.
+      // DSA-CP (docs/architecture.md): the attention runs on the rank's token shard, all heads.
+      const bool cp =
+          features.dsa_cp && model.mla && spec.prefix.find(".self_attn.") != std::string::npos;
+      const bool cp_shard = cp && ctx.flash_comm_v1_enabled && tp > 1;
+      const std::int64_t shard_rows = cp_shard ? n_pad / tp : n_tok;
+      if (cp && !spec.prefix.ends_with("kv_b_proj")) rows = shard_rows;
+      // The decoder's own collectives around the MLA linears, charged to the next linear as the
+      // stack's report does. Plain MLA under FC1: the normed tokens gathered before the latent
+      // projections (replicated ops that do not gather). DSA-CP: every token's latent and k_pe
+      // gathered before kv_b_proj (which runs on all N), and o_proj's head slices exchanged.
       const bool mla_entry =
           model.mla && (spec.prefix.ends_with("self_attn.q_a_proj") ||
                         (model.mla->q_lora_rank == 0 && spec.prefix.ends_with("self_attn.q_proj")));
-      if (mla_entry && ctx.flash_comm_v1_enabled && tp > 1)
+      if (mla_entry && !features.dsa_cp && ctx.flash_comm_v1_enabled && tp > 1)
         coll(Collective::kAllGather, double(n_pad) * model.hidden * e, tp, lp);
+      if (cp_shard && spec.prefix.ends_with("kv_b_proj")) {
+        coll(Collective::kAllGather, double(n_pad) * model.mla->kv_lora_rank * e, tp, lp);
+        coll(Collective::kAllGather, double(n_pad) * model.mla->qk_rope_head_dim * e, tp, lp);
+      }
+      if (cp_shard && spec.kind == LayerKind::kRow && choice.kind != OpKind::kShardedCpRow) {
+        // all_to_all_v: rank 0 (the widest slice) sends its rows of every other slice.
+        const double others = double(spec.in_features - LinearLayer::input_cols(spec, 0, tp).size);
+        const double s = double(shard_rows) * others * e;
+        lp.comm_ms += collective_ms(Collective::kAllToAll, s * tp / std::max(1, tp - 1), tp);
+        lp.bytes_sent += s;
+      }
       switch (choice.kind) {
         case OpKind::kStandardColumn:
         case OpKind::kReplicated:
@@ -316,10 +338,14 @@ StackPrediction CostModel::predict(const ModelSpec& model, const Config& config,
             coll(Collective::kAllGather, double(nprime) * out_f * e, tp, lp);
           break;
         }
+        case OpKind::kShardedCpColumn:
+        case OpKind::kShardedCpRow:
+          // The full weight on the rows the decoder gives it (the shard; kv_b_proj all N).
+          local_gemm(rows, out_f, spec.in_features, lp);
+          break;
         default:
           TPL_THROW(Unsupported, kWhere, spec.prefix, ": the cost model does not cover op ",
-                    op_kind_name(choice.kind),
-                    " yet (DSA-CP's sharded-CP ops and their latent all-gather)");
+                    op_kind_name(choice.kind));
       }
       lp.ms = lp.gemm_ms + lp.comm_ms + lp.other_ms;
       if (lp.kind >= 0) {

@@ -38,6 +38,62 @@ ModelSpec mha12() {
                                  "mha12");
 }
 
+// DeepSeek MLA with 12 heads, so 1-4 ranks split them evenly and every rank sends what the cost
+// model prices (with uneven heads it prices the widest slice, rank 0's); with index_topk every
+// FC1 config is DSA-CP.
+ModelSpec mla12(bool dsa) {
+  nlohmann::json j{{"model_type", dsa ? "deepseek_v32" : "deepseek_v3"},
+                   {"hidden_size", 96},
+                   {"intermediate_size", 160},
+                   {"num_attention_heads", 12},
+                   {"num_hidden_layers", 2},
+                   {"q_lora_rank", 40},
+                   {"kv_lora_rank", 24},
+                   {"qk_nope_head_dim", 8},
+                   {"qk_rope_head_dim", 4},
+                   {"v_head_dim", 8}};
+  if (dsa) j["index_topk"] = 64;
+  return ModelSpec::from_hf_json(j, dsa ? "dsa12" : "mla12");
+}
+
+// The decoder's MLA and DSA-CP collectives (the token gather, the latent gather, the head
+// exchange to o_proj) and the ShardedCP ops are priced byte for byte as the stack counts them.
+TEST(CostModelVsOps, MlaAndDsaCpBytesMatchTheCountedBytes) {
+  Communicator& world = testing::world();
+  const int w = world.size();
+  if (w < 2) GTEST_SKIP() << "FC1 and DSA-CP need TP > 1";
+  const CostModel cm(flat_profile(w));
+  const auto weights = make_random_weights(4);
+  const nlohmann::json fc1{{"flashcomm1", true}, {"flashcomm1_threshold", 0}};
+  for (bool dsa : {false, true})
+    for (nlohmann::json j :
+         {nlohmann::json::object(), fc1,
+          nlohmann::json{
+              {"flashcomm1", true}, {"flashcomm1_threshold", 0}, {"deployment", "prefill"}},
+          nlohmann::json{{"flashcomm1", true}, {"flashcomm1_threshold", 0}, {"flashcomm2_p", 1}}}) {
+      const ModelSpec model = mla12(dsa);
+      j["tp"] = w, j["dp"] = 1, j["pp"] = 1;
+      const Config cfg = Config::from_json(j);
+      for (std::int64_t n : {7, 33}) {
+        SCOPED_TRACE(model.name + " " + j.dump() + " tokens=" + std::to_string(n));
+        const StackPrediction pred = cm.predict(model, cfg, w, n, {});
+        DecoderStack stack(world, model, cfg, *weights, StackOptions{});
+        stack.forward(testing::random_normal(n, model.hidden, 1.f, 6));
+        const auto& rep = stack.report();
+        ASSERT_EQ(rep.size(), pred.layers.size());
+        std::string bad;
+        for (std::size_t i = 0; i < rep.size(); ++i)
+          if (rep[i].prefix != pred.layers[i].prefix ||
+              std::abs(rep[i].bytes_sent - pred.layers[i].bytes_sent) >
+                  1e-6 * (1 + rep[i].bytes_sent))
+            bad += rep[i].prefix + " (" + rep[i].op + "): counted " +
+                   std::to_string(rep[i].bytes_sent) + ", predicted " +
+                   std::to_string(pred.layers[i].bytes_sent) + "; ";
+        testing::expect_agreed(world, bad);
+      }
+    }
+}
+
 TEST(CostModelVsOps, PredictedBytesMatchTheCountedBytes) {
   Communicator& world = testing::world();
   const int w = world.size();
