@@ -225,6 +225,12 @@ WorkPtr HierCommunicator::do_ibroadcast(TensorView buf, int root) {
 
 std::unique_ptr<Communicator> make_node_communicator(std::unique_ptr<MpiCommunicator> mpi,
                                                      const ShmOptions& options) {
+  // Agreed over the whole group (a node's SHM group alone would leave the other nodes waiting),
+  // so options that differ between ranks fail alike.
+  if (!mpi->all_true(ShmGroup::slot_bytes_ok(options.slot_bytes)))
+    TPL_THROW(InvalidArgument, (Where{"shm", mpi->rank()}),
+              "ShmOptions::slot_bytes must be a multiple of 64 of at least ",
+              ShmGroup::kMinSlotBytes, " on every rank; this rank has ", options.slot_bytes);
   const NodeLayout layout = node_layout(*mpi);  // the same on every member
   if (layout.nodes == 1) return std::make_unique<ShmCommunicator>(std::move(mpi), options);
   if (!layout.consecutive)

@@ -32,6 +32,8 @@ ShmGroup::ShmGroup(std::vector<std::byte*> bases, int rank, const ShmOptions& op
   TPL_CHECK(size_ >= 1 && size_ <= kMaxMembers, where, "a group of 1 to ", kMaxMembers,
             " members, not ", size_);
   TPL_CHECK(rank_ >= 0 && rank_ < size_, where, "rank ", rank_, " not in [0, ", size_, ")");
+  TPL_CHECK(slot_bytes_ok(options_.slot_bytes), where, "slot_bytes must be a multiple of 64 of ",
+            "at least ", kMinSlotBytes, ", not ", options_.slot_bytes);
 }
 
 ShmGroup::Control* ShmGroup::control(int member) const {

@@ -42,6 +42,10 @@ class ShmGroup {
 
   // Bytes at each member's base: the control page and four slots.
   static std::size_t member_bytes(std::size_t slot_bytes) { return kControlBytes + 4 * slot_bytes; }
+  // Every round moves at least one element of up to 4 bytes per member through a slot (the
+  // n-block collectives split it n ways), so a smaller slot would never advance: a hang.
+  static constexpr std::size_t kMinSlotBytes = 4096;
+  static bool slot_bytes_ok(std::size_t b) { return b >= kMinSlotBytes && b % 64 == 0; }
   // Constructs the control line at a member's base (page-aligned, member_bytes long). Every
   // member's line must be constructed, and that seen by every member, before any collective.
   static void init_member(void* base);

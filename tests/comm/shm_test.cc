@@ -182,6 +182,23 @@ TEST(ShmErrors, NodesOutOfOrderAreAClearError) {
   expect_agreed(world(), fail);
 }
 
+// A slot too small for one element per member a round would never advance (a hang before the
+// check); every rank refuses it alike, even when only one rank's options are bad.
+TEST(ShmErrors, TinySlotsAreRefusedOnEveryRank) {
+  if (world().name() != "mpi") GTEST_SKIP() << "the world is " << world().name();
+  const int me = world().rank();
+  std::string fail;
+  for (std::size_t bad : {std::size_t(64), std::size_t(4096 + 8)}) {
+    ShmOptions o;
+    if (me == 0) o.slot_bytes = bad;
+    const std::string msg = testing::message_of([&] { make_shm_communicator(world(), o); });
+    if (msg.find("slot_bytes must be a multiple of 64 of at least 4096") == std::string::npos)
+      fail += "rank " + std::to_string(me) + ", rank 0 slot_bytes " + std::to_string(bad) +
+              ": expected the slot size refused, got: " + (msg.empty() ? "no error" : msg) + "\n";
+  }
+  expect_agreed(world(), fail);
+}
+
 TEST(ShmErrors, OnlyOverMpi) {
   LocalCommunicator local;
   const std::string msg = testing::message_of([&] { make_shm_communicator(local); });
