@@ -49,7 +49,8 @@ __global__ void quantize_kernel(const void* x, int x_type, std::int64_t ldx, std
                                 float inv_scale, std::int32_t offset) {
   for_each(rows, cols, [&](std::int64_t r, std::int64_t c) {
     // The offset before rounding, as the host's quantize_value (bit-identical: no FMA).
-    const float v = rintf(__fadd_rn(__fmul_rn(load(x, x_type, r * ldx + c), inv_scale), float(offset)));
+    const float v =
+        rintf(__fadd_rn(__fmul_rn(load(x, x_type, r * ldx + c), inv_scale), float(offset)));
     q[r * ldq + c] = static_cast<std::int8_t>(fminf(fmaxf(v, -128.f), 127.f));
   });
 }

@@ -38,6 +38,17 @@ ModelSpec mha12() {
                                  "mha12");
 }
 
+// The layers whose counted bytes differ from the predicted ones (empty when all agree).
+std::string bytes_mismatches(const std::vector<LayerReport>& rep, const StackPrediction& pred) {
+  std::string bad;
+  for (std::size_t i = 0; i < rep.size(); ++i)
+    if (rep[i].prefix != pred.layers[i].prefix ||
+        std::abs(rep[i].bytes_sent - pred.layers[i].bytes_sent) > 1e-6 * (1 + rep[i].bytes_sent))
+      bad += rep[i].prefix + " (" + rep[i].op + "): counted " + std::to_string(rep[i].bytes_sent) +
+             ", predicted " + std::to_string(pred.layers[i].bytes_sent) + "; ";
+  return bad;
+}
+
 // DeepSeek MLA with 12 heads, so 1-4 ranks split them evenly and every rank sends what the cost
 // model prices (with uneven heads it prices the widest slice, rank 0's); with index_topk every
 // FC1 config is DSA-CP.
@@ -81,15 +92,7 @@ TEST(CostModelVsOps, MlaAndDsaCpBytesMatchTheCountedBytes) {
         stack.forward(testing::random_normal(n, model.hidden, 1.f, 6));
         const auto& rep = stack.report();
         ASSERT_EQ(rep.size(), pred.layers.size());
-        std::string bad;
-        for (std::size_t i = 0; i < rep.size(); ++i)
-          if (rep[i].prefix != pred.layers[i].prefix ||
-              std::abs(rep[i].bytes_sent - pred.layers[i].bytes_sent) >
-                  1e-6 * (1 + rep[i].bytes_sent))
-            bad += rep[i].prefix + " (" + rep[i].op + "): counted " +
-                   std::to_string(rep[i].bytes_sent) + ", predicted " +
-                   std::to_string(pred.layers[i].bytes_sent) + "; ";
-        testing::expect_agreed(world, bad);
+        testing::expect_agreed(world, bytes_mismatches(rep, pred));
       }
     }
 }
@@ -128,15 +131,7 @@ TEST(CostModelVsOps, PredictedBytesMatchTheCountedBytes) {
       stack.forward(testing::random_normal(n, model.hidden, 1.f, 5));
       const auto& rep = stack.report();
       ASSERT_EQ(rep.size(), pred.layers.size());
-      std::string bad;
-      for (std::size_t i = 0; i < rep.size(); ++i)
-        if (rep[i].prefix != pred.layers[i].prefix ||
-            std::abs(rep[i].bytes_sent - pred.layers[i].bytes_sent) >
-                1e-6 * (1 + rep[i].bytes_sent))
-          bad += rep[i].prefix + " (" + rep[i].op + "): counted " +
-                 std::to_string(rep[i].bytes_sent) + ", predicted " +
-                 std::to_string(pred.layers[i].bytes_sent) + "; ";
-      testing::expect_agreed(world, bad);
+      testing::expect_agreed(world, bytes_mismatches(rep, pred));
     }
   }
 }
