@@ -73,8 +73,10 @@ class MpiSession {
   int thread_level() const { return thread_level_; }
   // The deadlines of every communicator this session makes (tpl/watchdog.h): TPL_TIMEOUT at
   // first, set_timeout() after (the CLI's --timeout). On expiry it prints one line on stderr,
-  // writes the flight recorder to $TPL_DUMP_DIR/tplinear-flight-rank<r>.json if that is set,
-  // and aborts the job (MPI_Abort, exit code 3).
+  // names the members that never joined the collective (from the host's progress board, made
+  // only by a session that initialised MPI itself), writes
+  // the flight recorders of this host's ranks to $TPL_DUMP_DIR/tplinear-flight-rank<r>.json if
+  // that is set, and aborts the job (MPI_Abort, exit code 3).
   Watchdog& watchdog() const { return *watchdog_; }
 
  private:
@@ -83,6 +85,7 @@ class MpiSession {
   std::unique_ptr<class MpiCommunicator> dup_of(int fortran_handle) const;
   std::string timeout_error_;  // a bad TPL_TIMEOUT, reported by world() (a ConfigError)
   std::unique_ptr<Watchdog> watchdog_;
+  std::unique_ptr<ProgressBoard> board_;  // this host's (comm/progress_board.h); may be null
   int node_part_ = 0;  // this process's TPL_NODE_SPLIT part of its host (comm/node_layout.h)
 };
 

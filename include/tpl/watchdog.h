@@ -11,7 +11,12 @@
 // job (MPI_Abort), so every rank exits non-zero within the deadline plus MPI's teardown.
 //
 // The flight recorder keeps the last kRing collectives of this process: sequence number, op,
-// group, bytes and state (started, completed), so a dump shows how far each rank got.
+// group, bytes and state (started, completed), so a dump shows how far each rank got;
+// `tplinear analyze` merges the ranks' dumps (tpl/flight_analysis.h).
+//
+// With a ProgressBoard (MpiSession gives one per host), every collective is also published
+// there, and the expiry line says, per member of the group, whether it never joined the
+// collective, joined and did not finish, or sits on another host where nothing is known.
 //
 // Settings: TPL_TIMEOUT (seconds, default 300; 0 = no deadline), `tplinear --timeout`.
 // Test builds with TPL_FAULT_INJECTION: TPL_FAULT_STALL="<world rank>:<n>" makes that rank stop
@@ -25,6 +30,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -35,12 +41,39 @@ namespace tpl {
 struct CollectiveRecord {
   std::uint64_t seq = 0;        // this process's watched collectives, from 1
   std::uint64_t group_seq = 0;  // this group's collectives on this rank, from 1
+  std::uint64_t group_key = 0;  // Watchdog::register_group's key; 0: not registered
   std::string op;               // "all_reduce", ...
   std::string group;            // e.g. "mpi group of 2 ranks (world ranks 0, 1)"
   std::int64_t bytes = 0;
   bool completed = false;
   double started_s = 0;  // since the watchdog started
   double elapsed_s = 0;  // until completion (or until the dump, while in flight)
+};
+
+// Where the ranks of a host publish how far each got on each group (comm/progress_board.h).
+// The writers are called under the watchdog's lock; the readers may run on any thread.
+class ProgressBoard {
+ public:
+  virtual ~ProgressBoard() = default;
+  // This rank joined, or completed, collective #group_seq of the group with key `key`.
+  virtual void joined(std::uint64_t key, std::uint64_t group_seq, const char* op) = 0;
+  virtual void completed(std::uint64_t key, std::uint64_t group_seq) = 0;
+  // The group is gone: its slot may be reused (its last state stays readable until then).
+  virtual void forget(std::uint64_t key) = 0;
+  // One clause saying where each of `world_ranks` stands on that collective, e.g. "never
+  // joined: rank 1 (at #6 of this group; last: all_gather #3 of another group, in flight);
+  // joined, not finished: rank 0". Empty when nothing is known.
+  virtual std::string report(std::uint64_t key, std::uint64_t group_seq,
+                             const std::vector<int>& world_ranks) const = 0;
+  // Asks every rank on the board to write its flight recorder; returns the request's number.
+  virtual std::uint64_t request_dumps() = 0;
+  // The newest request after `seen`, or 0.
+  virtual std::uint64_t pending_dump(std::uint64_t seen) const = 0;
+  virtual void dumped(std::uint64_t request) = 0;
+  // For a rank that has written its own recorder: waits up to `seconds` for the other ranks on
+  // the board to acknowledge `request` (answering theirs meanwhile); returns the world ranks
+  // that did not.
+  virtual std::vector<int> await_dumps(std::uint64_t request, double seconds) = 0;
 };
 
 class Watchdog {
@@ -96,13 +129,36 @@ class Watchdog {
     std::uint64_t id_ = 0;
   };
   // `group` must outlive the scope (the communicator's description); `group_seq` is the
-  // communicator's own count. With TPL_FAULT_STALL matching, this call never returns.
-  Scope watch(const char* op, const std::string* group, std::uint64_t group_seq,
-              std::int64_t bytes);
+  // communicator's own count; `group_key` is register_group's (0: not published on the board).
+  // With TPL_FAULT_STALL matching, this call never returns.
+  Scope watch(const char* op, const std::string* group, std::uint64_t group_seq, std::int64_t bytes,
+              std::uint64_t group_key = 0);
+
+  // A communicator's key for the board and the dumps: the same on every member, since members
+  // create their communicators over a given set of ranks in the same order (the key is the name
+  // hashed with how many groups of that name this process registered before). Never 0.
+  std::uint64_t register_group(const std::string& name, const std::vector<int>& world_ranks);
+  // The group is gone (its communicator's destructor): its board slot may be reused, and it is
+  // dropped from the dumps once kKeptGroups newer ones have gone too.
+  void unregister_group(std::uint64_t key);
+  static constexpr std::size_t kKeptGroups = 64;
+
+  // The board collectives are published on (not owned; it must outlive the watchdog's use of
+  // it, or be unset first). nullptr: none.
+  void set_board(ProgressBoard* board);
+  ProgressBoard* board() const;
+  // Where flight recorders are written (TPL_DUMP_DIR), also when another rank asks through
+  // the board; empty: nowhere.
+  void set_dump_dir(std::string dir);
+  std::string dump_dir() const;
+  // Writes dump_json() to <dir>/tplinear-flight-rank<r>.json; returns the path, or "" if the
+  // file could not be written (or there is no dump dir).
+  std::string write_dump() const;
 
   // The flight recorder, oldest first, with the in-flight entries' elapsed time filled in.
   std::vector<CollectiveRecord> records() const;
-  // The recorder as JSON text (one object: rank, timeout, records).
+  // The recorder as JSON text (one object: rank, host, timeout, the wall-clock time the
+  // watchdog started, the groups registered and the records).
   std::string dump_json() const;
 
  private:
@@ -111,6 +167,13 @@ class Watchdog {
     std::chrono::steady_clock::time_point start;
     std::size_t record;  // its record's number (from 0); overwritten once kRing newer exist
     bool fired;
+    std::uint64_t group_key, group_seq;
+  };
+  struct Group {
+    std::uint64_t key;
+    std::string name;
+    std::vector<int> world_ranks;
+    bool alive;
   };
   void finish(std::uint64_t id);
   void loop();
@@ -119,6 +182,7 @@ class Watchdog {
   const int world_rank_;
   Expiry on_expiry_;
   const std::chrono::steady_clock::time_point t0_;
+  const double wall_t0_;  // seconds since the epoch at t0_ (dumps of several ranks line up)
   mutable std::mutex mu_;
   std::condition_variable cv_;
   double timeout_s_;
@@ -131,6 +195,12 @@ class Watchdog {
   std::size_t recorded_ = 0;    // records ever written
   std::uint64_t stall_at_ = 0;  // TPL_FAULT_STALL for this rank; 0 = none
   std::uint64_t throw_at_ = 0;  // TPL_FAULT_THROW for this rank; 0 = none
+  std::vector<Group> groups_;
+  std::map<std::string, std::uint64_t> name_counts_;  // groups registered per name, ever
+  ProgressBoard* board_ = nullptr;
+  std::string dump_dir_;
+  std::uint64_t dump_seen_ = 0;  // the last dump request of the board answered
+  bool dumping_ = false;         // the thread answers one, unlocked, with board_
   std::thread thread_;
 };
 

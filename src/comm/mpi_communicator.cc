@@ -154,21 +154,27 @@ WorkPtr watched(WorkPtr work, Watchdog::Scope scope) {
   return work;
 }
 
-std::string describe_group(MPI_Comm comm, int size) {
+// The group's members as world ranks (empty if MPI cannot say).
+std::vector<int> world_ranks_of(MPI_Comm comm, int size) {
   MPI_Group group = MPI_GROUP_NULL, world = MPI_GROUP_NULL;
-  std::string ranks;
-  if (MPI_Comm_group(comm, &group) == MPI_SUCCESS &&
-      MPI_Comm_group(MPI_COMM_WORLD, &world) == MPI_SUCCESS) {
-    const int shown = std::min(size, 16);
-    std::vector<int> in(static_cast<std::size_t>(shown)), out(in.size());
-    for (int i = 0; i < shown; ++i) in[static_cast<std::size_t>(i)] = i;
-    if (MPI_Group_translate_ranks(group, shown, in.data(), world, out.data()) == MPI_SUCCESS)
-      for (int i = 0; i < shown; ++i)
-        ranks += (i ? ", " : "") + std::to_string(out[static_cast<std::size_t>(i)]);
-    if (shown < size) ranks += ", ...";
-  }
+  std::vector<int> in(static_cast<std::size_t>(size)), out(in.size());
+  bool ok = MPI_Comm_group(comm, &group) == MPI_SUCCESS &&
+            MPI_Comm_group(MPI_COMM_WORLD, &world) == MPI_SUCCESS;
+  for (int i = 0; i < size; ++i) in[static_cast<std::size_t>(i)] = i;
+  ok = ok && MPI_Group_translate_ranks(group, size, in.data(), world, out.data()) == MPI_SUCCESS;
   if (group != MPI_GROUP_NULL) MPI_Group_free(&group);
   if (world != MPI_GROUP_NULL) MPI_Group_free(&world);
+  return ok ? out : std::vector<int>{};
+}
+
+std::string describe_group(const std::vector<int>& members, int size) {
+  std::string ranks;
+  if (!members.empty()) {
+    const int shown = std::min(size, 16);
+    for (int i = 0; i < shown; ++i)
+      ranks += (i ? ", " : "") + std::to_string(members[static_cast<std::size_t>(i)]);
+    if (shown < size) ranks += ", ...";
+  }
   return "mpi group of " + std::to_string(size) + " rank" + (size == 1 ? "" : "s") +
          (ranks.empty() ? std::string() : " (world ranks " + ranks + ")");
 }
@@ -319,15 +325,18 @@ MpiCommunicator::MpiCommunicator(MPI_Comm comm, Watchdog* watchdog, int node_par
   TPL_MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN), -1);
   TPL_MPI_CHECK(MPI_Comm_rank(comm_, &rank_), -1);
   TPL_MPI_CHECK(MPI_Comm_size(comm_, &size_), rank_);
-  desc_ = describe_group(comm_, size_);
+  world_ranks_ = world_ranks_of(comm_, size_);
+  desc_ = describe_group(world_ranks_, size_);
+  if (watchdog_) key_ = watchdog_->register_group(desc_, world_ranks_);
 }
 
 Watchdog::Scope MpiCommunicator::watch(const char* op, std::size_t bytes) {
   if (!watchdog_) return {};
-  return watchdog_->watch(op, &desc_, ++seq_, static_cast<std::int64_t>(bytes));
+  return watchdog_->watch(op, &desc_, ++seq_, static_cast<std::int64_t>(bytes), key_);
 }
 
 MpiCommunicator::~MpiCommunicator() {
+  if (watchdog_) watchdog_->unregister_group(key_);
   if (comm_ == MPI_COMM_WORLD || comm_ == MPI_COMM_SELF || comm_ == MPI_COMM_NULL) return;
   // Freeing after MPI_Finalize is erroneous; the handle is gone with MPI by then.
   int finalized = 0;

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "tpl/communicator.h"
 #include "tpl/watchdog.h"
@@ -35,6 +36,7 @@ class MpiCommunicator final : public Communicator {
   int node_part() const { return node_part_; }
   // "mpi group of 2 ranks (world ranks 0, 1)", as the deadline diagnostics name it.
   const std::string& description() const { return desc_; }
+  const std::vector<int>& world_ranks() const { return world_ranks_; }
   // In flight until the scope ends (nothing when there is no watchdog).
   Watchdog::Scope watch(const char* op, std::size_t bytes);
 
@@ -61,6 +63,8 @@ class MpiCommunicator final : public Communicator {
   Watchdog* watchdog_ = nullptr;
   int node_part_ = 0;
   std::string desc_;
+  std::vector<int> world_ranks_;       // the members' world ranks (empty if MPI cannot say)
+  std::uint64_t key_ = 0;              // the watchdog's key for this group (progress board)
   std::atomic<std::uint64_t> seq_{0};  // this group's watched collectives
 };
 

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "comm/node_layout.h"
+#include "comm/progress_board.h"
 #include "tpl/backends.h"
 #include "tpl/error.h"
 #include "tpl/shm.h"
@@ -14,19 +15,28 @@
 namespace tpl {
 namespace {
 
-// The deadline's action: one line, the flight recorder if asked for, then the whole job goes.
+// How long the reporting rank waits for the other ranks of its host to write their flight
+// recorders before it aborts the job (each answers within a watchdog tick, 100 ms).
+constexpr double kDumpWaitSeconds = 2;
+
+// The deadline's action: one line, the flight recorders if asked for, then the whole job goes.
 void on_expiry(const std::string& line, const Watchdog& wd) {
   std::string where;
-  if (const char* dir = std::getenv("TPL_DUMP_DIR"); dir && *dir) {
-    const std::string path =
-        std::string(dir) + "/tplinear-flight-rank" + std::to_string(wd.world_rank()) + ".json";
-    if (std::FILE* f = std::fopen(path.c_str(), "w")) {
-      const std::string json = wd.dump_json();
-      std::fwrite(json.data(), 1, json.size(), f);
-      std::fclose(f);
-      where = "; flight recorder: " + path;
-    } else {
-      where = "; cannot write the flight recorder to " + path;
+  if (const std::string dir = wd.dump_dir(); !dir.empty()) {
+    const std::string path = wd.write_dump();
+    where = path.empty() ? "; cannot write the flight recorder to " + dir
+                         : "; flight recorder: " + path;
+    if (ProgressBoard* board = wd.board()) {
+      const std::vector<int> silent = board->await_dumps(board->request_dumps(), kDumpWaitSeconds);
+      where += ", the other ranks' of this host beside it";
+      if (!silent.empty()) {
+        where += " (none from world rank";
+        where += silent.size() > 1 ? "s" : "";
+        for (std::size_t i = 0; i < silent.size(); ++i)
+          where += (i ? ", " : " ") + std::to_string(silent[i]);
+        where += ")";
+      }
+      where += "; merge them with tplinear analyze";
     }
   }
   std::fprintf(stderr, "tplinear: error: %s%s; aborting the job\n", line.c_str(), where.c_str());
@@ -34,6 +44,77 @@ void on_expiry(const std::string& line, const Watchdog& wd) {
   MPI_Abort(MPI_COMM_WORLD, 3);
   std::_Exit(3);  // MPI_Abort does not return; if it did, the job must still end
 }
+
+// The host's progress board in a shared window (comm/progress_board.h). Allocated once per
+// session over the world's ranks of this host; freeing it is collective over them too.
+class WindowBoard final : public ProgressBoard {
+ public:
+  // nullptr where the window cannot be had (the diagnostics then say less; nothing fails).
+  static std::unique_ptr<WindowBoard> make(int world_rank) {
+    MPI_Comm host = MPI_COMM_NULL;
+    if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, world_rank, MPI_INFO_NULL,
+                            &host) != MPI_SUCCESS)
+      return nullptr;
+    MPI_Comm_set_errhandler(host, MPI_ERRORS_RETURN);
+    int rank = 0, size = 1;
+    MPI_Comm_rank(host, &rank);
+    MPI_Comm_size(host, &size);
+    std::vector<int> world_ranks(static_cast<std::size_t>(size));
+    MPI_Win win = MPI_WIN_NULL;
+    void* mine = nullptr;
+    const auto bytes = static_cast<MPI_Aint>(ShmProgressBoard::bytes_for(size));
+    bool ok = size <= ShmProgressBoard::kMaxRows &&
+              MPI_Allgather(&world_rank, 1, MPI_INT, world_ranks.data(), 1, MPI_INT, host) ==
+                  MPI_SUCCESS &&
+              MPI_Win_allocate_shared(rank == 0 ? bytes : 0, 64, MPI_INFO_NULL, host, &mine,
+                                      &win) == MPI_SUCCESS;
+    void* base = nullptr;
+    if (ok) {
+      MPI_Aint got = 0;
+      int unit = 0;
+      ok = MPI_Win_shared_query(win, 0, &got, &unit, &base) == MPI_SUCCESS && got >= bytes;
+    }
+    if (ok && rank == 0) ShmProgressBoard::init(base, size);
+    // Every rank agrees on the outcome, and nobody reads the board before it is laid out.
+    int all_ok = ok ? 1 : 0;
+    if (MPI_Allreduce(MPI_IN_PLACE, &all_ok, 1, MPI_INT, MPI_MIN, host) != MPI_SUCCESS) all_ok = 0;
+    MPI_Comm_free(&host);
+    if (!all_ok) {
+      if (win != MPI_WIN_NULL) MPI_Win_free(&win);
+      return nullptr;
+    }
+    return std::unique_ptr<WindowBoard>(new WindowBoard(win, base, std::move(world_ranks), rank));
+  }
+  ~WindowBoard() override {
+    int finalized = 0;
+    MPI_Finalized(&finalized);  // a caller that owns MPI may have ended it first
+    if (!finalized) MPI_Win_free(&win_);
+  }
+
+  void joined(std::uint64_t key, std::uint64_t seq, const char* op) override {
+    board_.joined(key, seq, op);
+  }
+  void completed(std::uint64_t key, std::uint64_t seq) override { board_.completed(key, seq); }
+  void forget(std::uint64_t key) override { board_.forget(key); }
+  std::string report(std::uint64_t key, std::uint64_t seq,
+                     const std::vector<int>& ranks) const override {
+    return board_.report(key, seq, ranks);
+  }
+  std::uint64_t request_dumps() override { return board_.request_dumps(); }
+  std::uint64_t pending_dump(std::uint64_t seen) const override {
+    return board_.pending_dump(seen);
+  }
+  void dumped(std::uint64_t request) override { board_.dumped(request); }
+  std::vector<int> await_dumps(std::uint64_t request, double seconds) override {
+    return board_.await_dumps(request, seconds);
+  }
+
+ private:
+  WindowBoard(MPI_Win win, void* base, std::vector<int> world_ranks, int mine)
+      : win_(win), board_(base, std::move(world_ranks), mine) {}
+  MPI_Win win_;
+  ShmProgressBoard board_;
+};
 
 }  // namespace
 
@@ -61,6 +142,15 @@ MpiSession::MpiSession(int* argc, char*** argv) {
   } catch (const ConfigError& e) {  // a malformed TPL_FAULT_* setting
     timeout_error_ = e.what();
   }
+  if (watchdog_) {
+    if (const char* dir = std::getenv("TPL_DUMP_DIR"); dir && *dir) watchdog_->set_dump_dir(dir);
+    // Only where this session started MPI (the CLI, tpl_stress, the test mains): the board is
+    // collective over the world's ranks of the host, when made and when freed, and a session
+    // attached to the caller's MPI may be made on some ranks only, or freed at a different
+    // point on each (a Python World, collected when its last reference goes).
+    if (owns_) board_ = WindowBoard::make(rank);
+    watchdog_->set_board(board_.get());
+  }
   // Once per process, over the world's ranks of each host, so that every group agrees on which
   // ranks share a node however it was split (comm/node_layout.h). Every rank reads the same
   // setting, so every rank takes part in the collective or none does.
@@ -72,11 +162,13 @@ MpiSession::MpiSession(int* argc, char*** argv) {
 }
 
 MpiSession::~MpiSession() {
-  if (!owns_) return;
-  // MPI_Finalize waits for every rank; a stalled peer would hold this one here forever.
-  std::string what = "MPI_Finalize of the world";
+  // MPI_Win_free and MPI_Finalize wait for every rank; a stalled peer would hold this one here
+  // forever.
+  std::string what = owns_ ? "MPI_Finalize of the world" : "the end of the MPI session";
   Watchdog::Scope s = watchdog_ ? watchdog_->watch("finalize", &what, 1, 0) : Watchdog::Scope();
-  MPI_Finalize();
+  if (watchdog_) watchdog_->set_board(nullptr);
+  board_.reset();
+  if (owns_) MPI_Finalize();
 }
 
 std::unique_ptr<MpiCommunicator> MpiSession::dup_of(int fortran_handle) const {

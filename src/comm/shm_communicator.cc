@@ -44,6 +44,7 @@ ShmCommunicator::ShmCommunicator(std::unique_ptr<MpiCommunicator> mpi, ShmOption
   const Where where{"shm", rank_};
   const CpuIsa isa = detect_cpu().effective();  // TPL_CPU_ISA errors before any collective
   desc_ = "shm" + mpi_->description().substr(3);
+  if (Watchdog* wd = mpi_->watchdog()) key_ = wd->register_group(desc_, mpi_->world_ranks());
   // Every member must share this node (TPL_NODE_SPLIT parts count as nodes); the layout is the
   // same on every member, so they all throw alike.
   {
@@ -97,6 +98,7 @@ ShmCommunicator::ShmCommunicator(std::unique_ptr<MpiCommunicator> mpi, ShmOption
 }
 
 ShmCommunicator::~ShmCommunicator() {
+  if (Watchdog* wd = mpi_->watchdog()) wd->unregister_group(key_);
   if (win_ != MPI_WIN_NULL) {
     MPI_Win_unlock_all(win_);
     MPI_Win_free(&win_);
@@ -113,7 +115,7 @@ std::unique_ptr<Communicator> ShmCommunicator::split(int color, int key) {
 Watchdog::Scope ShmCommunicator::watch(const char* op, std::size_t bytes) {
   Watchdog* wd = mpi_->watchdog();
   if (!wd) return {};
-  return wd->watch(op, &desc_, ++seq_, static_cast<std::int64_t>(bytes));
+  return wd->watch(op, &desc_, ++seq_, static_cast<std::int64_t>(bytes), key_);
 }
 
 void ShmCommunicator::do_all_reduce(TensorView inout) {

@@ -72,6 +72,7 @@ class ShmCommunicator final : public Communicator {
   MPI_Win win_ = MPI_WIN_NULL;
   std::string desc_;               // "shm group of 2 ranks (world ranks 0, 1)"
   std::uint64_t seq_ = 0;          // this group's watched collectives
+  std::uint64_t key_ = 0;          // the watchdog's key for this group (progress board)
   std::optional<ShmGroup> group_;  // over the window, once it is mapped
 };
 

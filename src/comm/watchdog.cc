@@ -1,7 +1,10 @@
 #include "tpl/watchdog.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -43,6 +46,15 @@ std::uint64_t fault_point(const char* name, int world_rank) {
 #endif
 }
 
+double wall_now() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+std::uint64_t fnv1a(const std::string& s, std::uint64_t h = 14695981039346656037ull) {
+  for (const unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
 }  // namespace
 
 double Watchdog::timeout_from_env(double fallback) {
@@ -60,6 +72,7 @@ Watchdog::Watchdog(double timeout_s, int world_rank, Expiry on_expiry)
     : world_rank_(world_rank),
       on_expiry_(std::move(on_expiry)),
       t0_(std::chrono::steady_clock::now()),
+      wall_t0_(wall_now()),
       timeout_s_(timeout_s),
       ring_(kRing),
       stall_at_(fault_point("TPL_FAULT_STALL", world_rank)),
@@ -91,6 +104,72 @@ double Watchdog::since_start(std::chrono::steady_clock::time_point t) const {
   return std::chrono::duration<double>(t - t0_).count();
 }
 
+std::uint64_t Watchdog::register_group(const std::string& name,
+                                       const std::vector<int>& world_ranks) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const std::uint64_t nth = name_counts_[name]++;
+  std::uint64_t key = fnv1a(std::to_string(nth), fnv1a(name + "#"));
+  for (bool taken = true; taken || key == 0;) {  // a (vanishingly rare) collision: rehash
+    taken =
+        std::any_of(groups_.begin(), groups_.end(), [&](const Group& g) { return g.key == key; });
+    if (taken || key == 0) key = fnv1a("+", key);
+  }
+  groups_.push_back({key, name, world_ranks, true});
+  return key;
+}
+
+void Watchdog::unregister_group(std::uint64_t key) {
+  if (key == 0) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (Group& g : groups_)
+    if (g.key == key) g.alive = false;
+  // Freed groups stay known a while, for the records that still name them; a program that
+  // makes communicators without end must not grow this list without end.
+  std::size_t dead = 0;
+  for (const Group& g : groups_) dead += !g.alive;
+  for (auto it = groups_.begin(); dead > kKeptGroups && it != groups_.end();) {
+    if (!it->alive) {
+      it = groups_.erase(it);
+      --dead;
+    } else {
+      ++it;
+    }
+  }
+  if (board_) board_->forget(key);
+}
+
+void Watchdog::set_board(ProgressBoard* board) {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [&] { return !dumping_; });  // the thread may be using the old one
+  board_ = board;
+}
+
+ProgressBoard* Watchdog::board() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return board_;
+}
+
+void Watchdog::set_dump_dir(std::string dir) {
+  std::lock_guard<std::mutex> lock(mu_);
+  dump_dir_ = std::move(dir);
+}
+
+std::string Watchdog::dump_dir() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return dump_dir_;
+}
+
+std::string Watchdog::write_dump() const {
+  const std::string dir = dump_dir();
+  if (dir.empty()) return "";
+  const std::string path = dir + "/tplinear-flight-rank" + std::to_string(world_rank_) + ".json";
+  std::FILE* f = std::fopen(path.c_str(), "w");
+  if (!f) return "";
+  const std::string json = dump_json();
+  const bool ok = std::fwrite(json.data(), 1, json.size(), f) == json.size();
+  return std::fclose(f) == 0 && ok ? path : "";
+}
+
 Watchdog::Scope& Watchdog::Scope::operator=(Scope&& o) noexcept {
   if (this != &o) {
     end();
@@ -107,7 +186,7 @@ void Watchdog::Scope::end() {
 }
 
 Watchdog::Scope Watchdog::watch(const char* op, const std::string* group, std::uint64_t group_seq,
-                                std::int64_t bytes) {
+                                std::int64_t bytes, std::uint64_t group_key) {
   const auto now = std::chrono::steady_clock::now();
   std::uint64_t id = 0;
   bool stall = false;
@@ -123,6 +202,7 @@ Watchdog::Scope Watchdog::watch(const char* op, const std::string* group, std::u
       CollectiveRecord& r = ring_[recorded_ % kRing];
       r.seq = id;
       r.group_seq = group_seq;
+      r.group_key = group_key;
       r.op.assign(op);
       if (group)
         r.group.assign(*group);
@@ -132,7 +212,8 @@ Watchdog::Scope Watchdog::watch(const char* op, const std::string* group, std::u
       r.completed = false;
       r.started_s = since_start(now);
       r.elapsed_s = 0;
-      active_.push_back({id, now, recorded_++, false});
+      active_.push_back({id, now, recorded_++, false, group_key, group_seq});
+      if (board_ && group_key) board_->joined(group_key, group_seq, op);
     }
   }
   // Fault injection: this rank never joins collective `id`, as if stopped there, and is not
@@ -151,6 +232,7 @@ void Watchdog::finish(std::uint64_t id) {
     r.completed = true;
     r.elapsed_s = since_start(std::chrono::steady_clock::now()) - r.started_s;
   }
+  if (board_ && it->group_key) board_->completed(it->group_key, it->group_seq);
   active_.erase(it);
 }
 
@@ -170,13 +252,29 @@ std::string Watchdog::dump_json() const {
   for (const CollectiveRecord& r : this->records())
     records.push_back({{"seq", r.seq},
                        {"group_seq", r.group_seq},
+                       {"group_key", r.group_key},
                        {"op", r.op},
                        {"group", r.group},
                        {"bytes", r.bytes},
                        {"state", r.completed ? "completed" : "started"},
                        {"started_s", r.started_s},
                        {"elapsed_s", r.elapsed_s}});
-  nlohmann::json j{{"rank", world_rank_}, {"timeout_s", timeout()}, {"records", records}};
+  nlohmann::json groups = nlohmann::json::array();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const Group& g : groups_)
+      groups.push_back({{"key", g.key}, {"name", g.name}, {"world_ranks", g.world_ranks}});
+  }
+  char host[256] = {};
+  if (gethostname(host, sizeof host - 1) != 0) host[0] = '\0';
+  std::size_t recorded = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    recorded = recorded_;
+  }
+  nlohmann::json j{{"rank", world_rank_}, {"host", host},         {"timeout_s", timeout()},
+                   {"wall_t0", wall_t0_}, {"recorded", recorded}, {"ring", kRing},
+                   {"groups", groups},    {"records", records}};
   return j.dump(1);
 }
 
@@ -184,7 +282,23 @@ void Watchdog::loop() {
   std::unique_lock<std::mutex> lock(mu_);
   while (!stop_) {
     cv_.wait_for(lock, kTick);
-    if (stop_ || timeout_s_ <= 0) continue;
+    if (stop_) continue;
+    // Another rank's deadline expired and it asks for every recorder (progress_board.h).
+    if (board_) {
+      if (const std::uint64_t req = board_->pending_dump(dump_seen_)) {
+        dump_seen_ = req;
+        dumping_ = true;
+        ProgressBoard* board = board_;
+        lock.unlock();
+        write_dump();
+        board->dumped(req);
+        lock.lock();
+        dumping_ = false;
+        cv_.notify_all();
+        continue;
+      }
+    }
+    if (timeout_s_ <= 0) continue;
     const auto now = std::chrono::steady_clock::now();
     for (Entry& e : active_) {
       const double waited = std::chrono::duration<double>(now - e.start).count();
@@ -198,6 +312,14 @@ void Watchdog::loop() {
                " bytes, has not completed after " + format_seconds(waited) + " s (deadline " +
                format_seconds(timeout_s_) +
                " s, TPL_TIMEOUT or --timeout): a member of the group has stalled or died";
+        if (board_ && e.group_key) {
+          const auto g = std::find_if(groups_.begin(), groups_.end(),
+                                      [&](const Group& x) { return x.key == e.group_key; });
+          if (g != groups_.end()) {
+            const std::string who = board_->report(e.group_key, e.group_seq, g->world_ranks);
+            if (!who.empty()) line += "; " + who;
+          }
+        }
       } else {
         line = "rank " + std::to_string(world_rank_) + ": a collective has not completed after " +
                format_seconds(waited) + " s";

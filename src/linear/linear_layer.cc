@@ -242,8 +242,12 @@ void LinearLayer::init(const Selector& selector, const OpEnv& env, GemmBackend b
     if (spec_.kind != LayerKind::kReplicated && size > 1) out_cols = output_rows(spec_, rank, size);
     weight_ = take_rows(load, out_cols, quant ? DType::kI8 : spec_.dtype, spec_.in_features, w);
     if (spec_.flags.gather_output && size > 1 && spec_.kind != LayerKind::kColumn) {
+      // QKV splits by heads (out_features is derived, not given): both head counts must divide,
+      // or a rank's block is not the plain split the gather assumes (a KV head shared by ranks
+      // has no rank-major gathered layout at all).
+      const QkvShape& q = spec_.qkv;
       for (std::int64_t s : spec_.kind == LayerKind::kQkv
-                                ? std::vector<std::int64_t>{spec_.out_features}
+                                ? std::vector<std::int64_t>{q.num_heads, q.num_kv_heads}
                                 : spec_.output_sizes)
         TPL_CHECK_EQ(s % size, 0, w, "gather_output on a merged/QKV layer needs every logical ",
                      "output divisible by the TP size");

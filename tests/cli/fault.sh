@@ -20,11 +20,12 @@ start=$(date +%s%N)
 timeout -k 5 $((deadline + 30)) "$@" >"$out" 2>&1 </dev/null
 rc=$?
 elapsed_ms=$((($(date +%s%N) - start) / 1000000))
-# The PIDs whose command line holds the marker, this script's own left out. Into a file, not
-# $(...): a command substitution's subshell carries this script's command line too.
+# The PIDs whose command line holds the marker, this script's own and its caller's (analyze.sh)
+# left out. Into a file, not $(...): a command substitution's subshell carries this script's
+# command line too.
 leftovers() {
   pgrep -f -- "$marker" >"$out.left" || true
-  grep -v -x "$$" "$out.left" || true
+  grep -v -x -e "$$" -e "$PPID" "$out.left" || true
   rm -f "$out.left"
 }
 fail() {

@@ -13,6 +13,8 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -24,6 +26,7 @@
 #include "run.h"
 #include "tpl/backends.h"
 #include "tpl/error.h"
+#include "tpl/flight_analysis.h"
 
 namespace {
 
@@ -98,6 +101,21 @@ int report_error(int rank, const char* what) {
   std::fflush(stderr);
   MPI_Abort(MPI_COMM_WORLD, 2);
   return 2;
+}
+
+// `tplinear analyze`: rank 0 reads the dumps and prints the report.
+int analyze(tpl::Communicator& world, const std::vector<std::string>& paths) {
+  std::vector<tpl::FlightDump> dumps;
+  for (const std::string& p : paths) {
+    std::ifstream f(p, std::ios::binary);
+    std::ostringstream text;
+    text << f.rdbuf();
+    if (!f && !f.eof()) TPL_THROW(tpl::IoError, (tpl::Where{p}), "cannot read the file");
+    dumps.push_back({p, text.str()});
+  }
+  const std::string report = tpl::analyze_flight_dumps(dumps);
+  if (world.rank() == 0) std::fputs(report.c_str(), stdout);
+  return 0;
 }
 
 }  // namespace
@@ -269,6 +287,14 @@ int main(int argc, char** argv) {
 
   tpl::cli::SimulateCliOptions so;
   so.model.dtype = "bf16";  // GPU clusters: the default inference dtype
+  std::vector<std::string> dumps;
+  auto* an = app.add_subcommand("analyze",
+                                "merge the flight recorders of a job whose deadline expired "
+                                "(TPL_DUMP_DIR) and name the first collective the ranks "
+                                "disagree on");
+  an->add_option("dumps", dumps, "tplinear-flight-rank<r>.json files")
+      ->required()
+      ->check(CLI::ExistingFile);
   auto* sim = app.add_subcommand("simulate",
                                  "predict per-strategy times on a simulated cluster described by "
                                  "published figures (docs/planner.md)");
@@ -305,6 +331,7 @@ int main(int argc, char** argv) {
     if (*cal) rc = tpl::cli::run_calibrate(*world, co);
     if (*pl) rc = tpl::cli::run_plan(*world, po);
     if (*sim) rc = tpl::cli::run_simulate(*world, so);
+    if (*an) rc = analyze(*world, dumps);
   } catch (const tpl::CommError& err) {
     // A communication fault is this rank's own (a peer stalled or died, a deadline passed):
     // say so from here, and end the job, since the peers may be waiting in a collective.
