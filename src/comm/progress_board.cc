@@ -42,6 +42,8 @@ ShmProgressBoard::ShmProgressBoard(void* base, std::vector<int> row_ranks, int m
             kMaxRows, " rows, not ", row_ranks_.size());
   TPL_CHECK(mine_ >= 0 && mine_ < static_cast<int>(row_ranks_.size()), where, "row ", mine_,
             " not in [0, ", row_ranks_.size(), ")");
+  TPL_CHECK(reinterpret_cast<std::uintptr_t>(base) % alignof(Row) == 0, where, "the board at ",
+            base, " is not ", alignof(Row), "-byte aligned");
   // A rank that joins late (a new session over the same window) picks up its own slots.
   const Row& me = row(mine_);
   for (int i = 0; i < kSlots; ++i) my_keys_[i] = me.slots[i].key.load(acq);

@@ -1,6 +1,7 @@
 #include "comm/shm_communicator.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -59,7 +60,11 @@ ShmCommunicator::ShmCommunicator(std::unique_ptr<MpiCommunicator> mpi, ShmOption
   if (!mpi_->all_true(size_ <= ShmGroup::kMaxMembers))
     TPL_THROW(ConfigError, where, "TPL_COMM=shm serves groups of up to ", ShmGroup::kMaxMembers,
               " ranks, not ", size_);
-  const std::size_t per_rank = ShmGroup::member_bytes(options_.slot_bytes);
+  // One page more than the member needs: OpenMPI's window segments start past a header (an
+  // offset of 264 bytes was seen, which UBSan reported as the control line's misaligned
+  // access), so each member starts at the next page boundary.
+  constexpr std::size_t kPage = 4096;
+  const std::size_t per_rank = ShmGroup::member_bytes(options_.slot_bytes) + kPage;
   MPI_Info info;
   MPI_Info_create(&info);
   MPI_Info_set(info, "alloc_shared_noncontig", "true");  // each rank's pages stay its own
@@ -75,13 +80,29 @@ ShmCommunicator::ShmCommunicator(std::unique_ptr<MpiCommunicator> mpi, ShmOption
               " bytes); check the size of /dev/shm");
   }
   std::vector<std::byte*> bases(static_cast<std::size_t>(size_));
+  // pads[k]: how far member k's page boundary is into its segment here; pads[size_ + k] its
+  // negation, so one MPI_MAX gives the largest and the smallest any rank sees.
+  std::vector<int> pads(2 * static_cast<std::size_t>(size_));
   for (int k = 0; k < size_; ++k) {
     MPI_Aint sz = 0;
     int disp = 0;
     void* p = nullptr;
     TPL_MPI_CHECK(MPI_Win_shared_query(win_, k, &sz, &disp, &p), rank_);
-    bases[static_cast<std::size_t>(k)] = static_cast<std::byte*>(p);
+    const int pad = static_cast<int>((kPage - reinterpret_cast<std::uintptr_t>(p) % kPage) % kPage);
+    pads[static_cast<std::size_t>(k)] = pad;
+    pads[static_cast<std::size_t>(size_ + k)] = -pad;
+    bases[static_cast<std::size_t>(k)] = static_cast<std::byte*>(p) + pad;
   }
+  // Every rank must find member k's line at the same bytes of its segment. The mappings keep
+  // the offset within a page, so this holds; checked rather than assumed.
+  TPL_MPI_CHECK(
+      MPI_Allreduce(MPI_IN_PLACE, pads.data(), 2 * size_, MPI_INT, MPI_MAX, mpi_->handle()), rank_);
+  for (int k = 0; k < size_; ++k)
+    if (pads[static_cast<std::size_t>(k)] != -pads[static_cast<std::size_t>(size_ + k)]) {
+      MPI_Win_free(&win_);
+      TPL_THROW(BackendError, where, "the shared window's segment of rank ", k,
+                " starts at different offsets within a page on different ranks");
+    }
   // A passive-target epoch for the window's lifetime: direct loads and stores are then allowed
   // by MPI's memory model; ordering comes from the control line's atomics.
   TPL_MPI_CHECK(MPI_Win_lock_all(MPI_MODE_NOCHECK, win_), rank_);

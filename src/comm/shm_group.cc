@@ -34,6 +34,11 @@ ShmGroup::ShmGroup(std::vector<std::byte*> bases, int rank, const ShmOptions& op
   TPL_CHECK(rank_ >= 0 && rank_ < size_, where, "rank ", rank_, " not in [0, ", size_, ")");
   TPL_CHECK(slot_bytes_ok(options_.slot_bytes), where, "slot_bytes must be a multiple of 64 of ",
             "at least ", kMinSlotBytes, ", not ", options_.slot_bytes);
+  for (int k = 0; k < size_; ++k)
+    TPL_CHECK(
+        reinterpret_cast<std::uintptr_t>(bases_[static_cast<std::size_t>(k)]) % alignof(Control) ==
+            0,
+        where, "member ", k, "'s memory is not ", alignof(Control), "-byte aligned");
 }
 
 ShmGroup::Control* ShmGroup::control(int member) const {

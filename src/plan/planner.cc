@@ -6,7 +6,6 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <sstream>
 
 #include "tpl/error.h"
 #include "tpl/plan.h"
@@ -34,40 +33,6 @@ std::string weight_layout_of(const Config& c, const ModelInfo& model) {
   if (c.oproj_tp > 0) s += "+oproj_tp(" + std::to_string(c.oproj_tp) + ")";
   for (const auto& l : c.layer_sharding) s += "+shard(" + l + ")";
   return s;
-}
-
-std::vector<std::pair<std::int64_t, double>> parse_workload(const std::string& s) {
-  std::vector<std::pair<std::int64_t, double>> v;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    if (item.empty()) continue;
-    const auto colon = item.find(':');
-    const std::string t = item.substr(0, colon);
-    const std::string w = colon == std::string::npos ? "1" : item.substr(colon + 1);
-    long long tokens = 0;
-    double weight = 0;
-    std::size_t used_t = 0, used_w = 0;
-    try {
-      tokens = std::stoll(t, &used_t);
-      weight = std::stod(w, &used_w);
-    } catch (const std::exception&) {
-      used_t = used_w = 0;
-    }
-    if (used_t != t.size() || used_w != w.size() || tokens < 1 || tokens > (1 << 20) ||
-        !(weight > 0) || !std::isfinite(weight))
-      TPL_THROW(InvalidArgument, kWhere, "workload item '", item,
-                "' is not TOKENS or TOKENS:WEIGHT (tokens in [1, 1048576], weight > 0)");
-    if (std::any_of(v.begin(), v.end(), [&](const auto& p) { return p.first == tokens; }))
-      TPL_THROW(InvalidArgument, kWhere, "workload lists ", tokens, " tokens twice");
-    v.emplace_back(tokens, weight);
-  }
-  if (v.empty()) TPL_THROW(InvalidArgument, kWhere, "the workload needs at least one token count");
-  std::sort(v.begin(), v.end());
-  double sum = 0;
-  for (const auto& p : v) sum += p.second;
-  for (auto& p : v) p.second /= sum;
-  return v;
 }
 
 namespace {

@@ -3,7 +3,8 @@
 // MPI window. Built twice (tests/comm/CMakeLists.txt): as a unit test, and with
 // -fsanitize=thread (the tsan label), where ThreadSanitizer checks the rounds' release/acquire
 // argument, which it cannot across processes: a slot read that the arrival flags do not order
-// after its write is a reported race, and the test fails (TSAN_OPTIONS=halt_on_error=1).
+// after its write is a reported race, and the test fails (TSAN_OPTIONS=halt_on_error=1). The
+// overlap worker (tpl/comm_worker.h) runs here too, as the fused paths use it.
 //
 // Every collective runs, in a shuffled sequence so that each follows every other (slot reuse
 // across collectives), with random data, sizes from 1 element to a few slots (chunking; both
@@ -21,12 +22,14 @@
 #include <cstring>
 #include <new>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
 
 #include "comm/shm_group.h"
+#include "tpl/comm_worker.h"
 #include "tpl/error.h"
 
 namespace tpl {
@@ -376,6 +379,75 @@ std::vector<Config> configs() {
 }
 
 INSTANTIATE_TEST_SUITE_P(Members, ShmGroupThreads, testing::ValuesIn(configs()), config_name);
+
+// The fused paths' threading (src/ops/gemm_collectives.cc): each member computes chunk k+1 of
+// its partial result while its CommWorker all-reduces chunk k through the SHM core, then reads
+// every chunk after waiting for its ticket. ThreadSanitizer checks that submit() orders the
+// chunk's writes before the worker's reads, and wait()/finished() the worker's result before the
+// member's; the sums (small integers, exact in f32) check the data.
+TEST(CommWorkerThreads, FusedChunksAllReduceOnEachMembersWorker) {
+  for (int n : {1, 2, 3, 4}) {
+    ShmOptions options;
+    options.slot_bytes = 4096;
+    options.two_shot_bytes = 1024;
+    options.timeout_s = 60;
+    SharedMemory shared(n, options.slot_bytes);
+    const std::size_t rows = 37, cols = 53, chunks = 5;  // uneven chunks of rows
+    std::vector<std::vector<float>> out(static_cast<std::size_t>(n));
+    const std::vector<std::string> errors = run_members(n, [&](int r) {
+      ShmGroup group(shared.bases(), r, options, CpuIsa::kSse41, "worker group");
+      std::vector<float>& y = out[static_cast<std::size_t>(r)];
+      y.assign(rows * cols, 0.0f);
+      CommWorker worker;  // destroyed (drained) before the group
+      std::vector<std::uint64_t> tickets;
+      for (std::size_t c = 0; c < chunks; ++c) {
+        const std::size_t r0 = rows * c / chunks, r1 = rows * (c + 1) / chunks;
+        for (std::size_t i = r0 * cols; i < r1 * cols; ++i)  // the "GEMM" of chunk c
+          y[i] = static_cast<float>((static_cast<std::size_t>(r) + 1) * (i % 97));
+        float* p = y.data() + r0 * cols;
+        const std::size_t count = (r1 - r0) * cols;
+        tickets.push_back(worker.submit([&group, p, count] {
+          group.all_reduce(reinterpret_cast<std::byte*>(p), count, DType::kF32);
+        }));
+      }
+      while (!worker.finished(tickets.front())) std::this_thread::yield();
+      worker.wait(tickets.back());
+    });
+    const float members = static_cast<float>(n * (n + 1) / 2);  // sum of (r + 1)
+    for (int r = 0; r < n; ++r) {
+      ASSERT_EQ(errors[r], "") << "members " << n << ", member " << r;
+      const std::vector<float>& y = out[static_cast<std::size_t>(r)];
+      for (std::size_t i = 0; i < y.size(); ++i)
+        ASSERT_EQ(y[i], members * static_cast<float>(i % 97))
+            << "members " << n << ", member " << r << ", index " << i;
+    }
+  }
+}
+
+// A task's exception reaches the waiter once no task is left running on its buffers, and the
+// worker keeps serving; the destructor runs what is still queued.
+TEST(CommWorkerThreads, AnErrorReachesTheWaiterAndTheWorkerGoesOn) {
+  std::vector<int> done(3, 0);
+  {
+    CommWorker worker;
+    worker.submit([] { throw std::runtime_error("task 0 failed"); });
+    const std::uint64_t t1 = worker.submit([&] { done[1] = 1; });
+    try {
+      worker.wait(t1);
+      ADD_FAILURE() << "wait() did not rethrow task 0's exception";
+    } catch (const std::runtime_error& e) {
+      EXPECT_STREQ(e.what(), "task 0 failed");
+    }
+    EXPECT_EQ(done[1], 1) << "wait() returned while task 1 could still run";
+    worker.wait(worker.submit([&] { done[0] = 1; }));  // the error was taken: no rethrow
+    EXPECT_EQ(done[0], 1);
+    worker.submit([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      done[2] = 1;
+    });
+  }
+  EXPECT_EQ(done[2], 1) << "the destructor dropped a queued task";
+}
 
 // Members `late` never enter the collective (their threads skip it); every other member gets a
 // CommError naming exactly them, within the short deadline.

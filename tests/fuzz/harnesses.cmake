@@ -1,5 +1,5 @@
 # One harness per parser: tests/fuzz/<name>_fuzz.cc, corpus/<name>/, crashes/<name>/.
-set(TPL_FUZZ_HARNESSES safetensors safetensors_index npy hf_config config plan flight)
+set(TPL_FUZZ_HARNESSES safetensors safetensors_index npy hf_config config plan flight profile workload)
 # The library sources the parsers need (the libFuzzer build compiles only these).
 set(TPL_FUZZ_PARSER_SOURCES
   src/core/error.cc
@@ -11,6 +11,8 @@ set(TPL_FUZZ_PARSER_SOURCES
   src/comm/communicator.cc  # the typeinfo UBSan's vptr check of process_groups.cc needs
   src/model/model_spec.cc
   src/plan/plan_json.cc
+  src/plan/profile_json.cc
+  src/plan/workload.cc
   src/comm/flight_analysis.cc
   src/io/safetensors.cc
   src/io/npy.cc)

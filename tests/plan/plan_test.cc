@@ -89,6 +89,27 @@ TEST(Profile, ErrorsNameTheFileAndField) {
        },
        "collectives.allreduce/2"},
       {[](nlohmann::json& j) { j["fused"]["magic"] = nlohmann::json::array(); }, "fused.magic"},
+      // Integers stay integers: no truncation of 2.5, no undefined conversion of 1e300 (the
+      // inputs in tests/fuzz/crashes/profile, found while writing the profile fuzz harness).
+      {[](nlohmann::json& j) { j["machine"]["cores"] = 1e300; }, "machine.cores"},
+      {[](nlohmann::json& j) { j["machine"]["ranks"] = 2.5; }, "machine.ranks"},
+      {[](nlohmann::json& j) { j["machine"]["ranks"] = 0; }, "machine.ranks"},
+      {[](nlohmann::json& j) { j["gemm"]["f32"][0]["k"] = -3e19; }, "gemm.f32[0].k"},
+      {[](nlohmann::json& j) { j["gemm"]["f32"][0]["n"] = 64.5; }, "gemm.f32[0].n"},
+      {[](nlohmann::json& j) { j["version"] = 1.0; }, "version"},
+      // A key the cost model's lookups (collective_key) could never find.
+      {[](nlohmann::json& j) {
+         j["collectives"]["all_reduce/two"] = j["collectives"]["all_reduce/2"];
+       },
+       "collectives.all_reduce/two"},
+      {[](nlohmann::json& j) {
+         j["collectives"]["all_reduce/02"] = j["collectives"]["all_reduce/2"];
+       },
+       "collectives.all_reduce/02"},
+      {[](nlohmann::json& j) {
+         j["collectives"]["all_reduce/"] = j["collectives"]["all_reduce/2"];
+       },
+       "collectives.all_reduce/"},
   };
   for (const Case& c : cases) {
     nlohmann::json j = good;
@@ -494,6 +515,11 @@ TEST(Planner, WorkloadParsing) {
   EXPECT_DOUBLE_EQ(w[0].second, 0.75);
   for (const char* bad : {"", "x", "16:", "16:-1", "0", "16,16", "16:1:2"})
     EXPECT_THROW(parse_workload(bad), InvalidArgument) << bad;
+  // Finite weights whose sum is not (tests/fuzz/crashes/workload): each half, not 1e308 / inf.
+  const auto big = parse_workload("1:1e308,2:1e308");
+  ASSERT_EQ(big.size(), 2u);
+  EXPECT_DOUBLE_EQ(big[0].second, 0.5);
+  EXPECT_DOUBLE_EQ(big[1].second, 0.5);
 }
 
 // The memory cap leaves out layouts whose resident weights do not fit, and says so.
