@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string_view>
 
@@ -23,5 +24,10 @@ std::size_t json_nesting_depth(std::string_view text);
 // nlohmann::json::parse(text), except that nesting deeper than kMaxJsonDepth throws
 // nlohmann::json::parse_error too, so callers report it as they report malformed JSON.
 nlohmann::json parse_json(std::string_view text);
+
+// Whether `v` is a JSON integer that fits int64_t, and then its value in *out. A float (2.0,
+// 1e300) is not one: the loaders take integer fields only of JSON's integer kind, so that no
+// value is truncated or converted out of range (undefined behaviour).
+bool json_int64(const nlohmann::json& v, std::int64_t* out);
 
 }  // namespace tpl

@@ -57,11 +57,9 @@ std::uint64_t u64(const nlohmann::json& j, const char* name, const std::string& 
 }
 
 std::int64_t i64(const nlohmann::json& j, const char* name, const std::string& source) {
-  const nlohmann::json& v = at(j, name, source);
-  if (!v.is_number_integer() ||
-      (v.is_number_unsigned() && v.get<std::uint64_t>() > std::uint64_t{INT64_MAX}))
-    bad_field(name, source, "must be an integer");
-  return v.get<std::int64_t>();
+  std::int64_t x = 0;
+  if (!json_int64(at(j, name, source), &x)) bad_field(name, source, "must be an integer");
+  return x;
 }
 
 int rank_of(const nlohmann::json& v, const char* name, const std::string& source) {

@@ -38,4 +38,12 @@ nlohmann::json parse_json(std::string_view text) {
   return nlohmann::json::parse(text.begin(), text.end());
 }
 
+bool json_int64(const nlohmann::json& v, std::int64_t* out) {
+  if (!v.is_number_integer() ||
+      (v.is_number_unsigned() && v.get<std::uint64_t>() > std::uint64_t{INT64_MAX}))
+    return false;
+  *out = v.get<std::int64_t>();
+  return true;
+}
+
 }  // namespace tpl

@@ -72,10 +72,9 @@ Plan Plan::from_json(const nlohmann::json& j, const std::string& source) {
     return o.at(k);
   };
   auto integer = [&](const nlohmann::json& v, const std::string& path) {
-    if (!v.is_number_integer() ||
-        (v.is_number_unsigned() && v.get<std::uint64_t>() > std::uint64_t{INT64_MAX}))
-      fail(path, "must be an integer");
-    return v.get<std::int64_t>();
+    std::int64_t x = 0;
+    if (!json_int64(v, &x)) fail(path, "must be an integer");
+    return x;
   };
   // world, tp and dp: ints, so never truncated, and tp x dp computed without overflow.
   auto small = [&](const nlohmann::json& v, const std::string& path) {

@@ -1,6 +1,7 @@
 // The machine profile's JSON form (tpl/profile.h): parse, validate, write. Apart from the
 // machine queries (profile.cc), so the fuzz build (tests/fuzz) links the parser alone.
 #include <algorithm>
+#include <charconv>
 #include <climits>
 #include <cmath>
 #include <fstream>
@@ -58,17 +59,10 @@ struct Reader {
   // truncated (a float-to-int conversion out of range is undefined).
   std::int64_t integer(const nlohmann::json& j, const std::string& path, std::int64_t lo,
                        std::int64_t hi) const {
-    bool ok = false;
-    if (j.is_number_unsigned()) {  // nlohmann's kind for every integer >= 0
-      const std::uint64_t u = j.get<std::uint64_t>();
-      ok = u <= static_cast<std::uint64_t>(hi) && static_cast<std::int64_t>(u) >= lo;
-    } else if (j.is_number_integer()) {
-      const std::int64_t v = j.get<std::int64_t>();
-      ok = v >= lo && v <= hi;
-    }
-    if (!ok)
+    std::int64_t v = 0;
+    if (!json_int64(j, &v) || v < lo || v > hi)
       fail(path, "must be an integer from " + std::to_string(lo) + " to " + std::to_string(hi));
-    return j.get<std::int64_t>();
+    return v;
   }
   std::string string(const nlohmann::json& j, const std::string& path) const {
     if (!j.is_string()) fail(path, "must be a string");
@@ -105,8 +99,8 @@ MachineProfile MachineProfile::from_json(const nlohmann::json& j, const std::str
   const Reader rd{source};
   MachineProfile p;
   if (!j.is_object()) rd.fail("(top level)", "must be an object");
-  const auto& version = rd.at(j, "version", "");
-  if (!version.is_number_integer() || version.get<std::int64_t>() != 1)
+  std::int64_t version = 0;
+  if (!json_int64(rd.at(j, "version", ""), &version) || version != 1)
     rd.fail("version", "must be 1 (this build reads profile version 1)");
   const auto& m = rd.at(j, "machine", "");
   p.machine.cpu = rd.string(rd.at(m, "cpu", "machine"), "machine.cpu");
@@ -157,11 +151,12 @@ MachineProfile MachineProfile::from_json(const nlohmann::json& j, const std::str
                          Collective::kAllToAll, Collective::kBroadcast}) {
       const std::string prefix = std::string(collective_name(k)) + "/";
       if (key.rfind(prefix, 0) != 0) continue;
-      const std::string size = key.substr(prefix.size());
-      known =
-          !size.empty() && size.size() <= 6 && size[0] != '0' &&
-          std::all_of(size.begin(), size.end(), [](char ch) { return ch >= '0' && ch <= '9'; }) &&
-          std::stoi(size) <= kMaxGroup;
+      const char* first = key.data() + prefix.size();
+      const char* last = key.data() + key.size();
+      int n = 0;
+      const auto [end, ec] = std::from_chars(first, last, n);
+      known = ec == std::errc() && end == last && n >= 1 && n <= kMaxGroup &&
+              collective_key(k, n) == key;  // no sign or leading zero: the writer's spelling
     }
     if (!known)
       rd.fail("collectives." + key,
