@@ -98,6 +98,8 @@ void run_collective(benchmark::State& state, tpl::Communicator& comm, const Op& 
   for (int i = 0; i < 3; ++i) call();  // warm-up: connections, page faults, caches
 
   double total = 0;
+  std::vector<double> times;
+  times.reserve(static_cast<std::size_t>(state.max_iterations));
   for (auto _ : state) {
     comm.barrier();  // start together, so the time is the collective's, not the skew's
     const double t0 = MPI_Wtime();
@@ -108,10 +110,15 @@ void run_collective(benchmark::State& state, tpl::Communicator& comm, const Op& 
     MPI_Allreduce(MPI_IN_PLACE, &dt, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
     state.SetIterationTime(dt);
     total += dt;
+    times.push_back(dt);
   }
   const double per_call = total / static_cast<double>(state.iterations());
   const double algbw = static_cast<double>(bytes) / per_call / 1e9;
   state.counters["us"] = per_call * 1e6;
+  // The median call: on a shared VM a few descheduled calls can move the mean by 10x.
+  std::nth_element(times.begin(), times.begin() + static_cast<std::ptrdiff_t>(times.size() / 2),
+                   times.end());
+  if (!times.empty()) state.counters["p50_us"] = times[times.size() / 2] * 1e6;
   state.counters["algbw_GBs"] = algbw;
   state.counters["busbw_GBs"] = algbw * op.bus_factor;
   state.counters["ranks"] = comm.size();
@@ -189,6 +196,31 @@ int main(int argc, char** argv) {
       ->Iterations(20)
       ->UseManualTime()
       ->Unit(benchmark::kMicrosecond);
+
+  // Barrier: the round trip between the ranks' cores. On a shared VM it flags a run whose every
+  // collective is several times slower (docs/performance.md "Slow runs": SHM's doubled from 0.25
+  // to 0.5 us there), so read it before comparing runs.
+  for (const auto& [label, c] : comms)
+    benchmark::RegisterBenchmark(
+        (label + "/barrier").c_str(),
+        [c = c](benchmark::State& st) {
+          constexpr int kCalls = 100;
+          double total = 0;
+          for (int i = 0; i < 3; ++i) c->barrier();
+          for (auto _ : st) {
+            c->barrier();
+            const double t0 = MPI_Wtime();
+            for (int i = 0; i < kCalls; ++i) c->barrier();
+            double dt = (MPI_Wtime() - t0) / kCalls;
+            MPI_Allreduce(MPI_IN_PLACE, &dt, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+            st.SetIterationTime(dt);
+            total += dt;
+          }
+          st.counters["us"] = total / static_cast<double>(st.iterations()) * 1e6;
+        })
+        ->Iterations(200)
+        ->UseManualTime()
+        ->Unit(benchmark::kMicrosecond);
 
   const std::int64_t sizes[] = {4 << 10, 16 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20};
   for (const Op& op : ops(comm->size())) {

@@ -14,7 +14,7 @@ namespace tpl {
 struct ShmOptions {
   // Per slot; 4 slots per rank (docs/performance.md). A multiple of 64 of at least 4096, else
   // make_shm_communicator throws InvalidArgument on every rank.
-  std::size_t slot_bytes = 512 << 10;
+  std::size_t slot_bytes = 1 << 20;
   std::size_t two_shot_bytes = 256 << 10;  // all-reduce: two-shot at or above this
   // All-gather, all-to-all and broadcast of at least this many bytes go to MPI: they only move
   // data, and OpenMPI's single-copy path (CMA) needs one copy where the slots need two. 0 = never.

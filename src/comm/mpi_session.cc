@@ -160,7 +160,7 @@ MpiSession::MpiSession(int* argc, char*** argv) {
   int initialized = 0;
   MPI_Initialized(&initialized);
   if (!initialized) {
-    const MpiInitLeaksIgnored ignored;
+    [[maybe_unused]] const MpiInitLeaksIgnored ignored;  // does something only under LSan
     TPL_MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &thread_level_), -1);
     owns_ = true;
   } else {

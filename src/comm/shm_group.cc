@@ -80,19 +80,20 @@ void ShmGroup::round(const char* what) {
   }
 }
 
-void ShmGroup::reduce(const std::byte* const* src, DType dt, std::byte* dst,
-                      std::size_t count) const {
+void ShmGroup::reduce(const std::byte* const* src, DType dt, std::byte* dst, std::size_t count,
+                      std::byte* dst2) const {
   const int n = size_;
   if (dt == DType::kF32) {
     const float* s[kMaxMembers];
     for (int k = 0; k < n; ++k) s[k] = reinterpret_cast<const float*>(src[k]);
-    shm::sum_f32(s, n, reinterpret_cast<float*>(dst), count, isa_);
+    shm::sum_f32(s, n, reinterpret_cast<float*>(dst), count, isa_, reinterpret_cast<float*>(dst2));
     return;
   }
   if (dt == DType::kI32) {
     const std::int32_t* s[kMaxMembers];
     for (int k = 0; k < n; ++k) s[k] = reinterpret_cast<const std::int32_t*>(src[k]);
     shm::sum_i32(s, n, reinterpret_cast<std::int32_t*>(dst), count);
+    if (dst2 && count > 0) std::memcpy(dst2, dst, count * sizeof(std::int32_t));
     return;
   }
   // 16-bit floats: widen each member's block to f32, sum in order, round once.
@@ -111,6 +112,7 @@ void ShmGroup::reduce(const std::byte* const* src, DType dt, std::byte* dst,
     float* acc = wide.data() + static_cast<std::size_t>(n) * kBlock;
     shm::sum_f32(s, n, acc, len, isa_);
     convert_from_f32(acc, dst + at * es, dt, len);
+    if (dst2) std::memcpy(dst2 + at * es, dst + at * es, len * es);
   }
 }
 
@@ -122,24 +124,34 @@ void ShmGroup::all_reduce(std::byte* data, std::size_t total, DType dt) {
   const std::byte* src[kMaxMembers];
   for (std::size_t o = 0; o < total; o += chunk) {
     const std::size_t len = std::min(chunk, total - o);
+    std::byte* here = data + o * es;  // this chunk of the caller's buffer
     const std::uint64_t r = next_round();
-    std::memcpy(slot(rank_, 0, r), data + o * es, len * es);
-    round("all_reduce");
-    for (int k = 0; k < size_; ++k) src[k] = slot(k, 0, r);
     if (!two_shot) {  // one-shot: every member sums the whole chunk itself
-      reduce(src, dt, data + o * es, len);
+      std::memcpy(slot(rank_, 0, r), here, len * es);
+      round("all_reduce");
+      for (int k = 0; k < size_; ++k) src[k] = k == rank_ ? here : slot(k, 0, r);
+      reduce(src, dt, here, len);
       continue;
     }
-    // Two-shot: sum this member's segment into its result slot, then gather every segment.
-    const ShardRange mine = shard_range(static_cast<std::int64_t>(len), size_, rank_);
-    for (int k = 0; k < size_; ++k) src[k] += mine.offset * static_cast<std::int64_t>(es);
-    reduce(src, dt, slot(rank_, 1, r) + mine.offset * es, static_cast<std::size_t>(mine.size));
+    // Two-shot: member k sums segment k, then every member gathers every segment. This member's
+    // own segment never goes through its slots: it publishes only the segments the others sum,
+    // sums its own from its buffer straight into its buffer and its result slot, and copies in
+    // only the others' results. For 2 members that moves 4 bytes per byte of the chunk, not 5.5.
+    const auto seg = [&](int k) {
+      const ShardRange s = shard_range(static_cast<std::int64_t>(len), size_, k);
+      return std::pair{static_cast<std::size_t>(s.offset) * es,
+                       static_cast<std::size_t>(s.size) * es};
+    };
+    for (int k = 0; k < size_; ++k)
+      if (k != rank_)
+        std::memcpy(slot(rank_, 0, r) + seg(k).first, here + seg(k).first, seg(k).second);
     round("all_reduce");
-    for (int k = 0; k < size_; ++k) {
-      const ShardRange seg = shard_range(static_cast<std::int64_t>(len), size_, k);
-      std::memcpy(data + (o + seg.offset) * es, slot(k, 1, r) + seg.offset * es,
-                  static_cast<std::size_t>(seg.size) * es);
-    }
+    const auto [mine, mine_bytes] = seg(rank_);
+    for (int k = 0; k < size_; ++k) src[k] = (k == rank_ ? here : slot(k, 0, r)) + mine;
+    reduce(src, dt, here + mine, mine_bytes / es, slot(rank_, 1, r) + mine);
+    round("all_reduce");
+    for (int k = 0; k < size_; ++k)
+      if (k != rank_) std::memcpy(here + seg(k).first, slot(k, 1, r) + seg(k).first, seg(k).second);
   }
 }
 

@@ -93,8 +93,10 @@ class ShmGroup {
   // Publishes this member's arrival at the next round and waits for every member's.
   void round(const char* what);
   std::uint64_t next_round() const { return round_ + 1; }
-  // dst = sum over members of src[k], in member order, in dtype `dt`.
-  void reduce(const std::byte* const* src, DType dt, std::byte* dst, std::size_t count) const;
+  // dst = sum over members of src[k], in member order, in dtype `dt`; also stored at dst2 when
+  // it is not null.
+  void reduce(const std::byte* const* src, DType dt, std::byte* dst, std::size_t count,
+              std::byte* dst2 = nullptr) const;
 
   std::vector<std::byte*> bases_;
   int rank_ = 0, size_ = 1;

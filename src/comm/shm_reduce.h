@@ -13,8 +13,11 @@ namespace tpl::shm {
 
 // The widest sum kernel `isa` allows: "avx512", "avx2" or "scalar".
 const char* sum_kernel_name(CpuIsa isa);
-// dst[i] = src[0][i] + ... + src[n-1][i] in f32 (dst may alias src[0]).
-void sum_f32(const float* const* src, int n, float* dst, std::size_t count, CpuIsa isa);
+// dst[i] = src[0][i] + ... + src[n-1][i] in f32 (dst may alias any src[k]); when dst2 is not
+// null, the same sums are stored there too (the two-shot all-reduce writes its segment into the
+// caller's buffer and into the result slot the peers read, in one pass).
+void sum_f32(const float* const* src, int n, float* dst, std::size_t count, CpuIsa isa,
+             float* dst2 = nullptr);
 // The same for int32 (wrap-around adds, exact in any order).
 void sum_i32(const std::int32_t* const* src, int n, std::int32_t* dst, std::size_t count);
 
