@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -44,15 +45,23 @@ py::object from_json(const nlohmann::json& j) {
 
 // torch.utils.dlpack's C functions, looked up once (about 1 us a call less than __dlpack__
 // and an import per call). Deliberately never released: they live as long as the interpreter.
-py::handle torch_dlpack(const char* name) {
-  static PyObject* to = nullptr;
-  static PyObject* from = nullptr;
-  if (!to) {
+struct TorchDlpack {
+  PyObject* to = nullptr;
+  PyObject* from = nullptr;
+};
+const TorchDlpack& torch_dlpack() {
+  static const TorchDlpack fns = [] {
     py::module_ m = py::module_::import("torch.utils.dlpack");
-    to = py::object(m.attr("to_dlpack")).release().ptr();
-    from = py::object(m.attr("from_dlpack")).release().ptr();
-  }
-  return std::string(name) == "to" ? to : from;
+    return TorchDlpack{py::object(m.attr("to_dlpack")).release().ptr(),
+                       py::object(m.attr("from_dlpack")).release().ptr()};
+  }();
+  return fns;
+}
+// f(arg), a new reference; error_already_set when f raised.
+py::object call1(PyObject* f, py::handle arg) {
+  PyObject* r = PyObject_CallOneArg(f, arg.ptr());
+  if (!r) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(r);
 }
 
 // tplinear's dtypes in DLPack's terms.
@@ -67,9 +76,19 @@ constexpr DlType kDlTypes[] = {{DType::kF32, kDLFloat, 32, "f"},
                                {DType::kI8, kDLInt, 8, "b"},
                                {DType::kI32, kDLInt, 32, "i"}};
 
+// A torch.Tensor (or subclass, e.g. nn.Parameter). Without torch imported nothing can be one,
+// so the module is only looked up, never imported; its Tensor type is kept once found.
 bool is_torch(py::handle obj) {
-  const std::string mod = py::str(py::type::of(obj).attr("__module__"));
-  return mod.rfind("torch", 0) == 0;
+  static PyObject* tensor_type = nullptr;
+  if (!tensor_type) {
+    PyObject* torch = PyDict_GetItemString(PyImport_GetModuleDict(), "torch");  // borrowed
+    if (!torch) return false;
+    tensor_type = PyObject_GetAttrString(torch, "Tensor");  // kept: lives with the interpreter
+    if (!tensor_type) throw py::error_already_set();
+  }
+  const int r = PyObject_IsInstance(obj.ptr(), tensor_type);
+  if (r < 0) throw py::error_already_set();
+  return r == 1;
 }
 
 // ---- arrays in ---------------------------------------------------------------------------------
@@ -94,11 +113,12 @@ class ArrayIn {
   bool torch() const { return torch_; }
 
  private:
-  static DType from_code(std::uint8_t code, std::uint8_t bits, const char* what,
-                         const std::string& name) {
+  // `name` gives the caller's dtype for the error only: formatting it costs a call into Python.
+  template <typename Name>
+  static DType from_code(std::uint8_t code, std::uint8_t bits, const char* what, Name name) {
     for (const DlType& d : kDlTypes)
       if (d.code == code && d.bits == bits) return d.dtype;
-    TPL_THROW(InvalidArgument, kWhere, what, " is ", name,
+    TPL_THROW(InvalidArgument, kWhere, what, " is ", name(),
               ": tplinear takes float32, bfloat16 (torch), float16, int8 or int32; convert it "
               "first (a copy, e.g. x.astype(numpy.float32) or x.float())");
   }
@@ -123,7 +143,7 @@ class ArrayIn {
     // An nn.Parameter (requires_grad) is read through a detached view: the same memory.
     py::object src = py::reinterpret_borrow<py::object>(obj);
     if (src.attr("requires_grad").cast<bool>()) src = src.attr("detach")();
-    py::capsule cap = torch_dlpack("to")(src);
+    py::object cap = call1(torch_dlpack().to, src);
     auto* m = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(cap.ptr(), "dltensor"));
     if (!m) throw py::error_already_set();
     PyCapsule_SetName(cap.ptr(), "used_dltensor");  // ours now: released in ~ArrayIn
@@ -132,8 +152,8 @@ class ArrayIn {
     TPL_CHECK(t.device.device_type == kDLCPU, kWhere, what,
               " is on a device; this module runs the host backends (move it with .cpu())");
     TPL_CHECK(t.dtype.lanes == 1, kWhere, what, " has vector lanes");
-    const DType dt =
-        from_code(t.dtype.code, t.dtype.bits, what, std::string(py::str(obj.attr("dtype"))));
+    const DType dt = from_code(t.dtype.code, t.dtype.bits, what,
+                               [&] { return std::string(py::str(obj.attr("dtype"))); });
     set(static_cast<char*>(t.data) + t.byte_offset, dt, t.ndim, t.shape, t.strides, what);
   }
   void from_buffer(py::handle obj, const char* what) {
@@ -151,9 +171,10 @@ class ArrayIn {
     else if ((info.format == "i" || info.format == "l") && info.itemsize == 4)
       dt = DType::kI32;
     else  // throws, naming the dtype
-      dt = from_code(255, 0, what,
-                     py::hasattr(obj, "dtype") ? std::string(py::str(obj.attr("dtype")))
-                                               : "of buffer format '" + info.format + "'");
+      dt = from_code(255, 0, what, [&] {
+        return py::hasattr(obj, "dtype") ? std::string(py::str(obj.attr("dtype")))
+                                         : "of buffer format '" + info.format + "'";
+      });
     std::vector<std::int64_t> shape(info.shape.begin(), info.shape.end()), strides;
     for (auto s : info.strides) {
       TPL_CHECK(s % info.itemsize == 0, kWhere, what, " has a misaligned stride of ", s, " bytes");
@@ -198,18 +219,23 @@ py::capsule dlpack_capsule(Tensor t) {
 
 // A NumPy array over a tensor's memory; `base` keeps the memory alive.
 py::object numpy_view(const TensorView& v, py::handle base) {
-  std::string fmt;
-  for (const DlType& d : kDlTypes)
-    if (d.dtype == v.dtype()) fmt = d.numpy;
-  TPL_CHECK_T(!fmt.empty(), InvalidArgument, kWhere, "a ", dtype_name(v.dtype()),
+  // NumPy's dtype objects, made once per dtype (parsing the format costs a call each time) and
+  // kept for the interpreter's life.
+  static PyObject* dtypes[std::size(kDlTypes)] = {};
+  std::size_t i = 0;
+  while (i < std::size(kDlTypes) && kDlTypes[i].dtype != v.dtype()) ++i;
+  TPL_CHECK_T(i < std::size(kDlTypes) && *kDlTypes[i].numpy, InvalidArgument, kWhere, "a ",
+              dtype_name(v.dtype()),
               " tensor has no numpy dtype: pass torch tensors to bfloat16 layers");
+  if (!dtypes[i]) dtypes[i] = py::dtype(kDlTypes[i].numpy).release().ptr();
   const auto es = static_cast<py::ssize_t>(dtype_size(v.dtype()));
-  return py::array(py::dtype(fmt), {v.rows(), v.cols()}, {v.stride() * es, es}, v.data(), base);
+  return py::array(py::reinterpret_borrow<py::dtype>(dtypes[i]), {v.rows(), v.cols()},
+                   {v.stride() * es, es}, v.data(), base);
 }
 
 // The output as the kind of array that came in: torch through DLPack, numpy over the buffer.
 py::object array_out(Tensor t, bool torch) {
-  if (torch) return torch_dlpack("from")(dlpack_capsule(std::move(t)));
+  if (torch) return call1(torch_dlpack().from, dlpack_capsule(std::move(t)));
   auto* owned = new Tensor(std::move(t));
   py::capsule base(owned, [](void* p) { delete static_cast<Tensor*>(p); });
   return numpy_view(owned->view(), base);
