@@ -1,32 +1,63 @@
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "tpl/cluster.h"
 #include "tpl/error.h"
+#include "tpl/json_text.h"
 
 namespace tpl {
 
 namespace {
+
+// Group sizes and GEMM dimensions: far above any cluster or layer, and small enough that the
+// hierarchical step counts (group + gpus_per_node) and 2·M·N·K stay exact and finite.
+constexpr std::int64_t kMaxGroup = 1 << 20, kMaxDim = std::int64_t{1} << 32;
+
+std::string format_g(double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%g", v);
+  return b;
+}
 
 [[noreturn]] void fail(const std::string& source, const std::string& field,
                        const std::string& what) {
   TPL_THROW(ConfigError, Where{"cluster profile"}, source, ": field '", field, "' ", what);
 }
 
+// Every figure is a published rate or time, so each has a range in which predictions stay
+// finite: rates in [kMinRate, kMaxFigure], times in [0, kMaxFigure] (µs).
+constexpr double kMinRate = 1e-6, kMaxFigure = 1e9;
+
 double number(const nlohmann::json& j, const std::string& key, const std::string& path,
-              const std::string& source, bool required = true, double def = 0) {
+              const std::string& source, double lo = 0, double hi = kMaxFigure) {
   const std::string f = path.empty() ? key : path + "." + key;
   if (!j.is_object()) fail(source, path, "must be an object");
-  if (!j.contains(key)) {
-    if (required) fail(source, f, "is missing");
-    return def;
-  }
-  if (!j.at(key).is_number() || !std::isfinite(j.at(key).get<double>()) ||
-      j.at(key).get<double>() < 0)
-    fail(source, f, "must be a non-negative number");
-  return j.at(key).get<double>();
+  if (!j.contains(key)) fail(source, f, "is missing");
+  const nlohmann::json& v = j.at(key);
+  if (!v.is_number() || !(v.get<double>() >= lo && v.get<double>() <= hi))
+    fail(source, f, "must be a number in [" + format_g(lo) + ", " + format_g(hi) + "]");
+  return v.get<double>();
+}
+double rate(const nlohmann::json& j, const std::string& key, const std::string& path,
+            const std::string& source) {
+  return number(j, key, path, source, kMinRate, kMaxFigure);
+}
+// A JSON integer in [lo, hi]: a float (8.0, 1e300) is refused rather than truncated.
+std::int64_t integer(const nlohmann::json& j, const std::string& key, const std::string& path,
+                     const std::string& source, std::int64_t lo, std::int64_t hi) {
+  const std::string f = path.empty() ? key : path + "." + key;
+  if (!j.is_object()) fail(source, path, "must be an object");
+  if (!j.contains(key)) fail(source, f, "is missing");
+  std::int64_t v = 0;
+  if (!json_int64(j.at(key), &v) || v < lo || v > hi)
+    fail(source, f,
+         "must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+  return v;
 }
 
 ClusterLink link_of(const nlohmann::json& j, const std::string& path, const std::string& src) {
@@ -38,9 +69,8 @@ ClusterLink link_of(const nlohmann::json& j, const std::string& path, const std:
     fail(src, path + ".busbw_gbps", "must be an object of collective -> GB/s");
   for (Collective c : {Collective::kAllReduce, Collective::kReduceScatter, Collective::kAllGather,
                        Collective::kAllToAll, Collective::kBroadcast}) {
-    const double bw = number(j.at("busbw_gbps"), collective_name(c), path + ".busbw_gbps", src);
-    if (bw <= 0) fail(src, path + ".busbw_gbps." + collective_name(c), "must be positive");
-    l.busbw_gbps[collective_name(c)] = bw;
+    l.busbw_gbps[collective_name(c)] =
+        rate(j.at("busbw_gbps"), collective_name(c), path + ".busbw_gbps", src);
   }
   return l;
 }
@@ -70,12 +100,13 @@ ClusterProfile ClusterProfile::from_json(const nlohmann::json& j, const std::str
   if (!j.contains("name") || !j.at("name").is_string()) fail(source, "name", "must be a string");
   p.name = j.at("name").get<std::string>();
   if (j.contains("sources")) {
-    if (!j.at("sources").is_array()) fail(source, "sources", "must be an array of strings");
-    for (const auto& s : j.at("sources"))
-      if (s.is_string()) p.sources.push_back(s.get<std::string>());
+    const auto& ss = j.at("sources");
+    if (!ss.is_array() ||
+        !std::all_of(ss.begin(), ss.end(), [](const auto& e) { return e.is_string(); }))
+      fail(source, "sources", "must be an array of strings");
+    for (const auto& e : ss) p.sources.push_back(e.get<std::string>());
   }
-  p.gpus_per_node = static_cast<int>(number(j, "gpus_per_node", "", source));
-  if (p.gpus_per_node < 1) fail(source, "gpus_per_node", "must be >= 1");
+  p.gpus_per_node = static_cast<int>(integer(j, "gpus_per_node", "", source, 1, kMaxGroup));
   const auto& g = j.contains("gemm") ? j.at("gemm") : nlohmann::json();
   if (!g.is_object()) fail(source, "gemm", "is missing");
   if (!g.contains("peak_tflops") || !g.at("peak_tflops").is_object() || g.at("peak_tflops").empty())
@@ -83,14 +114,11 @@ ClusterProfile ClusterProfile::from_json(const nlohmann::json& j, const std::str
   for (const auto& [dt, v] : g.at("peak_tflops").items()) {
     if (dt != "bf16" && dt != "int8" && dt != "f32")
       fail(source, "gemm.peak_tflops." + dt, "is not a dtype (bf16, int8, f32)");
-    p.peak_tflops[dt] = number(g.at("peak_tflops"), dt, "gemm.peak_tflops", source);
+    p.peak_tflops[dt] = rate(g.at("peak_tflops"), dt, "gemm.peak_tflops", source);
   }
-  p.gemm_efficiency = number(g, "efficiency", "gemm", source);
-  if (p.gemm_efficiency <= 0 || p.gemm_efficiency > 1)
-    fail(source, "gemm.efficiency", "must be in (0, 1]");
+  p.gemm_efficiency = number(g, "efficiency", "gemm", source, 0.01, 1);
   p.launch_us = number(g, "launch_us", "gemm", source);
-  p.memory_gbps = number(g, "memory_gbps", "gemm", source);
-  if (p.memory_gbps <= 0) fail(source, "gemm.memory_gbps", "must be positive");
+  p.memory_gbps = rate(g, "memory_gbps", "gemm", source);
   if (!j.contains("intra")) fail(source, "intra", "is missing");
   if (!j.contains("inter")) fail(source, "inter", "is missing");
   p.intra = link_of(j.at("intra"), "intra", source);
@@ -108,25 +136,29 @@ ClusterProfile ClusterProfile::from_json(const nlohmann::json& j, const std::str
       k.source = c.at("source").get<std::string>();
       k.kind = c.at("kind").get<std::string>();
       if (k.kind == "gemm") {
-        k.dtype = c.value("dtype", std::string("bf16"));
+        if (c.contains("dtype")) {
+          if (!c.at("dtype").is_string()) fail(source, path + ".dtype", "must be a string");
+          k.dtype = c.at("dtype").get<std::string>();
+        }
         if (!p.peak_tflops.count(k.dtype)) fail(source, path + ".dtype", "has no peak_tflops");
-        k.n = static_cast<std::int64_t>(number(c, "n", path, source));
-        k.k = static_cast<std::int64_t>(number(c, "k", path, source));
+        k.n = integer(c, "n", path, source, 1, kMaxDim);
+        k.k = integer(c, "k", path, source, 1, kMaxDim);
       } else {
         bool known = false;
         for (Collective x : {Collective::kAllReduce, Collective::kReduceScatter,
                              Collective::kAllGather, Collective::kAllToAll, Collective::kBroadcast})
           known = known || k.kind == collective_name(x);
         if (!known) fail(source, path + ".kind", "must be gemm or a collective name");
-        k.group = static_cast<int>(number(c, "group", path, source));
-        if (k.group < 2) fail(source, path + ".group", "must be >= 2");
+        k.group = static_cast<int>(integer(c, "group", path, source, 2, kMaxGroup));
       }
       if (!c.contains("points") || !c.at("points").is_array() || c.at("points").empty())
         fail(source, path + ".points", "must be a non-empty array of [x, y] pairs");
       for (const auto& pt : c.at("points")) {
-        if (!pt.is_array() || pt.size() != 2 || !pt[0].is_number() || !pt[1].is_number() ||
-            pt[0].get<double>() <= 0 || pt[1].get<double>() <= 0)
-          fail(source, path + ".points", "must hold positive [x, y] pairs");
+        const auto in_range = [](const nlohmann::json& v) {
+          return v.is_number() && v.get<double>() >= kMinRate && v.get<double>() <= 1e15;
+        };
+        if (!pt.is_array() || pt.size() != 2 || !in_range(pt[0]) || !in_range(pt[1]))
+          fail(source, path + ".points", "must hold [x, y] pairs of numbers in [1e-06, 1e+15]");
         k.points.emplace_back(pt[0].get<double>(), pt[1].get<double>());
       }
       p.checks.push_back(std::move(k));
@@ -140,7 +172,7 @@ ClusterProfile ClusterProfile::from_file(const std::string& path) {
   if (!f) TPL_THROW(IoError, Where{"cluster profile"}, "cannot open cluster profile '", path, "'");
   nlohmann::json j;
   try {
-    f >> j;
+    j = parse_json(std::string(std::istreambuf_iterator<char>(f), {}));  // nesting limited
   } catch (const nlohmann::json::exception& e) {
     TPL_THROW(ConfigError, Where{"cluster profile"}, path, ": not JSON: ", e.what());
   }
@@ -212,7 +244,7 @@ MachineProfile ClusterProfile::synthesize(const std::vector<int>& groups) const 
       p.gemm[dt].push_back(std::move(t));
     }
   }
-  for (int g : groups) {
+  for (int g : std::set<int>(groups.begin(), groups.end())) {  // a size asked twice: one table
     if (g < 2) continue;
     for (Collective c : {Collective::kAllReduce, Collective::kReduceScatter, Collective::kAllGather,
                          Collective::kAllToAll, Collective::kBroadcast}) {

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <tuple>
@@ -555,6 +556,10 @@ TEST(Planner, MemoryCapLeavesOutLayoutsThatDoNotFit) {
   EXPECT_DOUBLE_EQ(Plan::from_json(p.to_json(), "x").weight_bytes, tp);
 }
 
+nlohmann::json h100_json() {
+  std::ifstream f(std::string(TPL_PROFILES_DIR) + "/h100-sxm-8x-ib400.json");
+  return nlohmann::json::parse(f);
+}
 ClusterProfile h100() {
   return ClusterProfile::from_file(std::string(TPL_PROFILES_DIR) + "/h100-sxm-8x-ib400.json");
 }
@@ -629,6 +634,44 @@ TEST(Simulator, BadProfilesNameTheField) {
             }).find("field 'intra.latency_us' is missing"),
             std::string::npos);
   EXPECT_THROW(ClusterProfile::from_file("/nonexistent/c.json"), IoError);
+}
+
+// The inputs of tests/fuzz/crashes/cluster: each was accepted and then broke the simulator.
+TEST(Simulator, FuzzFindsAreRefusedByName) {
+  const nlohmann::json good = h100_json();
+  ClusterProfile::from_json(good, "c.json");  // the shipped file itself passes
+  const auto refused = [&](const std::function<void(nlohmann::json&)>& edit,
+                           const std::string& message) {
+    nlohmann::json j = good;
+    edit(j);
+    const std::string e = error_of([&] { ClusterProfile::from_json(j, "c.json"); });
+    EXPECT_NE(e.find(message), std::string::npos) << e;
+  };
+  // A double->int cast of 1e300 was undefined behaviour; 8.5 was truncated.
+  refused([](auto& j) { j["gpus_per_node"] = 1e300; },
+          "field 'gpus_per_node' must be an integer in [1, 1048576]");
+  refused([](auto& j) { j["gpus_per_node"] = 8.5; }, "'gpus_per_node' must be an integer");
+  // nlohmann's type_error escaped as the wrong exception type.
+  refused([](auto& j) { j["checks"][0]["dtype"] = 5; }, "field 'checks[0].dtype' must be a string");
+  // Infinite GEMM times, and a 0/0 prediction.
+  refused([](auto& j) { j["gemm"]["peak_tflops"]["bf16"] = 0; },
+          "field 'gemm.peak_tflops.bf16' must be a number in [1e-06, 1e+09]");
+  refused([](auto& j) { j["checks"][0]["n"] = 0; }, "field 'checks[0].n' must be an integer");
+  // group + gpus_per_node - 1 overflowed int.
+  refused([](auto& j) { j["checks"][4]["group"] = 2147483647; },
+          "field 'checks[4].group' must be an integer in [2, 1048576]");
+  refused(
+      [](auto& j) {
+        j["sources"] = nlohmann::json::array({"a", 1});
+      },
+      "field 'sources' must be an array of strings");
+}
+
+TEST(Simulator, AGroupSizeAskedTwiceGivesOneAscendingTable) {
+  const MachineProfile mp = h100().synthesize({2, 8, 2});
+  const auto& pts = mp.collectives.at(MachineProfile::collective_key(Collective::kAllReduce, 2));
+  EXPECT_EQ(pts.size(), 21u);  // 1 KiB .. 1 GiB
+  for (std::size_t i = 1; i < pts.size(); ++i) EXPECT_GT(pts[i].x, pts[i - 1].x) << i;
 }
 
 }  // namespace
