@@ -61,9 +61,9 @@ struct ClusterProfile {
   double gemm_ms(const std::string& dtype, double m, double n, double k) const;
   double collective_ms(Collective c, double bytes, int group) const;
 
-  // A MachineProfile with GEMM tables on square weights 2^9 .. 2^15 and collective tables for
-  // every group size in `groups`, S = 1 KiB .. 1 GiB; no fused ratios (fused paths are priced
-  // unfused: nothing measured their overlap here).
+  // A MachineProfile with GEMM tables on square weights 2^9 .. 2^15 and one collective table
+  // per distinct group size of at least 2 in `groups`, S = 1 KiB .. 1 GiB; no fused ratios (fused
+  // paths are priced unfused: nothing measured their overlap here).
   MachineProfile synthesize(const std::vector<int>& groups) const;
 };
 
