@@ -48,7 +48,15 @@ std::vector<std::pair<std::int64_t, double>> parse_workload(const std::string& s
   // weight / inf would be 0.
   double top = 0, sum = 0;
   for (const auto& p : v) top = std::max(top, p.second);
-  for (auto& p : v) sum += p.second /= top;
+  for (auto& p : v) {
+    p.second /= top;
+    // 1e-300 beside 1e30 underflowed to a weight of 0 (libFuzzer found it); a share below
+    // 1e-12 of the largest weighs nothing in a plan anyway.
+    if (!(p.second >= 1e-12))
+      TPL_THROW(InvalidArgument, kWhere, "workload weight of ", p.first,
+                " tokens is below 1e-12 of the largest weight");
+    sum += p.second;
+  }
   for (auto& p : v) p.second /= sum;
   return v;
 }

@@ -521,6 +521,15 @@ TEST(Planner, WorkloadParsing) {
   ASSERT_EQ(big.size(), 2u);
   EXPECT_DOUBLE_EQ(big[0].second, 0.5);
   EXPECT_DOUBLE_EQ(big[1].second, 0.5);
+  // A weight that underflows to 0 beside the largest (tests/fuzz/crashes/workload) is refused.
+  try {
+    parse_workload("409:2,19:2,1:1e-300,25:1e30");
+    ADD_FAILURE() << "accepted a weight of 0";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("weight of 1 tokens is below 1e-12 of the largest"),
+              std::string::npos)
+        << e.what();
+  }
 }
 
 // The memory cap leaves out layouts whose resident weights do not fit, and says so.
