@@ -56,6 +56,13 @@ enum class Collective { kAllReduce, kReduceScatter, kAllGather, kAllToAll, kBroa
 // root's share for a broadcast). Used by Communicator's counters and by the cost model.
 double collective_bytes_sent(Collective c, double s, int n, bool is_root = true);
 
+// The host communicators a group can be served by (a plan's per-group choice, tpl/plan.h):
+// MPI, or shared memory (SHM within a node, "shm+mpi" when the group spans nodes).
+enum class CommKind { kMpi, kShm };
+const char* comm_kind_name(CommKind k);  // "mpi", "shm"
+// ConfigError naming `where` for anything but "mpi" or "shm".
+CommKind parse_comm_kind(const std::string& s, const std::string& where);
+
 struct CommStats {
   double bytes_sent = 0;
   std::int64_t calls = 0;
@@ -105,6 +112,13 @@ class Communicator {
   // Collective over this communicator: members passing the same color >= 0 form a new group,
   // ordered by key (ties by current rank). A member passing a negative color gets nullptr.
   virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
+  // split() into a group served by `kind`, whatever serves this one: the planner's choice of
+  // communicator per group. Collective over this communicator, like split(). The default serves
+  // only this communicator's own kind (kind_name()); MPI and SHM make each other. Unsupported,
+  // the same on every member, otherwise (local, NCCL).
+  virtual std::unique_ptr<Communicator> split_as(int color, int key, CommKind kind);
+  // "mpi" or "shm" (for "shm" and "shm+mpi") when this is one of those kinds, else name().
+  std::string kind_name() const;
 
   // Logical AND of `value` over members (used to make errors and test verdicts agree).
   virtual bool all_true(bool value) = 0;

@@ -18,6 +18,7 @@
 
 #include "tpl/config.h"
 #include "tpl/model.h"
+#include "tpl/process_groups.h"
 #include "tpl/profile.h"
 
 namespace tpl {
@@ -53,6 +54,10 @@ struct CostInputs {
   // Whether the overlap worker gets a core of its own on the machine the prediction is for
   // (worker_has_spare_core): resolves Config::overlap = auto as DecoderStack does.
   bool spare_core = false;
+  // The communicator of each group, by role (ProcessGroups' GroupComms): its collectives are
+  // priced from that kind's tables (MachineProfile::collectives_of). A role not named uses the
+  // profile's `collectives`, measured on the world's kind.
+  GroupComms comms;
 };
 
 class CostModel {
@@ -64,9 +69,10 @@ class CostModel {
   double gemm_ms(DType dtype, std::int64_t m, std::int64_t n, std::int64_t k) const;
   // The same from any GEMM table of the profile ("f32", ..., "w8a8").
   double table_ms(const std::string& key, std::int64_t m, std::int64_t n, std::int64_t k) const;
-  // One collective of S bytes (f32 bytes for sums) on a group of `group` ranks; 0 for 1 rank.
-  // Unsupported when the profile has no table for that group size.
-  double collective_ms(Collective c, double bytes, int group) const;
+  // One collective of S bytes (f32 bytes for sums) on a group of `group` ranks served by `comm`
+  // ("" = the kind the profile's `collectives` were measured on); 0 for 1 rank. Unsupported when
+  // the profile has no table for that kind and group size.
+  double collective_ms(Collective c, double bytes, int group, const std::string& comm = "") const;
   // Fused / unfused time of a fused path at `rows` (1 when the profile has no table).
   double fused_ratio(const std::string& path, std::int64_t rows) const;
   double copy_ms(double bytes) const;

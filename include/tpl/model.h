@@ -158,7 +158,8 @@ class DecoderStack {
   // batch with the strategy of the bucket its token count falls in (Plan::bucket_for), so one
   // loaded model serves decode and prefill with different collectives. ConfigError when the
   // plan is for another model or world size, or its strategies need different weight layouts or
-  // process groups.
+  // process groups. The plan's `comms` choose each group's communicator (split_as), whatever
+  // serves `world`; clear them to keep the world's kind.
   DecoderStack(Communicator& world, const ModelSpec& model, const Plan& plan,
                const WeightProvider& weights, const StackOptions& options);
   ~DecoderStack();

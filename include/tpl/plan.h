@@ -47,6 +47,12 @@ struct Plan {
   std::vector<PlanBucket> buckets;
   std::vector<PlanCandidate> configs;  // the chosen strategies' configs, by name
   MachineInfo machine;                 // the profile's machine
+  // The communicator of each group the layout uses, by role ("tp": shm, ...), chosen once for
+  // the workload like the layout (groups are made at load time); empty when the profile
+  // measured one kind only. DecoderStack makes its ProcessGroups with it.
+  GroupComms comms;
+  // Why each role got its kind: the workload-weighted prediction of every kind measured.
+  std::vector<std::string> comms_why;
 
   const PlanBucket& bucket_for(std::int64_t tokens) const;
   const Config& config_for(std::int64_t tokens) const;
@@ -69,6 +75,10 @@ struct PlanOptions {
   // Resident weight bytes a rank may hold (StackPrediction::weight_bytes); 0 = no cap. A
   // candidate above it is left out with a note; ConfigError when none fits.
   double memory_cap_bytes = 0;
+  // Choose each group's communicator among the kinds the profile measured (Plan::comms). The
+  // kind it was calibrated on stays unless another is predicted faster by more than `margin`.
+  // Roles fixed in inputs.comms are kept as given.
+  bool choose_comms = true;
 };
 
 // Candidates whose prediction throws Unsupported are left out with a note. ConfigError when no

@@ -13,6 +13,8 @@
 //   shard-weight      layer-sharded o_proj weights (§2.4 / §7b).
 #pragma once
 
+#include <array>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -79,9 +81,22 @@ struct GroupSizes {
   bool operator==(const GroupSizes&) const = default;
 };
 
+// The groups by role, as plans and reports name them.
+inline constexpr std::array<const char*, 6> kGroupRoles = {"tp",      "mlp_tp",  "oproj_tp",
+                                                           "fc2_odp", "fc2_otp", "shard_weight"};
+// Which communicator serves each group, by role (a plan's per-group choice, tpl/plan.h). A role
+// not named is split from the world as it is, so its kind is the world's (TPL_COMM). With
+// FlashComm2's P = 1 the ODP group is the TP group, and "tp" decides.
+using GroupComms = std::map<std::string, CommKind>;
+// ConfigError naming `source` for a role not in kGroupRoles.
+void validate_group_comms(const GroupComms& comms, const std::string& source);
+
 class ProcessGroups {
  public:
-  ProcessGroups(Communicator& world, const ParallelLayout& layout, const GroupSizes& sizes);
+  // `comms`: Communicator::split_as for the roles it names. Unsupported (every rank alike) when
+  // the world cannot make a named kind (a local or NCCL world).
+  ProcessGroups(Communicator& world, const ParallelLayout& layout, const GroupSizes& sizes,
+                const GroupComms& comms = {});
 
   const ParallelLayout& layout() const { return layout_; }
   int world_rank() const { return world_rank_; }
@@ -96,6 +111,9 @@ class ProcessGroups {
   int flashcomm2_p() const { return sizes_.flashcomm2_p; }
   // Sum of CommStats::bytes_sent over this rank's communicators.
   double bytes_sent() const;
+  // (role, communicator) for each group this rank belongs to, in kGroupRoles order; FlashComm2's
+  // ODP group only when it is not the TP group.
+  std::vector<std::pair<std::string, const Communicator*>> communicators() const;
 
  private:
   ParallelLayout layout_;

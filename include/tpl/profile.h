@@ -60,7 +60,17 @@ struct MachineProfile {
   // The layer table of exactly [n, k] for `key`, or null.
   const GemmTable* layer_table(const std::string& key, std::int64_t n, std::int64_t k) const;
   // "<collective>/<group size>" -> points, x = S bytes ascending.
-  std::map<std::string, std::vector<ProfilePoint>> collectives;
+  using CollectiveTables = std::map<std::string, std::vector<ProfilePoint>>;
+  CollectiveTables collectives;
+  // The kind of communicator `collectives` were measured on (Communicator::kind_name: "mpi",
+  // "shm", ...); "" in a profile that does not say.
+  std::string comm;
+  // The same groups measured on the other kinds the world could make (Communicator::split_as),
+  // by kind: what the planner chooses each group's communicator from (tpl/plan.h). Never holds
+  // `comm` itself.
+  std::map<std::string, CollectiveTables> comm_collectives;
+  // The tables of `kind`: `collectives` for "" or `comm`; null when that kind was not measured.
+  const CollectiveTables* collectives_of(const std::string& kind) const;
   // fused path ("gemm_all_reduce", "gemm_reduce_scatter", "all_gather_gemm") -> x = rows,
   // ms = fused / unfused time ratio.
   std::map<std::string, std::vector<ProfilePoint>> fused;

@@ -101,6 +101,28 @@ double collective_bytes_sent(Collective c, double s, int n, bool is_root) {
   return 0;
 }
 
+const char* comm_kind_name(CommKind k) {
+  return k == CommKind::kMpi ? "mpi" : "shm";
+}
+
+CommKind parse_comm_kind(const std::string& s, const std::string& where) {
+  if (s == "mpi") return CommKind::kMpi;
+  if (s == "shm") return CommKind::kShm;
+  TPL_THROW(ConfigError, Where{where}, "a communicator must be 'mpi' or 'shm', got '", s, "'");
+}
+
+std::string Communicator::kind_name() const {
+  const std::string n = name();
+  return n == "shm+mpi" ? "shm" : n;
+}
+
+std::unique_ptr<Communicator> Communicator::split_as(int color, int key, CommKind kind) {
+  // Every member has the same kind, so all of them throw here, before any message.
+  TPL_CHECK_T(kind_name() == comm_kind_name(kind), Unsupported, (Where{"split", rank()}), "a '",
+              name(), "' communicator cannot make a group served by ", comm_kind_name(kind));
+  return split(color, key);
+}
+
 void Communicator::all_reduce(TensorView inout) {
   check_reduce("all_reduce", inout);
   count(Collective::kAllReduce, inout);

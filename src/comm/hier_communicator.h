@@ -36,6 +36,10 @@ class HierCommunicator final : public Communicator {
   int size() const override { return mpi_->size(); }
   std::string name() const override { return "shm+mpi"; }
   std::unique_ptr<Communicator> split(int color, int key) override;
+  // kMpi: the MPI communicator underneath, split.
+  std::unique_ptr<Communicator> split_as(int color, int key, CommKind kind) override {
+    return kind == CommKind::kMpi ? mpi_->split(color, key) : split(color, key);
+  }
   bool all_true(bool value) override { return mpi_->all_true(value); }
   Watchdog* watchdog() const override { return mpi_->watchdog(); }
   int nodes() const { return static_cast<int>(first_.size()); }

@@ -10,6 +10,8 @@
 // MpiWork, which runs it when the request completes.
 #include "comm/mpi_communicator.h"
 
+#include "comm/hier_communicator.h"
+
 #include <algorithm>
 #include <climits>
 #include <functional>
@@ -352,6 +354,13 @@ std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key) {
   }
   if (sub == MPI_COMM_NULL) return nullptr;
   return std::make_unique<MpiCommunicator>(sub, watchdog_, node_part_);
+}
+
+std::unique_ptr<Communicator> MpiCommunicator::split_as(int color, int key, CommKind kind) {
+  std::unique_ptr<Communicator> sub = split(color, key);
+  if (!sub || kind == CommKind::kMpi) return sub;
+  return make_node_communicator(
+      std::unique_ptr<MpiCommunicator>(static_cast<MpiCommunicator*>(sub.release())), ShmOptions{});
 }
 
 bool MpiCommunicator::all_true(bool value) {

@@ -30,6 +30,8 @@ class MpiCommunicator final : public Communicator {
   int size() const override { return size_; }
   std::string name() const override { return "mpi"; }
   std::unique_ptr<Communicator> split(int color, int key) override;
+  // kShm: an SHM communicator over the sub-group (make_node_communicator: shm+mpi across nodes).
+  std::unique_ptr<Communicator> split_as(int color, int key, CommKind kind) override;
   bool all_true(bool value) override;
   MPI_Comm handle() const { return comm_; }
   Watchdog* watchdog() const override { return watchdog_; }

@@ -151,9 +151,13 @@ std::string format_groups(const GroupTable& table) {
 namespace {
 // Collective: every world rank calls this for the same table. Each rank's color is its group
 // index and its key its member index, so member order follows the table.
-std::unique_ptr<Communicator> split_by(Communicator& world, const GroupTable& table) {
+std::unique_ptr<Communicator> split_by(Communicator& world, const GroupTable& table,
+                                       const GroupComms& comms, const char* role) {
   auto m = find_membership(table, world.rank());
-  auto comm = world.split(m ? m->group : -1, m ? m->member : 0);
+  const auto kind = comms.find(role);
+  auto comm = kind == comms.end()
+                  ? world.split(m ? m->group : -1, m ? m->member : 0)
+                  : world.split_as(m ? m->group : -1, m ? m->member : 0, kind->second);
   if (m) {
     TPL_CHECK_EQ(comm->rank(), m->member, (Where{"process groups", world.rank()}));
     TPL_CHECK_EQ(comm->size(), static_cast<int>(table[m->group].size()),
@@ -163,10 +167,19 @@ std::unique_ptr<Communicator> split_by(Communicator& world, const GroupTable& ta
 }
 }  // namespace
 
+void validate_group_comms(const GroupComms& comms, const std::string& source) {
+  for (const auto& [role, kind] : comms)
+    if (std::find_if(kGroupRoles.begin(), kGroupRoles.end(),
+                     [&](const char* r) { return role == r; }) == kGroupRoles.end())
+      TPL_THROW(ConfigError, Where{source}, "no process group is called '", role,
+                "'; the groups are tp, mlp_tp, oproj_tp, fc2_odp, fc2_otp and shard_weight");
+}
+
 ProcessGroups::ProcessGroups(Communicator& world, const ParallelLayout& layout,
-                             const GroupSizes& sizes)
+                             const GroupSizes& sizes, const GroupComms& comms)
     : layout_(layout), sizes_(sizes), world_rank_(world.rank()) {
   layout_.validate(world.size());
+  validate_group_comms(comms, "process groups");
   // Validate everything before the first split so that a bad config fails identically on every
   // rank without leaving some ranks inside a collective.
   if (sizes.mlp_tp > 0) module_tp_groups(layout, sizes.mlp_tp);
@@ -176,17 +189,29 @@ ProcessGroups::ProcessGroups(Communicator& world, const ParallelLayout& layout,
   GroupTable sw;
   if (sizes.shard_weight) sw = shard_weight_groups(layout, *sizes.shard_weight, sizes.flashcomm2_p);
 
-  tp_ = split_by(world, tp_groups(layout));
-  if (sizes.mlp_tp > 0) mlp_tp_ = split_by(world, module_tp_groups(layout, sizes.mlp_tp));
-  if (sizes.oproj_tp > 0) oproj_tp_ = split_by(world, module_tp_groups(layout, sizes.oproj_tp));
+  tp_ = split_by(world, tp_groups(layout), comms, "tp");
+  if (sizes.mlp_tp > 0)
+    mlp_tp_ = split_by(world, module_tp_groups(layout, sizes.mlp_tp), comms, "mlp_tp");
+  if (sizes.oproj_tp > 0)
+    oproj_tp_ = split_by(world, module_tp_groups(layout, sizes.oproj_tp), comms, "oproj_tp");
   if (sizes.flashcomm2_p == 1) {
     fc2_odp_ = tp_.get();
   } else if (sizes.flashcomm2_p > 1) {
-    fc2_odp_owned_ = split_by(world, fc2.odp);
-    fc2_otp_ = split_by(world, fc2.otp);
+    fc2_odp_owned_ = split_by(world, fc2.odp, comms, "fc2_odp");
+    fc2_otp_ = split_by(world, fc2.otp, comms, "fc2_otp");
     fc2_odp_ = fc2_odp_owned_.get();
   }
-  if (sizes.shard_weight) shard_weight_ = split_by(world, sw);
+  if (sizes.shard_weight) shard_weight_ = split_by(world, sw, comms, "shard_weight");
+}
+
+std::vector<std::pair<std::string, const Communicator*>> ProcessGroups::communicators() const {
+  std::vector<std::pair<std::string, const Communicator*>> v;
+  const Communicator* by_role[] = {tp_.get(),       mlp_tp_.get(),
+                                   oproj_tp_.get(), fc2_odp_owned_.get(),
+                                   fc2_otp_.get(),  shard_weight_.get()};
+  for (std::size_t i = 0; i < kGroupRoles.size(); ++i)
+    if (by_role[i]) v.emplace_back(kGroupRoles[i], by_role[i]);
+  return v;
 }
 
 double ProcessGroups::bytes_sent() const {

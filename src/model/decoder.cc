@@ -325,7 +325,9 @@ DecoderStack::DecoderStack(Communicator& world, const ModelSpec& model, Strategi
                       "load fewer layers, spread the model over more ranks on more nodes, or "
                       "use bf16 weights");
   const auto sizes = group_sizes(config_, features_);
-  groups_ = std::make_unique<ProcessGroups>(world, config_.layout, sizes);
+  // A plan's communicator per group (Plan::comms); otherwise every group is the world's kind.
+  groups_ = std::make_unique<ProcessGroups>(world, config_.layout, sizes,
+                                            plan_ ? plan_->comms : GroupComms{});
   worker_ = std::make_unique<CommWorker>();
   // overlap = auto: the worker runs the fused paths' collectives only with a core of its own.
   const bool spare_core = worker_has_spare_core(world);

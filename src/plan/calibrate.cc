@@ -196,6 +196,53 @@ struct Progress {
   }
 };
 
+// Each collective at sizes 4 KiB to `max_bytes` on each of `comms` (groups of g ranks split
+// from `world`, one per communicator kind), into its tables; `label`s prefix the progress
+// lines. The kinds take turns at every point, so a phase of this shared machine running slow
+// (docs/performance.md) weighs on all of them alike rather than on the kind measured then.
+struct Measured {
+  Communicator* comm;
+  MachineProfile::CollectiveTables* tables;
+  std::string label;
+};
+void measure_collectives(const std::vector<Measured>& comms, int g, Communicator& world,
+                         std::int64_t max_bytes, Progress& progress) {
+  for (Collective kind : {Collective::kAllReduce, Collective::kReduceScatter,
+                          Collective::kAllGather, Collective::kAllToAll, Collective::kBroadcast}) {
+    const std::string key = MachineProfile::collective_key(kind, g);
+    for (std::int64_t s = 4096; s <= max_bytes; s *= 4) {
+      const std::int64_t elems = s / 4, per = std::max<std::int64_t>(1, elems / g);
+      Tensor whole = random_tensor(g, per, DType::kF32, 5),
+             part = random_tensor(1, per, DType::kF32, 6);
+      Tensor flat = random_tensor(1, g * per, DType::kF32, 8);
+      const int reps = static_cast<int>(std::clamp<std::int64_t>((8 << 20) / s, 3, 30));
+      for (const Measured& m : comms) {
+        progress(m.label + key + " " + std::to_string(s >> 10) + " KiB");
+        Communicator& c = *m.comm;
+        std::function<void()> f;
+        switch (kind) {
+          case Collective::kAllReduce:
+            f = [&] { c.all_reduce(flat); };
+            break;
+          case Collective::kReduceScatter:
+            f = [&] { c.reduce_scatter(whole, part); };
+            break;
+          case Collective::kAllGather:
+            f = [&] { c.all_gather(part, whole, 0); };
+            break;
+          case Collective::kAllToAll:
+            f = [&] { c.all_to_all(whole, flat); };
+            break;
+          case Collective::kBroadcast:
+            f = [&] { c.broadcast(flat, 0); };
+            break;
+        }
+        (*m.tables)[key].push_back({double(g * per * 4), time_calls(world, reps, f)});
+      }
+    }
+  }
+}
+
 }  // namespace
 
 MachineProfile calibrate(Communicator& world, const CalibrateOptions& options) {
@@ -247,41 +294,34 @@ MachineProfile calibrate(Communicator& world, const CalibrateOptions& options) {
     p.layer_gemm[r.key].push_back(measure_gemm(world, chooser, flush, r.key, r.n, r.k, rows));
   }
 
-  for (int g : groups) {
-    std::unique_ptr<Communicator> sub = world.split(world.rank() / g, world.rank());
-    Communicator& c = *sub;
-    for (Collective kind :
-         {Collective::kAllReduce, Collective::kReduceScatter, Collective::kAllGather,
-          Collective::kAllToAll, Collective::kBroadcast}) {
-      auto& pts = p.collectives[MachineProfile::collective_key(kind, g)];
-      for (std::int64_t s = 4096; s <= max_bytes; s *= 4) {
-        progress(MachineProfile::collective_key(kind, g) + " " + std::to_string(s >> 10) + " KiB");
-        const std::int64_t elems = s / 4, per = std::max<std::int64_t>(1, elems / g);
-        Tensor whole = random_tensor(g, per, DType::kF32, 5),
-               part = random_tensor(1, per, DType::kF32, 6);
-        Tensor flat = random_tensor(1, g * per, DType::kF32, 8);
-        const int reps = static_cast<int>(std::clamp<std::int64_t>((8 << 20) / s, 3, 30));
-        std::function<void()> f;
-        switch (kind) {
-          case Collective::kAllReduce:
-            f = [&] { c.all_reduce(flat); };
-            break;
-          case Collective::kReduceScatter:
-            f = [&] { c.reduce_scatter(whole, part); };
-            break;
-          case Collective::kAllGather:
-            f = [&] { c.all_gather(part, whole, 0); };
-            break;
-          case Collective::kAllToAll:
-            f = [&] { c.all_to_all(whole, flat); };
-            break;
-          case Collective::kBroadcast:
-            f = [&] { c.broadcast(flat, 0); };
-            break;
-        }
-        pts.push_back({double(g * per * 4), time_calls(world, reps, f)});
-      }
+  // The world's own kind into `collectives`, then each other kind it can make (split_as) into
+  // comm_collectives, over the same groups: the planner's per-group choice of communicator.
+  p.comm = world.kind_name();
+  for (const CommKind k : {CommKind::kMpi, CommKind::kShm}) {
+    const std::string kind = comm_kind_name(k);
+    if (kind == p.comm || groups.empty()) continue;
+    try {
+      // Every member agrees on these failures (split_as checks before any message).
+      (void)world.split_as(0, world.rank(), k);
+    } catch (const Unsupported&) {
+      continue;
+    } catch (const ConfigError&) {
+      continue;  // e.g. no shared window on this machine: SHM is not a choice here
     }
+    p.comm_collectives[kind];
+  }
+  progress.steps += int(p.comm_collectives.size() * groups.size()) * 5 * sizes;
+  for (int g : groups) {
+    std::vector<std::unique_ptr<Communicator>> subs;
+    std::vector<Measured> comms;
+    subs.push_back(world.split(world.rank() / g, world.rank()));
+    comms.push_back({subs.back().get(), &p.collectives, ""});
+    for (auto& [kind, tables] : p.comm_collectives) {
+      subs.push_back(
+          world.split_as(world.rank() / g, world.rank(), parse_comm_kind(kind, "calibrate")));
+      comms.push_back({subs.back().get(), &tables, kind + " "});
+    }
+    measure_collectives(comms, g, world, max_bytes, progress);
   }
 
   // Fused paths as the ops run them: the overlap worker and fused_chunk_count's chunks, against

@@ -119,13 +119,18 @@ double CostModel::table_ms(const std::string& key, std::int64_t m, std::int64_t 
   return per_elem(tabs.back()) * w;
 }
 
-double CostModel::collective_ms(Collective c, double bytes, int group) const {
+double CostModel::collective_ms(Collective c, double bytes, int group,
+                                const std::string& comm) const {
   if (group <= 1 || bytes <= 0) return 0;
   if (record_) return 1;
   const std::string key = MachineProfile::collective_key(c, group);
-  const auto it = profile_.collectives.find(key);
-  TPL_CHECK_T(it != profile_.collectives.end() && !it->second.empty(), Unsupported, kWhere,
-              "the profile has no '", key, "' table (calibrate with ", group, " ranks)");
+  const MachineProfile::CollectiveTables* tables = profile_.collectives_of(comm);
+  TPL_CHECK_T(tables, Unsupported, kWhere, "the profile has no tables of the '", comm,
+              "' communicator (it was calibrated on '", profile_.comm, "')");
+  const auto it = tables->find(key);
+  TPL_CHECK_T(it != tables->end() && !it->second.empty(), Unsupported, kWhere,
+              "the profile has no '", key, "' table", comm.empty() ? "" : " for " + comm,
+              " (calibrate with ", group, " ranks)");
   return interp_loglog(it->second, bytes);
 }
 
@@ -209,8 +214,15 @@ StackPrediction CostModel::predict(const ModelSpec& model, const Config& config,
       lp.gemm_ms += gemm_ms(in.dtype, m, n, k);
     }
   };
-  auto coll = [&](Collective c, double s, int g, LayerPrediction& lp) {
-    lp.comm_ms += collective_ms(c, s, g);
+  // The communicator kind serving a group, by role ("" = the profile's own tables); FlashComm2's
+  // ODP group is the TP group when P = 1.
+  auto comm_of = [&](std::string role) -> std::string {
+    if (role == "fc2_odp" && config.flashcomm2_p == 1) role = "tp";
+    const auto it = in.comms.find(role);
+    return it == in.comms.end() ? "" : comm_kind_name(it->second);
+  };
+  auto coll = [&](Collective c, double s, int g, const char* role, LayerPrediction& lp) {
+    lp.comm_ms += collective_ms(c, s, g, comm_of(role));
     lp.bytes_sent += collective_bytes_sent(c, s, g);
   };
 
@@ -244,16 +256,17 @@ StackPrediction CostModel::predict(const ModelSpec& model, const Config& config,
           model.mla && (spec.prefix.ends_with("self_attn.q_a_proj") ||
                         (model.mla->q_lora_rank == 0 && spec.prefix.ends_with("self_attn.q_proj")));
       if (mla_entry && !features.dsa_cp && ctx.flash_comm_v1_enabled && tp > 1)
-        coll(Collective::kAllGather, double(n_pad) * model.hidden * e, tp, lp);
+        coll(Collective::kAllGather, double(n_pad) * model.hidden * e, tp, "tp", lp);
       if (cp_shard && spec.prefix.ends_with("kv_b_proj")) {
-        coll(Collective::kAllGather, double(n_pad) * model.mla->kv_lora_rank * e, tp, lp);
-        coll(Collective::kAllGather, double(n_pad) * model.mla->qk_rope_head_dim * e, tp, lp);
+        coll(Collective::kAllGather, double(n_pad) * model.mla->kv_lora_rank * e, tp, "tp", lp);
+        coll(Collective::kAllGather, double(n_pad) * model.mla->qk_rope_head_dim * e, tp, "tp", lp);
       }
       if (cp_shard && spec.kind == LayerKind::kRow && choice.kind != OpKind::kShardedCpRow) {
         // all_to_all_v: rank 0 (the widest slice) sends its rows of every other slice.
         const double others = double(spec.in_features - LinearLayer::input_cols(spec, 0, tp).size);
         const double s = double(shard_rows) * others * e;
-        lp.comm_ms += collective_ms(Collective::kAllToAll, s * tp / std::max(1, tp - 1), tp);
+        lp.comm_ms +=
+            collective_ms(Collective::kAllToAll, s * tp / std::max(1, tp - 1), tp, comm_of("tp"));
         lp.bytes_sent += s;
       }
       switch (choice.kind) {
@@ -265,7 +278,7 @@ StackPrediction CostModel::predict(const ModelSpec& model, const Config& config,
         case OpKind::kStandardRow:
         case OpKind::kMatmulAllreduceRow: {
           local_gemm(rows, out_f, max_in_local(spec, t), lp);
-          coll(Collective::kAllReduce, double(rows) * out_f * e_r, t, lp);
+          coll(Collective::kAllReduce, double(rows) * out_f * e_r, t, "tp", lp);
           if (choice.kind == OpKind::kMatmulAllreduceRow && t > 1 && overlap && chunks(n_tok) > 1)
             fuse("gemm_all_reduce", n_tok, lp);
           break;
@@ -276,7 +289,7 @@ StackPrediction CostModel::predict(const ModelSpec& model, const Config& config,
           if (ctx.flash_comm_v1_enabled && t > 1) {
             const bool int8 =
                 in.w8a8 && config.fc1_quantized_allgather && choice.kind == OpKind::kSequenceColumn;
-            coll(Collective::kAllGather, double(n_pad) * k * (int8 ? 1.0 : e), t, lp);
+            coll(Collective::kAllGather, double(n_pad) * k * (int8 ? 1.0 : e), t, "tp", lp);
             local_gemm(n_tok, n, k, lp);
             if (choice.kind == OpKind::kSequenceColumn && overlap && chunks(n_pad) > 1)
               fuse("all_gather_gemm", n_pad, lp);
@@ -290,12 +303,12 @@ StackPrediction CostModel::predict(const ModelSpec& model, const Config& config,
           if (ctx.flash_comm_v1_enabled && t > 1) {
             if (n_pad > n_tok) lp.other_ms += copy_ms(double(n_pad) * k * e);
             local_gemm(n_pad, out_f, k, lp);
-            coll(Collective::kReduceScatter, double(n_pad) * out_f * e_r, t, lp);
+            coll(Collective::kReduceScatter, double(n_pad) * out_f * e_r, t, "tp", lp);
             if (ctx.mmrs_fusion && overlap && chunks(n_pad) > 1)
               fuse("gemm_reduce_scatter", n_pad, lp);
           } else {
             local_gemm(n_tok, out_f, k, lp);
-            coll(Collective::kAllReduce, double(n_tok) * out_f * e_r, t, lp);
+            coll(Collective::kAllReduce, double(n_tok) * out_f * e_r, t, "tp", lp);
           }
           break;
         }
@@ -303,22 +316,24 @@ StackPrediction CostModel::predict(const ModelSpec& model, const Config& config,
         // passes no per-replica counts), so Bmax = N: rows are m·N after the token exchange.
         case OpKind::kMlpColumn: {
           const std::int64_t rows = std::int64_t(t) * n_tok;
-          if (t > 1) coll(Collective::kAllGather, double(rows) * spec.in_features * e, t, lp);
+          if (t > 1)
+            coll(Collective::kAllGather, double(rows) * spec.in_features * e, t, "mlp_tp", lp);
           local_gemm(rows, max_out_local(spec, t), spec.in_features, lp);
           break;
         }
         case OpKind::kMlpRow: {
           const std::int64_t rows = std::int64_t(t) * n_tok;
           local_gemm(rows, out_f, max_in_local(spec, t), lp);
-          if (t > 1) coll(Collective::kReduceScatter, double(rows) * out_f * e_r, t, lp);
+          if (t > 1) coll(Collective::kReduceScatter, double(rows) * out_f * e_r, t, "mlp_tp", lp);
           break;
         }
         case OpKind::kOProjRow: {
           const std::int64_t rows = std::int64_t(t) * n_tok, c = spec.in_features / t;
           lp.other_ms += copy_ms(double(rows) * c * e);  // the padded send buffer
-          if (t > 1) coll(Collective::kAllToAll, double(rows) * c * e, t, lp);
+          if (t > 1) coll(Collective::kAllToAll, double(rows) * c * e, t, "oproj_tp", lp);
           local_gemm(rows, out_f, c, lp);
-          if (t > 1) coll(Collective::kReduceScatter, double(rows) * out_f * e_r, t, lp);
+          if (t > 1)
+            coll(Collective::kReduceScatter, double(rows) * out_f * e_r, t, "oproj_tp", lp);
           break;
         }
         case OpKind::kFlashcomm2OProjRow: {
@@ -331,11 +346,12 @@ StackPrediction CostModel::predict(const ModelSpec& model, const Config& config,
           const std::int64_t b = nprime / tp;
           const double ex = in.w8a8 ? 1.0 : e;
           lp.other_ms += 2 * copy_ms(double(nprime) * f * ex);  // reorder before, regroup after
-          coll(Collective::kAllToAll, double(nprime) * f * ex, g, lp);
+          coll(Collective::kAllToAll, double(nprime) * f * ex, g, "fc2_odp", lp);
           local_gemm(p * b, out_f, static_cast<std::int64_t>(g) * f, lp);
-          if (p > 1) coll(Collective::kReduceScatter, double(p) * b * out_f * e_r, p, lp);
+          if (p > 1)
+            coll(Collective::kReduceScatter, double(p) * b * out_f * e_r, p, "fc2_otp", lp);
           if (!ctx.flash_comm_v1_enabled)
-            coll(Collective::kAllGather, double(nprime) * out_f * e, tp, lp);
+            coll(Collective::kAllGather, double(nprime) * out_f * e, tp, "tp", lp);
           break;
         }
         case OpKind::kShardedCpColumn:

@@ -59,6 +59,11 @@ nlohmann::json Plan::to_json() const {
                             {"runner_up_ms", b.runner_up_ms},
                             {"why", b.why}});
   for (const auto& c : configs) j["configs"][c.name] = c.config.to_json();
+  if (!comms.empty()) {
+    j["comms"] = nlohmann::json::object();
+    for (const auto& [role, kind] : comms) j["comms"][role] = comm_kind_name(kind);
+    j["comms_why"] = comms_why;
+  }
   return j;
 }
 
@@ -98,6 +103,25 @@ Plan Plan::from_json(const nlohmann::json& j, const std::string& source) {
   if (!get(j, "w8a8", "").is_boolean()) fail("w8a8", "must be a boolean");
   p.w8a8 = j.at("w8a8").get<bool>();
   p.layout = string(get(j, "layout", ""), "layout");
+  if (j.contains("comms")) {  // optional: plans of a profile with one communicator lack it
+    const auto& c = j.at("comms");
+    if (!c.is_object()) fail("comms", "must be an object of group roles");
+    for (const auto& [role, kind] : c.items()) {
+      if (std::none_of(kGroupRoles.begin(), kGroupRoles.end(),
+                       [&](const char* r) { return role == r; }))
+        fail("comms." + role,
+             "is not a process group (tp, mlp_tp, oproj_tp, fc2_odp, fc2_otp, shard_weight)");
+      const std::string k = string(kind, "comms." + role);
+      if (k != "mpi" && k != "shm") fail("comms." + role, "must be mpi or shm");
+      p.comms[role] = parse_comm_kind(k, "plan");
+    }
+    if (j.contains("comms_why")) {
+      const auto& w = j.at("comms_why");
+      if (!w.is_array()) fail("comms_why", "must be an array of strings");
+      for (std::size_t i = 0; i < w.size(); ++i)
+        p.comms_why.push_back(string(w[i], "comms_why[" + std::to_string(i) + "]"));
+    }
+  }
   if (j.contains("weight_bytes")) {  // optional: plans written before the memory cap lack it
     if (!j.at("weight_bytes").is_number() || j.at("weight_bytes").get<double>() < 0)
       fail("weight_bytes", "must be a number >= 0");

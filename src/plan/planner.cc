@@ -44,6 +44,12 @@ std::string fmt_gib(const std::string& a, double x, const std::string& b, double
   std::snprintf(buf, sizeof buf, "%.3g", y);
   return s + buf;
 }
+// "12.35": 4 significant digits, for the notes.
+std::string fmt_ms(double ms) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.4g", ms);
+  return buf;
+}
 }  // namespace
 
 Plan make_plan(const CostModel& cost, const ModelSpec& model, int world,
@@ -51,6 +57,8 @@ Plan make_plan(const CostModel& cost, const ModelSpec& model, int world,
                std::vector<std::string>* notes) {
   TPL_CHECK_T(!o.workload.empty(), ConfigError, kWhere, "the workload is empty");
   // Predictions per candidate and workload point; a candidate the model cannot predict is out.
+  // With the communicators chosen below, the layout's candidates are predicted again.
+  CostInputs inputs = o.inputs;
   std::vector<const PlanCandidate*> ok;
   std::map<const PlanCandidate*, std::vector<double>> pred;
   std::map<const PlanCandidate*, double> weight_bytes;
@@ -62,7 +70,7 @@ Plan make_plan(const CostModel& cost, const ModelSpec& model, int world,
       std::vector<double> v;
       double wb = 0;
       for (const auto& [tokens, w] : o.workload) {
-        const StackPrediction sp = cost.predict(model, c.config, world, tokens, o.inputs);
+        const StackPrediction sp = cost.predict(model, c.config, world, tokens, inputs);
         v.push_back(sp.linear_ms);
         wb = sp.weight_bytes;
       }
@@ -133,6 +141,77 @@ Plan make_plan(const CostModel& cost, const ModelSpec& model, int world,
                        " ms per forward, workload-weighted" + (l == layout ? " (chosen)" : ""));
 
   Plan p;
+  const auto& in_layout = by_layout[layout];
+  // The communicator of each group the layout uses, role by role in kGroupRoles order: the kind
+  // the profile was calibrated on, unless another kind it measured makes the workload-weighted
+  // time (each bucket's choice, as above) faster by more than the margin. Chosen for the
+  // workload, like the layout: groups are made when the model is loaded.
+  const MachineProfile& prof = cost.profile();
+  if (o.choose_comms && !prof.comm_collectives.empty() &&
+      (prof.comm == "mpi" || prof.comm == "shm")) {
+    auto workload_ms = [&](const CostInputs& in) -> std::optional<double> {
+      try {
+        for (const auto* c : in_layout) {
+          std::vector<double> v;
+          for (const auto& [tokens, w] : o.workload)
+            v.push_back(cost.predict(model, c->config, world, tokens, in).linear_ms);
+          pred[c] = std::move(v);
+        }
+      } catch (const Unsupported&) {
+        return std::nullopt;  // a kind without a table for one of the groups
+      }
+      double t = 0;
+      for (std::size_t i = 0; i < o.workload.size(); ++i)
+        t += o.workload[i].second * choose(in_layout, i).first.ms;
+      return t;
+    };
+    const Config& lc = in_layout.front()->config;
+    const GroupSizes gs = group_sizes(lc, Features::derive(lc, model.info));
+    // The roles the cost model prices, with their group sizes; a group of one rank sends
+    // nothing, and shard_weight's broadcasts run behind the layers (not priced) and stay the
+    // world's.
+    const std::pair<const char*, int> roles[] = {
+        {"tp", lc.layout.tp},
+        {"mlp_tp", gs.mlp_tp},
+        {"oproj_tp", gs.oproj_tp},
+        {"fc2_odp", gs.flashcomm2_p > 1 ? lc.layout.tp / gs.flashcomm2_p : 0},
+        {"fc2_otp", gs.flashcomm2_p > 1 ? gs.flashcomm2_p : 0}};
+    std::vector<CommKind> kinds{parse_comm_kind(prof.comm, "profile")};
+    for (const auto& [k, tabs] : prof.comm_collectives)
+      kinds.push_back(parse_comm_kind(k, "profile"));
+    for (const auto& [role, size] : roles) {
+      if (size <= 1) continue;
+      if (o.inputs.comms.count(role)) {
+        p.comms[role] = o.inputs.comms.at(role);
+        p.comms_why.push_back(std::string(role) + ": " + comm_kind_name(p.comms[role]) +
+                              " (given)");
+        continue;
+      }
+      std::string why = std::string(role) + " (" + std::to_string(size) + " ranks):";
+      CommKind best = kinds.front();
+      double base_ms = 0, best_ms = 0;
+      for (const CommKind k : kinds) {
+        CostInputs in = inputs;
+        in.comms[role] = k;
+        const auto ms = workload_ms(in);
+        why += std::string(" ") + comm_kind_name(k) + " " +
+               (ms ? fmt_ms(*ms) + " ms" : "not measured for this group");
+        if (!ms) continue;
+        if (k == kinds.front())
+          base_ms = best_ms = *ms;
+        else if (*ms < best_ms)
+          best = k, best_ms = *ms;
+      }
+      if (best != kinds.front() && best_ms >= base_ms * (1 - o.margin)) best = kinds.front();
+      inputs.comms[role] = best;
+      p.comms[role] = best;
+      p.comms_why.push_back(why + " -> " + comm_kind_name(best));
+    }
+    if (!workload_ms(inputs))  // the buckets below read the final choice's predictions
+      TPL_THROW(Unsupported, kWhere, "the chosen communicators cannot be predicted");
+    if (notes)
+      for (const auto& w : p.comms_why) notes->push_back("communicator " + w);
+  }
   p.model = model.name;
   p.world = world;
   p.tp = ok.front()->config.layout.tp;
@@ -141,7 +220,6 @@ Plan make_plan(const CostModel& cost, const ModelSpec& model, int world,
   p.w8a8 = o.inputs.w8a8;
   p.layout = layout;
   p.machine = cost.profile().machine;
-  const auto& in_layout = by_layout[layout];
   for (const auto* c : in_layout) p.weight_bytes = std::max(p.weight_bytes, weight_bytes[c]);
   for (std::size_t i = 0; i < o.workload.size(); ++i) {
     const auto [pick, second] = choose(in_layout, i);
@@ -215,6 +293,7 @@ Plan default_plan(const CostModel& cost, const ModelSpec& model, const Config& c
     with("no-fc1", Overlap::kOff, std::numeric_limits<std::int64_t>::max());
   }
   PlanOptions o;
+  o.choose_comms = false;  // the caller's world serves the groups it asked for
   o.workload = parse_workload(kDefaultWorkload);
   o.margin = margin;
   o.inputs = inputs;

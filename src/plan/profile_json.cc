@@ -89,6 +89,34 @@ nlohmann::json points_json(const std::vector<ProfilePoint>& pts) {
   return a;
 }
 
+// "<collective>/<group size>" -> points, the size written as collective_key writes it (so that
+// the cost model's lookups find it): 1 to kMaxGroup, no sign, no leading zero.
+MachineProfile::CollectiveTables collective_tables(const Reader& rd, const nlohmann::json& c,
+                                                   const std::string& path) {
+  if (!c.is_object()) rd.fail(path, "must be an object");
+  MachineProfile::CollectiveTables out;
+  for (const auto& [key, pts] : c.items()) {
+    bool known = false;
+    for (Collective k : {Collective::kAllReduce, Collective::kReduceScatter, Collective::kAllGather,
+                         Collective::kAllToAll, Collective::kBroadcast}) {
+      const std::string prefix = std::string(collective_name(k)) + "/";
+      if (key.rfind(prefix, 0) != 0) continue;
+      const char* first = key.data() + prefix.size();
+      const char* last = key.data() + key.size();
+      int n = 0;
+      const auto [end, ec] = std::from_chars(first, last, n);
+      known = ec == std::errc() && end == last && n >= 1 && n <= kMaxGroup &&
+              MachineProfile::collective_key(k, n) ==
+                  key;  // no sign or leading zero: the writer's spelling
+    }
+    if (!known)
+      rd.fail(path + "." + key,
+              "is not <collective>/<group size 1.." + std::to_string(kMaxGroup) + ">");
+    out[key] = rd.points(pts, path + "." + key);
+  }
+  return out;
+}
+
 }  // namespace
 
 std::string MachineProfile::collective_key(Collective c, int group_size) {
@@ -141,27 +169,22 @@ MachineProfile MachineProfile::from_json(const nlohmann::json& j, const std::str
   };
   p.gemm = tables(rd.at(j, "gemm", ""), "gemm", true);
   if (j.contains("layer_gemm")) p.layer_gemm = tables(j["layer_gemm"], "layer_gemm", false);
-  const auto& c = rd.at(j, "collectives", "");
-  if (!c.is_object()) rd.fail("collectives", "must be an object");
-  for (const auto& [key, pts] : c.items()) {
-    // "<collective>/<group size>", the size written as collective_key writes it (so that the
-    // cost model's lookups find it): 1 to kMaxGroup, no sign, no leading zero.
-    bool known = false;
-    for (Collective k : {Collective::kAllReduce, Collective::kReduceScatter, Collective::kAllGather,
-                         Collective::kAllToAll, Collective::kBroadcast}) {
-      const std::string prefix = std::string(collective_name(k)) + "/";
-      if (key.rfind(prefix, 0) != 0) continue;
-      const char* first = key.data() + prefix.size();
-      const char* last = key.data() + key.size();
-      int n = 0;
-      const auto [end, ec] = std::from_chars(first, last, n);
-      known = ec == std::errc() && end == last && n >= 1 && n <= kMaxGroup &&
-              collective_key(k, n) == key;  // no sign or leading zero: the writer's spelling
+  p.collectives = collective_tables(rd, rd.at(j, "collectives", ""), "collectives");
+  if (j.contains("comm")) {
+    p.comm = rd.string(j["comm"], "comm");
+    if (p.comm.empty()) rd.fail("comm", "must name a communicator");
+  }
+  if (j.contains("comm_collectives")) {
+    const auto& cc = j["comm_collectives"];
+    if (!cc.is_object()) rd.fail("comm_collectives", "must be an object of communicator kinds");
+    if (!cc.empty() && p.comm.empty())
+      rd.fail("comm_collectives", "needs 'comm', the kind 'collectives' were measured on");
+    for (const auto& [kind, tabs] : cc.items()) {
+      if (kind != "mpi" && kind != "shm") rd.fail("comm_collectives." + kind, "is not mpi or shm");
+      if (kind == p.comm)
+        rd.fail("comm_collectives." + kind, "repeats 'comm', whose tables are 'collectives'");
+      p.comm_collectives[kind] = collective_tables(rd, tabs, "comm_collectives." + kind);
     }
-    if (!known)
-      rd.fail("collectives." + key,
-              "is not <collective>/<group size 1.." + std::to_string(kMaxGroup) + ">");
-    p.collectives[key] = rd.points(pts, "collectives." + key);
   }
   const auto& f = rd.at(j, "fused", "");
   if (!f.is_object()) rd.fail("fused", "must be an object");
@@ -210,6 +233,11 @@ nlohmann::json MachineProfile::to_json() const {
   j["gemm"] = tables(gemm);
   if (!layer_gemm.empty()) j["layer_gemm"] = tables(layer_gemm);
   for (const auto& [k, pts] : collectives) j["collectives"][k] = points_json(pts);
+  if (!comm.empty()) j["comm"] = comm;
+  for (const auto& [kind, tabs] : comm_collectives) {
+    j["comm_collectives"][kind] = nlohmann::json::object();
+    for (const auto& [k, pts] : tabs) j["comm_collectives"][kind][k] = points_json(pts);
+  }
   for (const auto& [k, pts] : fused) j["fused"][k] = points_json(pts);
   return j;
 }
@@ -221,6 +249,13 @@ const GemmTable* MachineProfile::layer_table(const std::string& key, std::int64_
   for (const auto& t : it->second)
     if (t.n == n && t.k == k) return &t;
   return nullptr;
+}
+
+const MachineProfile::CollectiveTables* MachineProfile::collectives_of(
+    const std::string& kind) const {
+  if (kind.empty() || kind == comm) return &collectives;
+  const auto it = comm_collectives.find(kind);
+  return it == comm_collectives.end() ? nullptr : &it->second;
 }
 
 std::vector<std::string> MachineProfile::mismatches(const MachineInfo& now) const {

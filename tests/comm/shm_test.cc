@@ -19,6 +19,7 @@
 #include "harness.h"
 #include "tpl/dtype.h"
 #include "tpl/error.h"
+#include "tpl/process_groups.h"
 #include "tpl/shm.h"
 
 namespace tpl {
@@ -197,6 +198,62 @@ TEST(ShmErrors, TinySlotsAreRefusedOnEveryRank) {
               ": expected the slot size refused, got: " + (msg.empty() ? "no error" : msg) + "\n";
   }
   expect_agreed(world(), fail);
+}
+
+// A plan's per-group communicator: split_as makes the kind asked for from a world of either
+// kind (and from shm+mpi), ranks passing a negative color get none, and an SHM group's sums
+// stay the member-order fold.
+TEST(ShmGroups, SplitAsMakesTheKindAskedForWhateverServesTheParent) {
+  Communicator& w = world();
+  const int me = w.rank(), n = w.size();
+  std::string fail;
+  auto check = [&](Communicator* c, CommKind kind, int members, const std::string& what) {
+    if (!c) return fail += what + ": no communicator on rank " + std::to_string(me) + "\n", void();
+    if (c->kind_name() != comm_kind_name(kind) || c->size() != members)
+      return fail += what + ": rank " + std::to_string(me) + " got " + c->name() + " of " +
+                     std::to_string(c->size()) + " ranks\n",
+             void();
+    std::vector<float> v = data_of(c->rank(), 1001);
+    c->all_reduce(TensorView(v.data(), DType::kF32, 1, 1001));
+    const std::vector<float> want = fold(members, 1001);
+    if (kind == CommKind::kShm || members <= 2) {
+      fail += first_mismatch(v.data(), want, what + " on rank " + std::to_string(me));
+    } else {  // MPI picks its own order: within the rounding of a sum of n terms
+      std::vector<double> mag(want.size());
+      for (int k = 0; k < members; ++k) {
+        const std::vector<float> x = data_of(k, want.size());
+        for (std::size_t i = 0; i < want.size(); ++i) mag[i] += std::fabs(x[i]);
+      }
+      for (std::size_t i = 0; i < want.size(); ++i) {
+        if (std::fabs(double(v[i]) - want[i]) > 4 * members * 6e-8 * mag[i]) {
+          fail += what + " on rank " + std::to_string(me) + ": index " + std::to_string(i) +
+                  " expected " + std::to_string(want[i]) + " got " + std::to_string(v[i]) + "\n";
+          break;
+        }
+      }
+    }
+  };
+  for (const CommKind kind : {CommKind::kMpi, CommKind::kShm}) {
+    const std::string k = comm_kind_name(kind);
+    std::unique_ptr<Communicator> sub = w.split_as(0, me, kind);
+    check(sub.get(), kind, n, w.name() + " -> " + k);
+    // And back: the other kind from this one.
+    const CommKind other = kind == CommKind::kMpi ? CommKind::kShm : CommKind::kMpi;
+    if (sub) {
+      std::unique_ptr<Communicator> back = sub->split_as(0, me, other);
+      check(back.get(), other, n, w.name() + " -> " + k + " -> " + comm_kind_name(other));
+    }
+    // Rank 0 out: the others form a group of n - 1.
+    std::unique_ptr<Communicator> part = w.split_as(me == 0 ? -1 : 0, me, kind);
+    if (me == 0 && part) fail += "rank 0 passed a negative color and got a " + k + " group\n";
+    if (me > 0) check(part.get(), kind, n - 1, w.name() + " -> " + k + " without rank 0");
+  }
+  const ProcessGroups pg(w, ParallelLayout{1, 1, n}, GroupSizes{}, {{"tp", CommKind::kShm}});
+  const auto comms = pg.communicators();
+  if (comms.size() != 1 || comms[0].first != "tp" || comms[0].second != &pg.tp())
+    fail += "communicators() does not list the TP group alone on rank " + std::to_string(me) + "\n";
+  check(&pg.tp(), CommKind::kShm, n, "ProcessGroups tp: shm");
+  expect_agreed(w, fail);
 }
 
 TEST(ShmErrors, OnlyOverMpi) {

@@ -334,6 +334,27 @@ TEST(ProcessGroupsObjectTest, CreatesRequestedGroups) {
   EXPECT_EQ(pg.shard_weight().size(), 1);
 }
 
+// A plan's communicator per group: a role that is no group is a ConfigError; a local world
+// cannot make MPI or SHM groups, and says so.
+TEST(ProcessGroupsObjectTest, GroupCommunicatorsAreValidated) {
+  LocalCommunicator world;
+  expect_throw_with<ConfigError>(
+      [&] {
+        ProcessGroups(world, layout(1, 1, 1), GroupSizes{}, {{"tq", CommKind::kMpi}});
+      },
+      "no process group is called 'tq'");
+  expect_throw_with<Unsupported>(
+      [&] {
+        ProcessGroups(world, layout(1, 1, 1), GroupSizes{}, {{"tp", CommKind::kShm}});
+      },
+      "a 'local' communicator cannot make a group served by shm");
+  const ProcessGroups pg(world, layout(1, 1, 1), GroupSizes{});
+  ASSERT_EQ(pg.communicators().size(), 1u);
+  EXPECT_EQ(pg.communicators()[0].first, "tp");
+  EXPECT_EQ(world.kind_name(), "local");
+  expect_throw_with<ConfigError>([] { parse_comm_kind("nccl", "test"); }, "got 'nccl'");
+}
+
 TEST(ProcessGroupsObjectTest, ValidatesBeforeSplitting) {
   LocalCommunicator world;
   expect_throw_with<ConfigError>([&] { ProcessGroups(world, layout(1, 2, 1), GroupSizes{}); },

@@ -241,6 +241,41 @@ TEST(PlanStack, OverlapAutoIsResolvedOnceAndAgreed) {
   testing::expect_agreed(world, bad);
 }
 
+// A plan's communicator per group (Plan::comms) serves the stack's groups, whatever serves the
+// world, and the result is the world's stack's: bit for bit where both sum in member order
+// (SHM, or 2 ranks), within the rounding of a reordered sum where MPI picks its own order.
+TEST(PlanStack, GroupsAreServedByThePlansCommunicators) {
+  Communicator& world = testing::world();
+  const int w = world.size();
+  const ModelSpec model = mha12();
+  const auto weights = make_random_weights(3);
+  const Config standard = config_of(nlohmann::json::object(), w);
+  const Config fc1 = w > 1 ? config_of({{"flashcomm1", true}, {"flashcomm1_threshold", 0}}, w)
+                           : config_of({{"matmul_allreduce", true}}, w);  // FC1 needs TP > 1
+  StackOptions so;
+  so.backend = GemmBackend::kOneDnn;
+  DecoderStack alone_small(world, model, standard, *weights, so);
+  DecoderStack alone_large(world, model, fc1, *weights, so);
+  std::string bad;
+  for (const CommKind kind : {CommKind::kMpi, CommKind::kShm}) {
+    const std::string k = comm_kind_name(kind);
+    Plan plan = two_bucket_plan(model, w, "standard", standard, "fc1", fc1);
+    plan.comms = {{"tp", kind}};
+    DecoderStack planned(world, model, plan, *weights, so);
+    if (planned.groups().tp().kind_name() != k)
+      bad += "tp: " + k + " asked, " + planned.groups().tp().name() + " made; ";
+    const bool exact = w <= 2 || (kind == CommKind::kShm && world.kind_name() == "shm");
+    for (std::int64_t n : {7, 203}) {
+      const Tensor x = testing::random_normal(n, model.hidden, 1.f, 40 + n);
+      const Tensor want = (n <= 64 ? alone_small : alone_large).forward(x);
+      bad += testing::compare(
+          planned.forward(x), want, exact ? 0 : 1e-5, exact ? 0 : 1e-5,
+          "tp on " + k + " vs the " + world.name() + " world, tokens " + std::to_string(n));
+    }
+  }
+  testing::expect_agreed(world, bad);
+}
+
 TEST(PlanStack, StrategiesWithAnotherWeightLayoutAreRefused) {
   Communicator& world = testing::world();
   const int w = world.size();

@@ -121,6 +121,92 @@ TEST(Profile, ErrorsNameTheFileAndField) {
   }
 }
 
+// The synthetic profile measured on SHM, its collectives 1000 times slower (so that they
+// decide), with MPI's tables `scale` times SHM's above `from` bytes (below it, equal).
+MachineProfile two_comms(double scale, double from = 0) {
+  MachineProfile p = synthetic();
+  p.comm = "shm";
+  for (auto& [key, pts] : p.collectives) {
+    auto& q = p.comm_collectives["mpi"][key];
+    for (auto& pt : pts) {
+      pt.ms *= 1000;
+      q.push_back({pt.x, pt.x >= from ? pt.ms * scale : pt.ms});
+    }
+  }
+  return p;
+}
+
+TEST(Profile, CommunicatorTablesRoundTripAndNameTheirErrors) {
+  const MachineProfile p = two_comms(0.5);
+  const MachineProfile q = MachineProfile::from_json(p.to_json(), "mem");
+  EXPECT_EQ(q.to_json(), p.to_json());
+  EXPECT_EQ(q.comm, "shm");
+  ASSERT_NE(q.collectives_of("mpi"), nullptr);
+  EXPECT_EQ(q.collectives_of("shm"), &q.collectives);
+  EXPECT_EQ(q.collectives_of(""), &q.collectives);
+  EXPECT_EQ(q.collectives_of("nccl"), nullptr);
+  // A profile written before the communicator was recorded reads as it did.
+  nlohmann::json old = synthetic().to_json();
+  EXPECT_FALSE(old.contains("comm"));
+  EXPECT_TRUE(MachineProfile::from_json(old, "old").comm.empty());
+  const nlohmann::json good = p.to_json();
+  const std::pair<std::function<void(nlohmann::json&)>, std::string> cases[] = {
+      {[](nlohmann::json& j) { j["comm_collectives"]["nccl"] = j["collectives"]; },
+       "comm_collectives.nccl"},
+      {[](nlohmann::json& j) { j["comm_collectives"]["shm"] = j["collectives"]; },
+       "comm_collectives.shm"},
+      {[](nlohmann::json& j) { j.erase("comm"); }, "comm_collectives"},
+      {[](nlohmann::json& j) { j["comm"] = 3; }, "comm"},
+      {[](nlohmann::json& j) { j["comm_collectives"]["mpi"]["all_reduce/2"][1][0] = 1; },
+       "comm_collectives.mpi.all_reduce/2[1]"},
+      {[](nlohmann::json& j) { j["comm_collectives"]["mpi"]["allreduce/2"] = 1; },
+       "comm_collectives.mpi.allreduce/2"},
+  };
+  for (const auto& [edit, field] : cases) {
+    nlohmann::json j = good;
+    edit(j);
+    const std::string msg = error_of([&] { MachineProfile::from_json(j, "prof.json"); });
+    EXPECT_NE(msg.find("'" + field + "'"), std::string::npos) << field << ": " << msg;
+  }
+}
+
+TEST(CostModel, EachGroupIsPricedFromItsCommunicatorsTables) {
+  const CostModel cm(two_comms(0.25));
+  const double shm = cm.collective_ms(Collective::kAllReduce, 65536, 2);
+  EXPECT_DOUBLE_EQ(cm.collective_ms(Collective::kAllReduce, 65536, 2, "shm"), shm);
+  EXPECT_DOUBLE_EQ(cm.collective_ms(Collective::kAllReduce, 65536, 2, "mpi"), 0.25 * shm);
+  const std::string msg =
+      error_of([&] { cm.collective_ms(Collective::kAllReduce, 65536, 2, "nccl"); });
+  EXPECT_NE(msg.find("'nccl'"), std::string::npos) << msg;
+  // The TP group on MPI: every collective of the stack at a quarter of SHM's time.
+  const ModelSpec m = ModelSpec::preset("tiny");
+  CostInputs on_mpi;
+  on_mpi.comms["tp"] = CommKind::kMpi;
+  const StackPrediction a = cm.predict(m, config_for(2), 2, 100, {});
+  const StackPrediction b = cm.predict(m, config_for(2), 2, 100, on_mpi);
+  for (std::size_t i = 0; i < a.layers.size(); ++i) {
+    EXPECT_DOUBLE_EQ(b.layers[i].comm_ms, 0.25 * a.layers[i].comm_ms) << a.layers[i].prefix;
+    EXPECT_DOUBLE_EQ(b.layers[i].gemm_ms, a.layers[i].gemm_ms) << a.layers[i].prefix;
+  }
+  // Another group's choice leaves the TP group's collectives alone; MLP-TP's follow its own.
+  CostInputs mlp_on_mpi;
+  mlp_on_mpi.comms["mlp_tp"] = CommKind::kMpi;
+  EXPECT_DOUBLE_EQ(cm.predict(m, config_for(2), 2, 100, mlp_on_mpi).linear_ms, a.linear_ms);
+  const Config mlp = Config::from_json({{"tp", 1}, {"dp", 2}, {"pp", 1}, {"mlp_tp", 2}});
+  const StackPrediction c = cm.predict(m, mlp, 2, 5, {});
+  const StackPrediction d = cm.predict(m, mlp, 2, 5, mlp_on_mpi);
+  EXPECT_GT(c.kind_ms[2], 0);
+  EXPECT_DOUBLE_EQ(d.layers[2].comm_ms, 0.25 * c.layers[2].comm_ms) << c.layers[2].prefix;
+  // FlashComm2 with P = 1: its ODP group is the TP group, and "tp" prices it.
+  const Config fc2 =
+      config_for(2, {{"flashcomm1", true}, {"flashcomm1_threshold", 0}, {"flashcomm2_p", 1}});
+  CostInputs odp_on_mpi;
+  odp_on_mpi.comms["fc2_odp"] = CommKind::kMpi;
+  EXPECT_DOUBLE_EQ(cm.predict(m, fc2, 2, 100, odp_on_mpi).linear_ms,
+                   cm.predict(m, fc2, 2, 100, {}).linear_ms);
+  EXPECT_LT(cm.predict(m, fc2, 2, 100, on_mpi).linear_ms, cm.predict(m, fc2, 2, 100, {}).linear_ms);
+}
+
 TEST(CostModel, GemmInterpolatesInMAndScalesByWeightSize) {
   const CostModel cm(synthetic());
   const double tiny = 0.01 / (1024.0 * 1024);  // the per-element constant term
@@ -429,6 +515,74 @@ TEST(Planner, DefaultPlanDecidesOnlyWhatTheConfigLeavesOpen) {
                                            {"deployment", "prefill"}}),
                             2, {}),
                Unsupported);
+}
+
+// The communicator of each group: the calibrated kind unless another is predicted faster by
+// more than the margin; a kind without a table for the group is no choice; a given one stays.
+TEST(Planner, EachGroupGetsTheCommunicatorPredictedFastest) {
+  const ModelSpec m = ModelSpec::preset("tiny");
+  PlanOptions o;
+  o.workload = parse_workload("16,2048");
+  o.margin = 0.05;
+  std::vector<std::string> notes;
+  // MPI at half SHM's time: the TP group goes to MPI, and the buckets are priced with it.
+  const CostModel half(two_comms(0.5));
+  const Plan p = make_plan(half, m, 2, candidates(), o, &notes);
+  ASSERT_EQ(p.comms.size(), 1u);
+  EXPECT_EQ(p.comms.at("tp"), CommKind::kMpi);
+  ASSERT_EQ(p.comms_why.size(), 1u);
+  EXPECT_NE(p.comms_why[0].find("-> mpi"), std::string::npos) << p.comms_why[0];
+  CostInputs on_mpi;
+  on_mpi.comms["tp"] = CommKind::kMpi;
+  for (const auto& b : p.buckets) {
+    const Config& c = p.config_for(b.tokens);
+    EXPECT_DOUBLE_EQ(b.predicted_ms, half.predict(m, c, 2, b.tokens, on_mpi).linear_ms);
+  }
+  EXPECT_EQ(Plan::from_json(p.to_json(), "mem").to_json(), p.to_json());
+  // Within the margin (MPI 2 % faster): SHM, the kind the profile was calibrated on, stays.
+  EXPECT_EQ(make_plan(CostModel(two_comms(0.98)), m, 2, candidates(), o, nullptr).comms.at("tp"),
+            CommKind::kShm);
+  // MPI faster only for large messages: it wins a prefill workload and loses a decode one.
+  const CostModel large(two_comms(0.2, 1 << 20));
+  o.workload = parse_workload("4096");
+  EXPECT_EQ(make_plan(large, m, 2, candidates(), o, nullptr).comms.at("tp"), CommKind::kMpi);
+  o.workload = parse_workload("1");
+  EXPECT_EQ(make_plan(large, m, 2, candidates(), o, nullptr).comms.at("tp"), CommKind::kShm);
+  // A kind that misses a table the layout needs is no choice.
+  MachineProfile holes = two_comms(0.1);
+  holes.comm_collectives["mpi"].erase("all_gather/2");
+  const Plan h = make_plan(CostModel(holes), m, 2, candidates(), o, nullptr);
+  EXPECT_EQ(h.comms.at("tp"), CommKind::kShm);
+  EXPECT_NE(h.comms_why[0].find("not measured"), std::string::npos) << h.comms_why[0];
+  // A choice given in the inputs is kept; choose_comms = false leaves the groups to the world.
+  o.inputs.comms["tp"] = CommKind::kShm;
+  EXPECT_EQ(make_plan(half, m, 2, candidates(), o, nullptr).comms.at("tp"), CommKind::kShm);
+  o.inputs.comms.clear();
+  o.choose_comms = false;
+  EXPECT_TRUE(make_plan(half, m, 2, candidates(), o, nullptr).comms.empty());
+  // One kind measured (older profiles, one-rank worlds): no choice is recorded.
+  o.choose_comms = true;
+  EXPECT_TRUE(make_plan(CostModel(synthetic()), m, 2, candidates(), o, nullptr).comms.empty());
+  // MLP-TP over DP replicas: its group is chosen; TP = 1 sends nothing and is not.
+  const std::vector<PlanCandidate> mlp = {
+      {"mlp-tp", Config::from_json({{"tp", 1}, {"dp", 2}, {"pp", 1}, {"mlp_tp", 2}})}};
+  o.workload = parse_workload("256");
+  const Plan q = make_plan(half, m, 2, mlp, o, nullptr);
+  ASSERT_EQ(q.comms.size(), 1u) << q.to_json().dump();
+  EXPECT_EQ(q.comms.at("mlp_tp"), CommKind::kMpi);
+  // The plan file names its roles and kinds.
+  for (const auto& [edit, field] :
+       std::vector<std::pair<std::function<void(nlohmann::json&)>, std::string>>{
+           {[](nlohmann::json& j) { j["comms"]["tpp"] = "mpi"; }, "comms.tpp"},
+           {[](nlohmann::json& j) { j["comms"]["tp"] = "nccl"; }, "comms.tp"},
+           {[](nlohmann::json& j) { j["comms"]["tp"] = 1; }, "comms.tp"},
+           {[](nlohmann::json& j) { j["comms"] = "mpi"; }, "comms"},
+           {[](nlohmann::json& j) { j["comms_why"] = {1}; }, "comms_why[0]"}}) {
+    nlohmann::json j = p.to_json();
+    edit(j);
+    const std::string msg = error_of([&] { Plan::from_json(j, "plan.json"); });
+    EXPECT_NE(msg.find("'" + field + "'"), std::string::npos) << field << ": " << msg;
+  }
 }
 
 TEST(Planner, BucketsAreDeterministicRanges) {

@@ -257,6 +257,7 @@ int run_bench(Communicator& world, const BenchOptions& o, std::vector<BenchRow>*
   if (!o.plan.empty()) {
     from_file = Plan::from_file(o.plan);
     from_file.check_matches(model, world.size(), o.plan);
+    apply_comm_override(from_file, world.rank());
     plan.push_back({"plan", from_file.config_for(tokens.front()), &from_file});
   }
   if (plan.empty())

@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -201,6 +202,26 @@ Config make_config(const RunOptions& o, int world_size) {
   return Config::from_json(j);
 }
 
+void apply_comm_override(Plan& plan, int rank) {
+  const char* env = std::getenv("TPL_COMM");
+  const std::string comm = env ? env : "";
+  if (plan.comms.empty() || (comm != "mpi" && comm != "shm")) return;
+  if (rank == 0)
+    fmt::print(
+        "# note: TPL_COMM={} serves every group; the plan's communicators per group are "
+        "not used\n",
+        comm);
+  plan.comms.clear();
+}
+
+std::string describe_group_comms(const ProcessGroups& groups) {
+  std::string s = "communicators:";
+  for (const auto& [role, c] : groups.communicators())
+    s += fmt::format("{} {} {} ({} rank{})", s.back() == ':' ? "" : ",", role, c->name(), c->size(),
+                     c->size() == 1 ? "" : "s");
+  return s;
+}
+
 int run_model(Communicator& world, const RunOptions& o) {
   const ModelSpec model = load_model(o);
   Config cfg = make_config(o, world.size());
@@ -215,6 +236,7 @@ int run_model(Communicator& world, const RunOptions& o) {
     if (world.rank() == 0)
       fmt::print("plan {}: {} tokens -> bucket of {} tokens, strategy {} ({})\n", o.plan, o.tokens,
                  plan.bucket_for(o.tokens).tokens, plan.bucket_for(o.tokens).strategy, plan.layout);
+    apply_comm_override(plan, world.rank());
   }
   StackOptions so;
   so.dtype = parse_dtype(o.dtype);
@@ -282,6 +304,7 @@ int run_model(Communicator& world, const RunOptions& o) {
   Tensor x = Tensor::from_f32(xv, o.tokens, model.hidden, so.dtype);
 
   stack.forward(x);  // warm-up: oneDNN JIT, first-touch
+  if (world.rank() == 0) fmt::print("{}\n", describe_group_comms(stack.groups()));
   for (auto& r : const_cast<std::vector<LayerReport>&>(stack.report())) r.ms = 0, r.bytes_sent = 0;
   world.barrier();
   const auto t0 = std::chrono::steady_clock::now();

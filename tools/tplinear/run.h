@@ -9,6 +9,8 @@
 #include "tpl/communicator.h"
 #include "tpl/config.h"
 #include "tpl/model.h"
+#include "tpl/plan.h"
+#include "tpl/process_groups.h"
 
 namespace tpl::cli {
 
@@ -58,6 +60,12 @@ ModelSpec load_model(const RunOptions& o);
 Config make_config(const RunOptions& o, int world_size);
 
 int run_model(Communicator& world, const RunOptions& o);
+
+// TPL_COMM=mpi or shm, set explicitly, overrides a plan's communicator per group (the world's
+// kind serves every group): clears plan.comms, saying so on rank 0.
+void apply_comm_override(Plan& plan, int rank);
+// "communicators: tp shm (2 ranks), mlp_tp mpi (2 ranks)": what serves this rank's groups.
+std::string describe_group_comms(const ProcessGroups& groups);
 int explain_model(Communicator& world, const RunOptions& o);
 
 }  // namespace tpl::cli
