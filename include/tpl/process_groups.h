@@ -88,6 +88,8 @@ inline constexpr std::array<const char*, 6> kGroupRoles = {"tp",      "mlp_tp", 
 // not named is split from the world as it is, so its kind is the world's (TPL_COMM). With
 // FlashComm2's P = 1 the ODP group is the TP group, and "tp" decides.
 using GroupComms = std::map<std::string, CommKind>;
+// Whether `role` is one of kGroupRoles.
+bool is_group_role(const std::string& role);
 // ConfigError naming `source` for a role not in kGroupRoles.
 void validate_group_comms(const GroupComms& comms, const std::string& source);
 

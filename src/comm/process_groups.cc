@@ -167,10 +167,14 @@ std::unique_ptr<Communicator> split_by(Communicator& world, const GroupTable& ta
 }
 }  // namespace
 
+bool is_group_role(const std::string& role) {
+  return std::any_of(kGroupRoles.begin(), kGroupRoles.end(),
+                     [&](const char* r) { return role == r; });
+}
+
 void validate_group_comms(const GroupComms& comms, const std::string& source) {
   for (const auto& [role, kind] : comms)
-    if (std::find_if(kGroupRoles.begin(), kGroupRoles.end(),
-                     [&](const char* r) { return role == r; }) == kGroupRoles.end())
+    if (!is_group_role(role))
       TPL_THROW(ConfigError, Where{source}, "no process group is called '", role,
                 "'; the groups are tp, mlp_tp, oproj_tp, fc2_odp, fc2_otp and shard_weight");
 }

@@ -107,8 +107,7 @@ Plan Plan::from_json(const nlohmann::json& j, const std::string& source) {
     const auto& c = j.at("comms");
     if (!c.is_object()) fail("comms", "must be an object of group roles");
     for (const auto& [role, kind] : c.items()) {
-      if (std::none_of(kGroupRoles.begin(), kGroupRoles.end(),
-                       [&](const char* r) { return role == r; }))
+      if (!is_group_role(role))
         fail("comms." + role,
              "is not a process group (tp, mlp_tp, oproj_tp, fc2_odp, fc2_otp, shard_weight)");
       const std::string k = string(kind, "comms." + role);
