@@ -10,7 +10,8 @@
 // Supported dtypes: F32, BF16, F16, I8, I32. Tensors are returned 2-D: a scalar becomes [1, 1],
 // a 1-D [n] becomes [1, n], a 2-D [r, c] stays [r, c]; reading a tensor of rank > 2 is an error
 // (its info is still available). Reads go through std::ifstream with seeks, so a rank that
-// needs only its shard reads only that shard's bytes.
+// needs only its shard reads only that shard's bytes; a file held in memory (from_bytes) is
+// read by copying from it.
 //
 // The whole header is validated by open(); every problem (truncated file, oversized header,
 // bad JSON, unknown dtype, size/offset mismatch, offsets outside the data section, missing
@@ -21,6 +22,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -57,6 +59,10 @@ class SafetensorsFile {
   // messages and is the file later reads open. The fuzz harness (tests/fuzz) calls it.
   static SafetensorsFile parse_header(std::string_view bytes, std::uint64_t file_size,
                                       const std::string& path);
+  // A file already in memory (a checkpoint the caller has read, received or generated): `bytes`
+  // is all of it. It is validated as open() validates a file, and every read copies from it;
+  // `name` only names the file in messages. The fuzz harness reads tensors through it.
+  static SafetensorsFile from_bytes(std::string bytes, const std::string& name);
 
   const std::string& path() const { return path_; }
   std::vector<std::string> names() const;  // sorted
@@ -82,10 +88,10 @@ class SafetensorsFile {
   };
   const Entry& entry(const std::string& name) const;
   const Entry& entry_2d(const std::string& name) const;
-  void read_bytes(const Entry& e, std::uint64_t offset, void* dst, std::size_t n,
-                  const std::string& name) const;
+  class Source;  // where one read's bytes come from: a stream of path_, or bytes_
 
   std::string path_;
+  std::shared_ptr<const std::string> bytes_;  // from_bytes(): the whole file; null: read path_
   std::map<std::string, Entry> entries_;
   std::map<std::string, std::string> metadata_;
 };

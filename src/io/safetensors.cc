@@ -180,6 +180,12 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
   return parse_header(prefix, size, path);
 }
 
+SafetensorsFile SafetensorsFile::from_bytes(std::string bytes, const std::string& name) {
+  SafetensorsFile f = parse_header(bytes, bytes.size(), name);
+  f.bytes_ = std::make_shared<const std::string>(std::move(bytes));
+  return f;
+}
+
 SafetensorsFile SafetensorsFile::parse_header(std::string_view bytes, std::uint64_t size,
                                               const std::string& path) {
   if (bytes.size() > size) {
@@ -327,12 +333,36 @@ std::pair<std::uint64_t, std::uint64_t> SafetensorsFile::byte_range(const std::s
   return {e.begin, e.end};
 }
 
+// One read's bytes: a stream of its own for a file (so that const reads may run concurrently),
+// or a copy out of the bytes from_bytes() holds.
+class SafetensorsFile::Source {
+ public:
+  explicit Source(const SafetensorsFile& f) : f_(f) {
+    if (!f.bytes_) in_ = open_stream(f.path_);
+  }
+  // Exactly n bytes at absolute offset `pos` of the file.
+  void read(const std::string& name, std::uint64_t pos, void* dst, std::size_t n) {
+    if (!f_.bytes_) return read_at(in_, f_.path_, name, pos, dst, n);
+    const std::string& b = *f_.bytes_;
+    // parse_header put every tensor inside the bytes; checked again since a copy past them
+    // would read another object's memory.
+    if (pos > b.size() || n > b.size() - pos) {
+      TPL_THROW(IoError, kWhere, "'", f_.path_, "': tensor '", name, "': ", n, " bytes at offset ",
+                pos, " lie outside the ", b.size(), " bytes held");
+    }
+    if (n > 0) std::memcpy(dst, b.data() + pos, n);
+  }
+
+ private:
+  const SafetensorsFile& f_;
+  std::ifstream in_;
+};
+
 Tensor SafetensorsFile::read(const std::string& name) const {
   const Entry& e = entry_2d(name);
   Tensor t(e.info.dtype, e.info.rows(), e.info.cols());
   if (t.nbytes() == 0) return t;
-  std::ifstream in = open_stream(path_);
-  read_at(in, path_, name, e.begin, t.data(), t.nbytes());
+  Source(*this).read(name, e.begin, t.data(), t.nbytes());
   return t;
 }
 
@@ -348,9 +378,8 @@ Tensor SafetensorsFile::read_rows(const std::string& name, std::int64_t row_offs
   Tensor t(e.info.dtype, rows, C);
   if (t.nbytes() == 0) return t;
   const std::uint64_t esz = dtype_size(e.info.dtype);
-  std::ifstream in = open_stream(path_);
-  read_at(in, path_, name, e.begin + static_cast<std::uint64_t>(row_offset * C) * esz, t.data(),
-          t.nbytes());
+  Source(*this).read(name, e.begin + static_cast<std::uint64_t>(row_offset * C) * esz, t.data(),
+                     t.nbytes());
   return t;
 }
 
@@ -368,10 +397,10 @@ Tensor SafetensorsFile::read_cols(const std::string& name, std::int64_t col_offs
   if (t.nbytes() == 0) return t;
   const std::uint64_t esz = dtype_size(e.info.dtype);
   const std::size_t row_bytes = static_cast<std::size_t>(cols) * esz;
-  std::ifstream in = open_stream(path_);
+  Source in(*this);
   for (std::int64_t r = 0; r < R; ++r) {
     const std::uint64_t pos = e.begin + static_cast<std::uint64_t>(r * C + col_offset) * esz;
-    read_at(in, path_, name, pos, t.view().at(r, 0), row_bytes);
+    in.read(name, pos, t.view().at(r, 0), row_bytes);
   }
   return t;
 }

@@ -198,6 +198,7 @@ TEST(Safetensors, ScalarAndOneDimAndHigherRank) {
   EXPECT_EQ(get_f32(vc, 0, 0), 1.0f);
 }
 
+// The same slices read from the file and from its bytes held in memory (from_bytes).
 TEST(Safetensors, RowAndColumnSlicesMatchFullTensor) {
   TempDir tmp;
   std::vector<Tensor> owned;
@@ -208,28 +209,55 @@ TEST(Safetensors, RowAndColumnSlicesMatchFullTensor) {
   }
   const std::string path = tmp.file("slices.safetensors");
   write_safetensors(path, list);
-  const SafetensorsFile f = SafetensorsFile::open(path);
-  for (const auto& [name, v] : list) {
-    const Tensor full = f.read(name);
-    for (std::int64_t off = 0; off <= 7; ++off)
-      for (std::int64_t n = 0; off + n <= 7; ++n) {
-        const Tensor rows = f.read_rows(name, off, n);
-        EXPECT_TRUE(same_bytes(rows.view(), full.view().row_slice(off, n)))
-            << name << " rows " << off << "+" << n;
-      }
-    for (std::int64_t off = 0; off <= 11; ++off)
-      for (std::int64_t n = 0; off + n <= 11; ++n) {
-        const Tensor cols = f.read_cols(name, off, n);
-        EXPECT_TRUE(same_bytes(cols.view(), full.view().col_slice(off, n)))
-            << name << " cols " << off << "+" << n;
-      }
+  for (const bool in_memory : {false, true}) {
+    SCOPED_TRACE(in_memory ? "from_bytes" : "open");
+    const SafetensorsFile f = in_memory ? SafetensorsFile::from_bytes(read_bytes(path), path)
+                                        : SafetensorsFile::open(path);
+    for (const auto& [name, v] : list) {
+      const Tensor full = f.read(name);
+      EXPECT_TRUE(same_bytes(full.view(), v)) << name;
+      for (std::int64_t off = 0; off <= 7; ++off)
+        for (std::int64_t n = 0; off + n <= 7; ++n) {
+          const Tensor rows = f.read_rows(name, off, n);
+          EXPECT_TRUE(same_bytes(rows.view(), v.row_slice(off, n)))
+              << name << " rows " << off << "+" << n;
+        }
+      for (std::int64_t off = 0; off <= 11; ++off)
+        for (std::int64_t n = 0; off + n <= 11; ++n) {
+          const Tensor cols = f.read_cols(name, off, n);
+          EXPECT_TRUE(same_bytes(cols.view(), v.col_slice(off, n)))
+              << name << " cols " << off << "+" << n;
+        }
+    }
+    expect_io_error([&] { f.read_rows("f32", 5, 3); },
+                    {"out of range", "f32", "slices.safetensors"});
+    expect_io_error([&] { f.read_rows("f32", -1, 2); }, {"out of range"});
+    expect_io_error([&] { f.read_rows("f32", 0, -1); }, {"out of range"});
+    expect_io_error([&] { f.read_cols("int8", 10, 2); }, {"out of range", "int8"});
+    expect_io_error([&] { f.read_cols("int8", 12, 0); }, {"out of range"});
+    expect_io_error([&] { f.read_rows("f32", INT64_MAX, INT64_MAX); }, {"out of range"});
   }
-  expect_io_error([&] { f.read_rows("f32", 5, 3); }, {"out of range", "f32", "slices.safetensors"});
-  expect_io_error([&] { f.read_rows("f32", -1, 2); }, {"out of range"});
-  expect_io_error([&] { f.read_rows("f32", 0, -1); }, {"out of range"});
-  expect_io_error([&] { f.read_cols("int8", 10, 2); }, {"out of range", "int8"});
-  expect_io_error([&] { f.read_cols("int8", 12, 0); }, {"out of range"});
-  expect_io_error([&] { f.read_rows("f32", INT64_MAX, INT64_MAX); }, {"out of range"});
+}
+
+// from_bytes validates as open() does, names the file it was given in errors, and reads only
+// the bytes it holds: the file may be gone, or never have existed.
+TEST(Safetensors, InMemoryFileNeedsNoFile) {
+  TempDir tmp;
+  const Tensor a = make_tensor(DType::kF16, 3, 5);
+  const std::string path = tmp.file("gone.safetensors");
+  write_safetensors(path, {{"a", a.view()}});
+  std::string bytes = read_bytes(path);
+  fs::remove(path);
+  const SafetensorsFile f = SafetensorsFile::from_bytes(bytes, "received/model.safetensors");
+  EXPECT_EQ(f.path(), "received/model.safetensors");
+  EXPECT_TRUE(same_bytes(f.read("a").view(), a.view()));
+  EXPECT_TRUE(same_bytes(f.read_cols("a", 1, 3).view(), a.view().col_slice(1, 3)));
+  const SafetensorsFile copy = f;  // copies share the bytes
+  EXPECT_TRUE(same_bytes(copy.read_rows("a", 2, 1).view(), a.view().row_slice(2, 1)));
+  expect_io_error([&] { f.read("b"); }, {"'b'", "received/model.safetensors"});
+  bytes.pop_back();
+  expect_io_error([&] { SafetensorsFile::from_bytes(bytes, "cut.safetensors"); },
+                  {"outside the file", "cut.safetensors"});
 }
 
 TEST(Safetensors, MissingTensorListsAvailableNames) {
