@@ -89,7 +89,14 @@ struct ModelSpec {
 
   static std::vector<std::string> presets();
   bool layer_is_moe(std::int64_t layer) const;
-  void validate() const;  // sizes positive, heads divisible, ...
+  // The largest size a spec may hold: hidden, intermediate, heads, KV heads, head_dim, layers,
+  // experts, the shared expert's width and MLA's ranks and head dims (released models stay
+  // under 2^18). A weight's element count is a product of at most three such sizes, so it and
+  // every offset within it stay far inside int64, and later arithmetic cannot overflow.
+  static constexpr std::int64_t kMaxSize = std::int64_t{1} << 20;
+  // Sizes positive (shared expert and q_lora_rank: >= 0) and at most kMaxSize, heads
+  // divisible by KV heads, RoPE dims even, rms_eps and rope_theta positive and finite.
+  void validate() const;
 };
 
 // Where weights come from: seeded random (identical on every rank) or a checkpoint.

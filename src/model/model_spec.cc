@@ -5,6 +5,8 @@
 #include <iterator>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <utility>
+#include <vector>
 
 #include "tpl/error.h"
 #include "tpl/json_text.h"
@@ -132,6 +134,19 @@ std::int64_t need_int(const nlohmann::json& j, const char* key, const std::strin
   return j[key].get<std::int64_t>();
 }
 
+// A size field: an integer of at most ModelSpec::kMaxSize, checked before any arithmetic on it
+// (the sign is checked where the field's meaning says what is allowed).
+std::int64_t capped(std::int64_t v, const char* key, const std::string& name) {
+  if (v > ModelSpec::kMaxSize)
+    TPL_THROW(ConfigError, kWhere, "model '", name, "': config.json field '", key, "' is ", v,
+              "; tplinear takes sizes up to ", ModelSpec::kMaxSize);
+  return v;
+}
+
+std::int64_t need_size(const nlohmann::json& j, const char* key, const std::string& name) {
+  return capped(need_int(j, key, name), key, name);
+}
+
 std::int64_t opt_int(const nlohmann::json& j, const char* key, std::int64_t fallback,
                      const std::string& name) {
   if (!j.contains(key)) return fallback;
@@ -163,26 +178,27 @@ ModelSpec ModelSpec::from_hf_json(const nlohmann::json& hf, const std::string& n
     m.unsupported = "model_type '" + m.model_type + "' is not a decoder tplinear computes (" +
                     known + "); its layers would run as another family's";
   }
-  m.hidden = need_int(j, "hidden_size", name);
-  m.heads = need_int(j, "num_attention_heads", name);
-  m.kv_heads = opt_int(j, "num_key_value_heads", m.heads, name);
+  m.hidden = need_size(j, "hidden_size", name);
+  m.heads = need_size(j, "num_attention_heads", name);
+  m.kv_heads =
+      capped(opt_int(j, "num_key_value_heads", m.heads, name), "num_key_value_heads", name);
   m.head_dim = j.contains("head_dim") && j["head_dim"].is_number_integer()
-                   ? j["head_dim"].get<std::int64_t>()
+                   ? capped(j["head_dim"].get<std::int64_t>(), "head_dim", name)
                    : (m.heads > 0 ? m.hidden / m.heads : 0);
   if (deepseek) {
     // DeepSeek-V2/V3: multi-head latent attention; every head has its own K and V (from the
     // shared latent), so there are no KV-head groups.
     Mla a;
     a.q_lora_rank = j.contains("q_lora_rank") && !j["q_lora_rank"].is_null()
-                        ? need_int(j, "q_lora_rank", name)
+                        ? need_size(j, "q_lora_rank", name)
                         : 0;
     if (j.contains("q_lora_rank") && !j["q_lora_rank"].is_null() && a.q_lora_rank <= 0)
       TPL_THROW(ConfigError, kWhere, "model '", name,
                 "': field 'q_lora_rank' must be positive or null, got ", a.q_lora_rank);
-    a.kv_lora_rank = need_int(j, "kv_lora_rank", name);
-    a.qk_nope_head_dim = need_int(j, "qk_nope_head_dim", name);
-    a.qk_rope_head_dim = need_int(j, "qk_rope_head_dim", name);
-    a.v_head_dim = need_int(j, "v_head_dim", name);
+    a.kv_lora_rank = need_size(j, "kv_lora_rank", name);
+    a.qk_nope_head_dim = need_size(j, "qk_nope_head_dim", name);
+    a.qk_rope_head_dim = need_size(j, "qk_rope_head_dim", name);
+    a.v_head_dim = need_size(j, "v_head_dim", name);
     a.index_topk = opt_int(j, "index_topk", 0, name);
     for (const auto& [field, v] : {std::pair{"kv_lora_rank", a.kv_lora_rank},
                                    {"qk_nope_head_dim", a.qk_nope_head_dim},
@@ -205,8 +221,8 @@ ModelSpec ModelSpec::from_hf_json(const nlohmann::json& hf, const std::string& n
     m.kv_heads = m.heads;
     m.shared_expert_module = "shared_experts";
   }
-  m.layers = need_int(j, "num_hidden_layers", name);
-  m.intermediate = need_int(j, "intermediate_size", name);
+  m.layers = need_size(j, "num_hidden_layers", name);
+  m.intermediate = need_size(j, "intermediate_size", name);
   m.rms_eps = j.value("rms_norm_eps", 1e-6);
   m.rope_theta = j.value("rope_theta", 10000.0);
   m.qkv_bias = j.value("qkv_bias", m.model_type == "qwen2" || m.model_type == "qwen2_moe");
@@ -261,8 +277,10 @@ ModelSpec ModelSpec::from_hf_json(const nlohmann::json& hf, const std::string& n
       m.rope_scaling.mscale_all_dim = rs["mscale_all_dim"].get<double>();
     }
   }
-  m.num_experts = opt_int(j, "num_experts", opt_int(j, "n_routed_experts", 0, name), name);
-  m.shared_expert_intermediate = opt_int(j, "shared_expert_intermediate_size", 0, name);
+  m.num_experts = capped(opt_int(j, "num_experts", opt_int(j, "n_routed_experts", 0, name), name),
+                         "num_experts", name);
+  m.shared_expert_intermediate = capped(opt_int(j, "shared_expert_intermediate_size", 0, name),
+                                        "shared_expert_intermediate_size", name);
   m.decoder_sparse_step = opt_int(j, "decoder_sparse_step", 1, name);
   m.first_k_dense = opt_int(j, "first_k_dense_replace", 0, name);
   if (deepseek && m.num_experts > 0) {
@@ -270,9 +288,16 @@ ModelSpec ModelSpec::from_hf_json(const nlohmann::json& hf, const std::string& n
     m.moe_layer_freq = opt_int(j, "moe_layer_freq", 1, name);
     if (m.moe_layer_freq <= 0)
       TPL_THROW(ConfigError, kWhere, "model '", name, "': field 'moe_layer_freq' must be positive");
-    const std::int64_t shared = opt_int(j, "n_shared_experts", 0, name);
-    if (shared > 0)
-      m.shared_expert_intermediate = shared * need_int(j, "moe_intermediate_size", name);
+    const std::int64_t shared =
+        capped(opt_int(j, "n_shared_experts", 0, name), "n_shared_experts", name);
+    if (shared > 0) {
+      const std::int64_t width = need_size(j, "moe_intermediate_size", name);
+      if (width <= 0)
+        TPL_THROW(ConfigError, kWhere, "model '", name,
+                  "': field 'moe_intermediate_size' must be positive, got ", width);
+      // Both at most 2^20: the product fits; validate() caps it.
+      m.shared_expert_intermediate = shared * width;
+    }
   }
   if (j.contains("mlp_only_layers") && j["mlp_only_layers"].is_array()) {
     for (const nlohmann::json& l : j["mlp_only_layers"]) {
@@ -407,6 +432,23 @@ void ModelSpec::validate() const {
     TPL_THROW(ConfigError, w, "sizes must be positive (hidden ", hidden, ", heads ", heads,
               ", kv heads ", kv_heads, ", head_dim ", head_dim, ", layers ", layers,
               ", intermediate ", intermediate, ")");
+  std::vector<std::pair<const char*, std::int64_t>> sizes = {
+      {"hidden", hidden},       {"intermediate", intermediate},
+      {"heads", heads},         {"kv heads", kv_heads},
+      {"head_dim", head_dim},   {"layers", layers},
+      {"experts", num_experts}, {"shared expert intermediate", shared_expert_intermediate}};
+  if (mla) {
+    sizes.insert(sizes.end(), {{"q_lora_rank", mla->q_lora_rank},
+                               {"kv_lora_rank", mla->kv_lora_rank},
+                               {"qk_nope_head_dim", mla->qk_nope_head_dim},
+                               {"qk_rope_head_dim", mla->qk_rope_head_dim},
+                               {"v_head_dim", mla->v_head_dim}});
+  }
+  for (const auto& [what, v] : sizes) {
+    if (v > kMaxSize)
+      TPL_THROW(ConfigError, w, what, " is ", v, "; tplinear takes sizes up to ", kMaxSize);
+    if (v < 0) TPL_THROW(ConfigError, w, what, " must not be negative, got ", v);
+  }
   if (heads % kv_heads != 0)
     TPL_THROW(ConfigError, w, "num_attention_heads ", heads,
               " must be a multiple of num_key_value_heads ", kv_heads);

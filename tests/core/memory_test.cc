@@ -2,6 +2,7 @@
 // real stack makes resident, and the refusal.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -159,6 +160,21 @@ TEST(EstimateStackMemory, FollowsShardingDtypeAndBackend) {
   // A forward's activations grow with the tokens.
   EXPECT_GT(estimate_stack_memory(m, tp_config(1), f32, 1, 8192).transient,
             estimate_stack_memory(m, tp_config(1), f32, 1, 16).transient);
+}
+
+// Every size at ModelSpec::kMaxSize: the estimate's int64 shapes and offsets must not overflow
+// (the ASan + UBSan build fails this test if one does) and it asks for about 2^64 bytes.
+TEST(EstimateStackMemory, SizesAtTheLimitDoNotOverflow) {
+  ModelSpec m = model_1024();
+  m.hidden = m.intermediate = m.heads = m.kv_heads = m.head_dim = ModelSpec::kMaxSize;
+  m.layers = 2;
+  StackOptions f32;
+  f32.backend = GemmBackend::kReference;
+  for (int tp : {1, 2}) {
+    const MemoryEstimate e = estimate_stack_memory(m, tp_config(tp), f32, tp, 1 << 20);
+    EXPECT_TRUE(std::isfinite(e.total())) << tp;
+    EXPECT_GT(item(e, "weights"), 1e18) << tp;
+  }
 }
 
 // Layer-sharded o_proj (FC2 P = 1 over 2 ranks, 2 layers, so k = 0): one window of the full

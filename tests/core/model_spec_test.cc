@@ -257,4 +257,60 @@ TEST(ModelSpec, DeepSeekYarn) {
   EXPECT_NEAR(m.softmax_scale(), g * g / std::sqrt(24.0), 1e-15);
 }
 
+// Sizes above ModelSpec::kMaxSize are refused naming the field, before any arithmetic on them:
+// DeepSeek's n_shared_experts * moe_intermediate_size and qk_nope + qk_rope head dims
+// overflowed int64 for values near its limit, and a weight's element count did for far less.
+TEST(ModelSpec, SizesBeyondTheLimitAreRefusedByName) {
+  const std::int64_t big = ModelSpec::kMaxSize + 1;
+  for (const char* field :
+       {"hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+        "head_dim", "num_hidden_layers", "num_experts", "shared_expert_intermediate_size"}) {
+    const std::string e = error_of(llama({{field, big}}));
+    EXPECT_NE(e.find(std::string("'") + field + "' is " + std::to_string(big)), std::string::npos)
+        << field << ": " << e;
+    EXPECT_NE(e.find("up to 1048576"), std::string::npos) << e;
+  }
+  const std::int64_t huge = std::int64_t{1} << 62;
+  for (const auto& [field, v] :
+       std::vector<std::pair<const char*, std::int64_t>>{{"qk_nope_head_dim", huge},
+                                                         {"qk_rope_head_dim", huge},
+                                                         {"kv_lora_rank", big},
+                                                         {"v_head_dim", big},
+                                                         {"q_lora_rank", big}}) {
+    try {
+      ModelSpec::from_hf_json(deepseek({{field, v}}), "m");
+      ADD_FAILURE() << field << " = " << v << " accepted";
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find(field), std::string::npos) << e.what();
+    }
+  }
+  try {
+    ModelSpec::from_hf_json(deepseek({{"n_routed_experts", 8},
+                                      {"n_shared_experts", std::int64_t{1} << 40},
+                                      {"moe_intermediate_size", std::int64_t{1} << 40}}),
+                            "m");
+    ADD_FAILURE() << "n_shared_experts * moe_intermediate_size of 2^80 accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("n_shared_experts"), std::string::npos) << e.what();
+  }
+  // Each within the limit, their product not: validate() names the shared expert's width.
+  try {
+    ModelSpec::from_hf_json(
+        deepseek(
+            {{"n_routed_experts", 8}, {"n_shared_experts", 2}, {"moe_intermediate_size", 1 << 20}}),
+        "m");
+    ADD_FAILURE() << "a shared expert of 2^21 accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("shared expert intermediate is 2097152"),
+              std::string::npos)
+        << e.what();
+  }
+  // A spec made in code is checked alike; the limit itself is accepted.
+  ModelSpec m = ModelSpec::from_hf_json(llama(), "m");
+  m.hidden = ModelSpec::kMaxSize;
+  EXPECT_NO_THROW(m.validate());
+  m.intermediate = big;
+  EXPECT_THROW(m.validate(), ConfigError);
+}
+
 }  // namespace tpl
