@@ -247,8 +247,9 @@ struct World {
   std::shared_ptr<MpiSession> session;
   std::unique_ptr<Communicator> comm;
   std::string choice;
+  bool board = false;  // the host's progress board is up (start_progress_board)
 
-  static std::shared_ptr<World> from_mpi4py(py::object mpi_comm) {
+  static std::shared_ptr<World> from_mpi4py(py::object mpi_comm, bool progress_board) {
     py::module_ mpi = py::module_::import("mpi4py.MPI");
     // mpi4py's MPI must be the library tplinear was built with: one MPI per process.
     const std::string theirs = py::str(mpi.attr("Get_library_version")());
@@ -261,6 +262,8 @@ struct World {
     w->session = std::make_shared<MpiSession>();  // attaches: mpi4py owns MPI's lifetime
     const int handle = mpi_comm.attr("py2f")().cast<int>();
     py::gil_scoped_release nogil;  // collective: other Python threads may run meanwhile
+    // Before the world, so that its first collective is on the board too.
+    if (progress_board) w->board = w->session->start_progress_board();
     w->comm = w->session->world_of(handle, &w->choice);
     return w;
   }
@@ -599,7 +602,12 @@ PYBIND11_MODULE(_tplinear, m) {
 
   py::class_<World, std::shared_ptr<World>>(m, "World")
       .def_static("from_mpi4py", &World::from_mpi4py, py::arg("comm"),
-                  "A world over a duplicate of an mpi4py communicator (TPL_COMM picks MPI or SHM)")
+                  py::arg("progress_board") = false,
+                  "A world over a duplicate of an mpi4py communicator (TPL_COMM picks MPI or "
+                  "SHM). progress_board=True, collective over COMM_WORLD, makes the host's "
+                  "progress board, so that a deadline names who never joined; then drop the "
+                  "World at the same point on every rank")
+      .def_property_readonly("progress_board", [](const World& w) { return w.board; })
       .def_property_readonly("rank", [](const World& w) { return w.comm->rank(); })
       .def_property_readonly("size", [](const World& w) { return w.comm->size(); })
       .def_property_readonly("communicator", [](const World& w) { return w.choice; })

@@ -74,10 +74,20 @@ class MpiSession {
   // The deadlines of every communicator this session makes (tpl/watchdog.h): TPL_TIMEOUT at
   // first, set_timeout() after (the CLI's --timeout). On expiry it prints one line on stderr,
   // names the members that never joined the collective (from the host's progress board, made
-  // only by a session that initialised MPI itself), writes
+  // by a session that initialised MPI itself, or by start_progress_board()), writes
   // the flight recorders of this host's ranks to $TPL_DUMP_DIR/tplinear-flight-rank<r>.json if
   // that is set, and aborts the job (MPI_Abort, exit code 3).
   Watchdog& watchdog() const { return *watchdog_; }
+  // The host's progress board for a session attached to the caller's MPI (an engine's, a
+  // Python World's), which does not make one by itself: its window's making and freeing are
+  // collective. Collective over MPI_COMM_WORLD: every rank calls it, at the same point. Once
+  // made, destroying the session is collective over each host's ranks as well (it frees the
+  // window): destroy it at the same point on every rank, before MPI_Finalize (after it, the
+  // free is skipped). Returns whether this host has a board, false alike on its ranks where the
+  // window cannot be had. Where the board was already attempted (at construction, by a session
+  // that initialised MPI itself, or by an earlier call), it returns that outcome and
+  // communicates nothing. ConfigError for a bad TPL_* setting, alike on every rank.
+  bool start_progress_board();
 
  private:
   int thread_level_ = 0;
@@ -86,6 +96,7 @@ class MpiSession {
   std::string timeout_error_;  // a bad TPL_TIMEOUT, reported by world() (a ConfigError)
   std::unique_ptr<Watchdog> watchdog_;
   std::unique_ptr<ProgressBoard> board_;  // this host's (comm/progress_board.h); may be null
+  bool board_tried_ = false;              // made, or attempted: never collective twice
   int node_part_ = 0;  // this process's TPL_NODE_SPLIT part of its host (comm/node_layout.h)
 };
 

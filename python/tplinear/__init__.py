@@ -37,9 +37,14 @@ from ._tplinear import (  # noqa: F401
 World = _World
 
 
-def world(comm=None):
-    """The world over `comm` (an mpi4py communicator; default COMM_WORLD)."""
-    return World.from_mpi4py(comm if comm is not None else _MPI.COMM_WORLD)
+def world(comm=None, progress_board=False):
+    """The world over `comm` (an mpi4py communicator; default COMM_WORLD).
+
+    progress_board=True (collective over COMM_WORLD) lets a deadline's message name the ranks
+    that never joined the stuck collective; the World must then be dropped at the same point on
+    every rank (docs/python.md)."""
+    return World.from_mpi4py(comm if comm is not None else _MPI.COMM_WORLD,
+                             progress_board=progress_board)
 
 
 __all__ = [

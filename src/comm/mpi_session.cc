@@ -187,7 +187,10 @@ MpiSession::MpiSession(int* argc, char*** argv) {
     // collective over the world's ranks of the host, when made and when freed, and a session
     // attached to the caller's MPI may be made on some ranks only, or freed at a different
     // point on each (a Python World, collected when its last reference goes).
-    if (owns_) board_ = WindowBoard::make(rank);
+    if (owns_) {
+      board_ = WindowBoard::make(rank);
+      board_tried_ = true;
+    }
     watchdog_->set_board(board_.get());
   }
   // Once per process, over the world's ranks of each host, so that every group agrees on which
@@ -211,6 +214,19 @@ MpiSession::~MpiSession() {
     check_leaks_before_finalize();
     MPI_Finalize();
   }
+}
+
+bool MpiSession::start_progress_board() {
+  // A bad setting (the same environment on every rank) stops every rank before the collective.
+  if (!timeout_error_.empty()) throw ConfigError(timeout_error_);
+  if (!board_tried_) {
+    int rank = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    board_tried_ = true;
+    board_ = WindowBoard::make(rank);
+    watchdog_->set_board(board_.get());
+  }
+  return board_ != nullptr;
 }
 
 std::unique_ptr<MpiCommunicator> MpiSession::dup_of(int fortran_handle) const {

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "harness.h"
+#include "tpl/backends.h"
 #include "tpl/communicator.h"
 #include "tpl/error.h"
 #include "tpl/shm.h"
@@ -583,4 +584,21 @@ INSTANTIATE_TEST_SUITE_P(Impl, CommConformance,
                          });
 
 }  // namespace
+// A session attached to MPI that is already running (an engine's, a Python World's) makes no
+// progress board by itself; start_progress_board makes it, collectively, and a second call
+// returns the first one's answer without communicating (a rank calling it alone would hang
+// otherwise). Destroying the session frees the window, collectively, at the same point here.
+TEST(MpiSessionAttached, StartsItsProgressBoardWhenAsked) {
+  auto session = std::make_unique<MpiSession>();
+  EXPECT_EQ(session->watchdog().board(), nullptr);
+  EXPECT_TRUE(session->start_progress_board());
+  EXPECT_NE(session->watchdog().board(), nullptr);
+  if (testing::world().rank() == 0) EXPECT_TRUE(session->start_progress_board());
+  std::unique_ptr<Communicator> w = session->world();
+  EXPECT_EQ(w->size(), testing::world().size());
+  w->barrier();
+  w.reset();
+  session.reset();
+}
+
 }  // namespace tpl
