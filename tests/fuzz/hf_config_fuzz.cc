@@ -2,14 +2,15 @@
 // ModelSpec::from_hf_json; from_file reports a field of the wrong type, a JSON exception, as
 // ConfigError) and as ModelInfo::from_file reads it (ModelInfo::from_json, whose contract allows
 // only IoError / ConfigError). After a successful parse the spec must pass its own validation:
-// sizes positive, heads a multiple of KV heads, head_dim even, rope_scaling a known type with
-// positive finite factors, rms_eps and rope_theta positive and finite, and RoPE frequencies
-// finite.
+// sizes positive and at most ModelSpec::kMaxSize, heads a multiple of KV heads, RoPE dims even,
+// rope_scaling a known type with positive finite factors, rms_eps and rope_theta positive and
+// finite, and RoPE frequencies finite.
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "fuzz_check.h"
 #include "tpl/config.h"
@@ -27,7 +28,18 @@ void check(const tpl::ModelSpec& m) {
                  m.intermediate > 0,
              "non-positive size");
   FUZZ_CHECK(m.heads % m.kv_heads == 0, "heads not a multiple of kv heads");
-  FUZZ_CHECK(m.head_dim % 2 == 0, "odd head_dim");
+  std::vector<std::int64_t> sizes = {
+      m.hidden,   m.intermediate, m.heads,       m.kv_heads,
+      m.head_dim, m.layers,       m.num_experts, m.shared_expert_intermediate};
+  if (m.mla)
+    sizes.insert(sizes.end(), {m.mla->q_lora_rank, m.mla->kv_lora_rank, m.mla->qk_nope_head_dim,
+                               m.mla->qk_rope_head_dim, m.mla->v_head_dim});
+  for (std::int64_t v : sizes)
+    FUZZ_CHECK(v >= 0 && v <= tpl::ModelSpec::kMaxSize, "size %lld outside [0, kMaxSize]",
+               static_cast<long long>(v));
+  // RoPE rotates pairs of rope_dim(): head_dim, or MLA's qk_rope_head_dim (MLA's head_dim,
+  // qk_nope + qk_rope, may be odd; crashes/hf_config/mla_odd_nope_head_dim.json).
+  FUZZ_CHECK(m.rope_dim() % 2 == 0, "odd RoPE dims %lld", static_cast<long long>(m.rope_dim()));
   FUZZ_CHECK(positive_finite(m.rms_eps), "rms_eps %g", m.rms_eps);
   FUZZ_CHECK(positive_finite(m.rope_theta), "rope_theta %g", m.rope_theta);
   const auto& r = m.rope_scaling;
