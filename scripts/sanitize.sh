@@ -25,4 +25,8 @@ cmake --build "$build" -j "$(nproc)"
 export ASAN_OPTIONS=detect_leaks=1:check_initialization_order=1:strict_init_order=1
 export LSAN_OPTIONS=suppressions=$root/tests/sanitizers/lsan.supp:print_suppressions=0
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-ctest --test-dir "$build" --output-on-failure -j 2 -LE '^gpu$' "$@"
+ctest --test-dir "$build" --output-on-failure -j 2 -LE '^gpu$' "$@" || {
+  rc=$?
+  ./scripts/ctest-failures.sh "$build"
+  exit $rc
+}
