@@ -19,6 +19,7 @@
 //  * A Communicator is used by one thread at a time.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -84,6 +85,15 @@ class Communicator {
 
   // inout <- sum over members of inout.
   void all_reduce(TensorView inout);
+  // Writes this member's addend of all_reduce_produced into `dst`, a view of the output's shape
+  // and dtype: the output itself, or the communicator's memory (a row-parallel layer's GEMM).
+  using Producer = std::function<void(TensorView dst)>;
+  // out <- the sum over members of what `produce` writes: the same result, bit for bit, as
+  // produce(out) followed by all_reduce(out). A communicator that sums through memory of its own
+  // may hand `produce` that memory, so the addend is never copied in: SHM gives the rank's data
+  // slot when out fits in one (docs/communication.md). `produce` runs exactly once, on the
+  // calling thread, before this member publishes anything; its exception propagates.
+  void all_reduce_produced(TensorView out, const Producer& produce);
   // in: [size * R, C]; out: [R, C] = rows [rank*R, (rank+1)*R) of the sum over members.
   void reduce_scatter(TensorView in, TensorView out);
   // dim 0: in [R, C] -> out [size*R, C]; dim 1: in [R, C] -> out [R, size*C].
@@ -132,6 +142,10 @@ class Communicator {
  protected:
   // Implementations receive validated arguments. Blocking defaults call the async form.
   virtual void do_all_reduce(TensorView inout) { do_iall_reduce(inout)->wait(); }
+  virtual void do_all_reduce_produced(TensorView out, const Producer& produce) {
+    produce(out);
+    do_all_reduce(out);
+  }
   virtual void do_reduce_scatter(TensorView in, TensorView out) {
     do_ireduce_scatter(in, out)->wait();
   }

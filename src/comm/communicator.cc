@@ -128,6 +128,11 @@ void Communicator::all_reduce(TensorView inout) {
   count(Collective::kAllReduce, inout);
   do_all_reduce(inout);
 }
+void Communicator::all_reduce_produced(TensorView out, const Producer& produce) {
+  check_reduce("all_reduce", out);
+  count(Collective::kAllReduce, out);
+  do_all_reduce_produced(out, produce);
+}
 void Communicator::reduce_scatter(TensorView in, TensorView out) {
   check_reduce_scatter(in, out);
   count(Collective::kReduceScatter, in);

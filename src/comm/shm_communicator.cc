@@ -147,6 +147,15 @@ void ShmCommunicator::do_all_reduce(TensorView inout) {
   io.flush();
 }
 
+void ShmCommunicator::do_all_reduce_produced(TensorView out, const Producer& produce) {
+  if (size_ == 1 || out.empty() || !out.contiguous() || out.nbytes() > options_.slot_bytes ||
+      out.nbytes() < options_.two_shot_bytes)
+    return Communicator::do_all_reduce_produced(out, produce);
+  produce(TensorView(group_->addend_slot(), out.dtype(), out.rows(), out.cols()));
+  auto watched = watch("all_reduce", out.nbytes());
+  group_->all_reduce_addend(bytes(out), static_cast<std::size_t>(out.numel()), out.dtype());
+}
+
 void ShmCommunicator::do_reduce_scatter(TensorView in, TensorView out) {
   if (in.empty()) return;
   if (size_ == 1) return copy_into(in, out);

@@ -121,38 +121,56 @@ void ShmGroup::all_reduce(std::byte* data, std::size_t total, DType dt) {
   const std::size_t es = dtype_size(dt);
   const bool two_shot = total * es >= options_.two_shot_bytes;
   const std::size_t chunk = options_.slot_bytes / es;
+  for (std::size_t o = 0; o < total; o += chunk)
+    all_reduce_chunk(data + o * es, false, data + o * es, std::min(chunk, total - o), dt, two_shot);
+}
+
+void ShmGroup::all_reduce_addend(std::byte* out, std::size_t count, DType dt) {
+  const std::size_t es = dtype_size(dt);
+  TPL_CHECK(count * es <= options_.slot_bytes, (Where{"shm all_reduce", rank_}), "an addend of ",
+            count * es, " bytes does not fit the ", options_.slot_bytes, "-byte slot");
+  if (count == 0) return;
+  if (size_ == 1) {
+    std::memcpy(out, addend_slot(), count * es);
+    return;
+  }
+  // The same algorithm as all_reduce on the whole message (one chunk), hence the same sums.
+  all_reduce_chunk(addend_slot(), true, out, count, dt, count * es >= options_.two_shot_bytes);
+}
+
+void ShmGroup::all_reduce_chunk(const std::byte* own, bool own_in_slot, std::byte* out,
+                                std::size_t len, DType dt, bool two_shot) {
+  const std::size_t es = dtype_size(dt);
+  const std::uint64_t r = next_round();
   const std::byte* src[kMaxMembers];
-  for (std::size_t o = 0; o < total; o += chunk) {
-    const std::size_t len = std::min(chunk, total - o);
-    std::byte* here = data + o * es;  // this chunk of the caller's buffer
-    const std::uint64_t r = next_round();
-    if (!two_shot) {  // one-shot: every member sums the whole chunk itself
-      std::memcpy(slot(rank_, 0, r), here, len * es);
-      round("all_reduce");
-      for (int k = 0; k < size_; ++k) src[k] = k == rank_ ? here : slot(k, 0, r);
-      reduce(src, dt, here, len);
-      continue;
-    }
-    // Two-shot: member k sums segment k, then every member gathers every segment. This member's
-    // own segment never goes through its slots: it publishes only the segments the others sum,
-    // sums its own from its buffer straight into its buffer and its result slot, and copies in
-    // only the others' results. For 2 members that moves 4 bytes per byte of the chunk, not 5.5.
-    const auto seg = [&](int k) {
-      const ShardRange s = shard_range(static_cast<std::int64_t>(len), size_, k);
-      return std::pair{static_cast<std::size_t>(s.offset) * es,
-                       static_cast<std::size_t>(s.size) * es};
-    };
+  if (!two_shot) {  // one-shot: every member sums the whole chunk itself
+    if (!own_in_slot) std::memcpy(slot(rank_, 0, r), own, len * es);
+    round("all_reduce");
+    for (int k = 0; k < size_; ++k) src[k] = k == rank_ ? own : slot(k, 0, r);
+    reduce(src, dt, out, len);
+    return;
+  }
+  // Two-shot: member k sums segment k, then every member gathers every segment. This member's
+  // own segment never goes through its slots: it publishes only the segments the others sum,
+  // sums its own from `own` straight into `out` and its result slot, and copies in only the
+  // others' results. For 2 members that moves 4 bytes per byte of the chunk, not 5.5 (3 when
+  // the addend was produced in the slot).
+  const auto seg = [&](int k) {
+    const ShardRange s = shard_range(static_cast<std::int64_t>(len), size_, k);
+    return std::pair{static_cast<std::size_t>(s.offset) * es,
+                     static_cast<std::size_t>(s.size) * es};
+  };
+  if (!own_in_slot)
     for (int k = 0; k < size_; ++k)
       if (k != rank_)
-        std::memcpy(slot(rank_, 0, r) + seg(k).first, here + seg(k).first, seg(k).second);
-    round("all_reduce");
-    const auto [mine, mine_bytes] = seg(rank_);
-    for (int k = 0; k < size_; ++k) src[k] = (k == rank_ ? here : slot(k, 0, r)) + mine;
-    reduce(src, dt, here + mine, mine_bytes / es, slot(rank_, 1, r) + mine);
-    round("all_reduce");
-    for (int k = 0; k < size_; ++k)
-      if (k != rank_) std::memcpy(here + seg(k).first, slot(k, 1, r) + seg(k).first, seg(k).second);
-  }
+        std::memcpy(slot(rank_, 0, r) + seg(k).first, own + seg(k).first, seg(k).second);
+  round("all_reduce");
+  const auto [mine, mine_bytes] = seg(rank_);
+  for (int k = 0; k < size_; ++k) src[k] = (k == rank_ ? own : slot(k, 0, r)) + mine;
+  reduce(src, dt, out + mine, mine_bytes / es, slot(rank_, 1, r) + mine);
+  round("all_reduce");
+  for (int k = 0; k < size_; ++k)
+    if (k != rank_) std::memcpy(out + seg(k).first, slot(k, 1, r) + seg(k).first, seg(k).second);
 }
 
 void ShmGroup::reduce_scatter(const std::byte* in, std::byte* out, std::size_t block, DType dt) {

@@ -70,6 +70,13 @@ class ShmGroup {
   // same shapes. Sizes are element counts of `dt`.
   // In place: data = the members' sum.
   void all_reduce(std::byte* data, std::size_t count, DType dt);
+  // The all-reduce of an addend that is already in this member's data slot: the caller wrote
+  // `count` elements (count * dtype_size(dt) <= slot_bytes) at addend_slot(), and the members'
+  // sum goes to `out`. The sum, algorithm and rounding are all_reduce's, so the result is the
+  // same bit for bit; only all_reduce's copy-in is gone. Every member calls it (not mixed with
+  // all_reduce for the same collective).
+  std::byte* addend_slot() const { return slot(rank_, 0, next_round()); }
+  void all_reduce_addend(std::byte* out, std::size_t count, DType dt);
   // `in` holds size() blocks of `block` elements; `out` (block elements) = the sum of the
   // members' blocks rank().
   void reduce_scatter(const std::byte* in, std::byte* out, std::size_t block, DType dt);
@@ -93,6 +100,11 @@ class ShmGroup {
   // Publishes this member's arrival at the next round and waits for every member's.
   void round(const char* what);
   std::uint64_t next_round() const { return round_ + 1; }
+  // One chunk of an all-reduce (at most a slot): this member's `len` addends are at `own`,
+  // either its own buffer (the sum replaces them there; `out` == own) or its data slot of the
+  // next round, already written (own_in_slot; the sum goes to `out`).
+  void all_reduce_chunk(const std::byte* own, bool own_in_slot, std::byte* out, std::size_t len,
+                        DType dt, bool two_shot);
   // dst = sum over members of src[k], in member order, in dtype `dt`; also stored at dst2 when
   // it is not null.
   void reduce(const std::byte* const* src, DType dt, std::byte* dst, std::size_t count,

@@ -88,8 +88,8 @@ Tensor gemm_all_reduce(const LocalGemm& g, TensorView x, Communicator& comm, boo
                        CommWorker* worker, int chunks) {
   Tensor y = g.runtime().empty(g.out_dtype, x.rows(), g.out_features);
   if (chunks <= 1 || !Background::available(comm, worker)) {
-    g.run_into(x, y, with_bias);
-    comm.all_reduce(y);
+    // SHM has the GEMM write its addend straight into the rank's slot (no copy-in).
+    comm.all_reduce_produced(y, [&](TensorView dst) { g.run_into(x, dst, with_bias); });
     return y;
   }
   Background bg(comm, worker);

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -199,6 +200,58 @@ TEST_P(CommConformance, AllReduce) {
                                     [&, t = t](auto r, auto c) { return sum_val(t, n(), r, c); });
           check(fail, io, want, label);
         }
+  expect_agreed(world(), fail);
+}
+
+// all_reduce_produced: the producer writes this member's addend into the view it is given, once;
+// the sum lands in `out`. SHM hands it the rank's slot when `out` is contiguous, fits one and
+// takes the two-shot path (here 1024 to 4096 bytes), which the test checks, so the slot path
+// cannot silently fall back.
+TEST_P(CommConformance, AllReduceOfAProducedAddend) {
+  std::string fail;
+  const bool shm = GetParam().rfind("shm", 0) == 0 && comm().name() == "shm";
+  for (DType t : kSumTypes)
+    for (auto [rows, cols] : kShapes)
+      for (bool strided : {false, true}) {
+        const std::string label =
+            tag("all_reduce_produced", t, rows, cols, strided ? "strided" : "");
+        Buf out = sentinel_buf(t, rows, cols, strided);
+        int calls = 0;
+        bool into_out = false;
+        comm().all_reduce_produced(out.view, [&, t = t](TensorView dst) {
+          ++calls;
+          into_out = dst.data() == out.view.data();
+          if (dst.dtype() != t || dst.rows() != out.view.rows() || dst.cols() != out.view.cols())
+            fail += label + ": the producer got " + dst.describe() + "\n";
+          for (std::int64_t r = 0; r < dst.rows(); ++r)
+            for (std::int64_t c = 0; c < dst.cols(); ++c)
+              set_f32(dst, r, c, static_cast<float>(val(t, me(), r, c)));
+        });
+        if (calls != 1) fail += label + ": the producer ran " + std::to_string(calls) + " times\n";
+        const bool slot = shm && n() > 1 && out.view.contiguous() && out.view.nbytes() >= 1024 &&
+                          out.view.nbytes() <= 4096;
+        if (into_out == slot)
+          fail += label + (slot ? ": written into out, not the slot\n" : ": not into out\n");
+        const Buf want = make_buf(t, rows, cols, strided,
+                                  [&, t = t](auto r, auto c) { return sum_val(t, n(), r, c); });
+        check(fail, out, want, label);
+      }
+  // An exception from the producer (thrown on every member alike) propagates, and the
+  // communicator is still usable.
+  try {
+    Buf out = sentinel_buf(DType::kF32, 2, 3, false);
+    comm().all_reduce_produced(out.view, [](TensorView) { throw std::runtime_error("no GEMM"); });
+    fail += "a throwing producer: nothing thrown\n";
+  } catch (const std::runtime_error& e) {
+    if (std::string(e.what()) != "no GEMM") fail += std::string("wrong exception: ") + e.what();
+  }
+  Buf io = make_buf(DType::kF32, 1, 5, false,
+                    [&](auto r, auto c) { return val(DType::kF32, me(), r, c); });
+  comm().all_reduce(io.view);
+  check(fail, io,
+        make_buf(DType::kF32, 1, 5, false,
+                 [&](auto r, auto c) { return sum_val(DType::kF32, n(), r, c); }),
+        "all_reduce after a throwing producer");
   expect_agreed(world(), fail);
 }
 

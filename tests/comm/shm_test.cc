@@ -2,6 +2,7 @@
 // communicator_test.cc covers the collectives' semantics):
 //  * every sum is the left-to-right fold over members 0..n-1, bit for bit, whatever the size,
 //    the chunking (slot size) or the algorithm (one-shot or two-shot);
+//  * an addend produced straight into the slot (all_reduce_produced) sums the same;
 //  * so all-reducing row chunks (the fused paths) equals all-reducing the whole tensor;
 //  * a member that never arrives is a CommError naming it, not a hang.
 #include <gtest/gtest.h>
@@ -83,6 +84,14 @@ TEST(ShmSums, MemberOrderFoldBitExactAtAnySizeChunkingAndAlgorithm) {
       comm->all_reduce(t.view());
       fail += first_mismatch(t.ptr<float>(), fold(n, count),
                              std::string(s.what) + " all_reduce of " + std::to_string(count));
+      // The addend produced into the slot where it fits, else into the output: the same fold.
+      Tensor produced(DType::kF32, 1, static_cast<std::int64_t>(count));
+      comm->all_reduce_produced(produced.view(), [&](TensorView dst) {
+        std::memcpy(dst.data(), mine.data(), count * sizeof(float));
+      });
+      fail +=
+          first_mismatch(produced.ptr<float>(), fold(n, count),
+                         std::string(s.what) + " all_reduce_produced of " + std::to_string(count));
       // Reduce-scatter: this member's block of the fold.
       Tensor in(DType::kF32, n, static_cast<std::int64_t>(count));
       std::vector<float> want_block(count);

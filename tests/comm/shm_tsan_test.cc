@@ -86,6 +86,7 @@ std::vector<std::string> run_members(int n, Body body) {
 
 enum class Kind {
   kAllReduce,
+  kAllReduceAddend,  // the addend written into the slot first (all_reduce_addend)
   kReduceScatter,
   kAllGather0,
   kAllGather1,
@@ -98,6 +99,8 @@ const char* kind_name(Kind k) {
   switch (k) {
     case Kind::kAllReduce:
       return "all_reduce";
+    case Kind::kAllReduceAddend:
+      return "all_reduce_addend";
     case Kind::kReduceScatter:
       return "reduce_scatter";
     case Kind::kAllGather0:
@@ -207,6 +210,7 @@ void prepare(Op& op, int n, DType dt, std::mt19937& rng) {
   std::size_t in_elems = 0, out_elems = 0;
   switch (op.kind) {
     case Kind::kAllReduce:
+    case Kind::kAllReduceAddend:
     case Kind::kBroadcast:
       in_elems = out_elems = c;
       break;
@@ -236,7 +240,8 @@ void prepare(Op& op, int n, DType dt, std::mt19937& rng) {
     Bytes& e = op.expected[r];
     switch (op.kind) {
       case Kind::kAllReduce:
-        op.out[r] = op.in[r];  // in place
+      case Kind::kAllReduceAddend:
+        if (op.kind == Kind::kAllReduce) op.out[r] = op.in[r];  // in place
         for (std::size_t i = 0; i < c; ++i) {
           for (int k = 0; k < n; ++k) src[k] = at(op.in[k], i);
           fold(src, dt, at(e, i));
@@ -278,6 +283,9 @@ void run_op(ShmGroup& g, Op& op, DType dt) {
   switch (op.kind) {
     case Kind::kAllReduce:
       return g.all_reduce(out, op.count, dt);
+    case Kind::kAllReduceAddend:
+      if (op.count > 0) std::memcpy(g.addend_slot(), in, op.count * dtype_size(dt));
+      return g.all_reduce_addend(out, op.count, dt);
     case Kind::kReduceScatter:
       return g.reduce_scatter(in, out, op.count, dt);
     case Kind::kAllGather0:
@@ -327,6 +335,7 @@ TEST_P(ShmGroupThreads, EveryCollectiveMatchesTheMemberOrderFold) {
   };
   for (std::size_t c : {1, 7, 255, 256, 1000, 1024, 1025, 2048, 2049, 5000})
     add(Kind::kAllReduce, c);
+  for (std::size_t c : {1, 7, 255, 256, 1000, 1024}) add(Kind::kAllReduceAddend, c);  // <= a slot
   for (std::size_t c : {1, 5, 340, 341, 342, 1000, 2100}) add(Kind::kReduceScatter, c);
   for (std::size_t c : {1, 9, 1024, 1025, 3001}) add(Kind::kAllGather0, c);
   for (auto [rows, cols] :

@@ -76,6 +76,11 @@ TEST(Ops, StandardColumnAndRow) {
   r.label = "standard row !input_is_parallel";
   r.spec.flags.input_is_parallel = false;
   sweep(r, {1, 7, 1001});
+  // 128 f32 features: 600 and 1000 tokens give outputs of 300 and 500 KiB, which SHM's GEMM
+  // writes straight into its slot (two-shot, at most one 1 MiB slot); 2100 tokens do not fit.
+  Case wide{
+      "standard row, 128 features", tp_config(W()), {}, row(kO, 13, 128), OpKind::kStandardRow};
+  check_grid(wide, {600, 1000, 2100}, {BiasMode::kNone, BiasMode::kAdded});
 }
 
 TEST(Ops, StandardRowPartialWhenNotReducing) {
