@@ -14,10 +14,16 @@ deadline=$1
 regex=$2
 marker=$3
 shift 3
+# A preloaded sanitizer runtime (the Python tests under scripts/sanitize.sh) is for the job only:
+# pgrep under a preloaded libasan never returns, so this script's own tools run without it.
+preload=${LD_PRELOAD-}
+unset LD_PRELOAD
+job=("$@")
+[[ -n $preload ]] && job=(env "LD_PRELOAD=$preload" "$@")
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 start=$(date +%s%N)
-timeout -k 5 $((deadline + 30)) "$@" >"$out" 2>&1 </dev/null
+timeout -k 5 $((deadline + 30)) "${job[@]}" >"$out" 2>&1 </dev/null
 rc=$?
 elapsed_ms=$((($(date +%s%N) - start) / 1000000))
 # The PIDs whose command line holds the marker, this script's own and its caller's (analyze.sh)
