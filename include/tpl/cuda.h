@@ -96,7 +96,18 @@ int select_device(Communicator& bootstrap);
 // blocking call's return) makes rt's stream wait for it, without blocking the host. split()
 // splits `bootstrap` and builds a new NCCL communicator on the same runtime. `rt` must outlive
 // the communicator.
+//
+// Deadlines: each collective is watched by `watchdog` (by default bootstrap.watchdog(): an MPI
+// bootstrap's is its MpiSession's, a LocalCommunicator has none, so no deadline), when every
+// rank has one. The watchdog polls the collective's completion event; past TPL_TIMEOUT it calls
+// ncclCommAbort (so kernels waiting on a stalled peer return), then its action: MpiSession's
+// prints one line naming this rank, the collective, its number on this group, the group's world
+// ranks and the bytes, and aborts the job. If an action returns instead (a caller's own), the
+// communicator is aborted: its calls, and wait()/test() of its works, throw CommError.
+// `watchdog` must outlive the communicator; split() passes it on.
 std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, Runtime& rt);
+std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, Runtime& rt,
+                                                     Watchdog* watchdog);
 
 // The CUDA runtime (tpl/runtime.h) on the current device. Everything is enqueued on its own
 // non-blocking compute stream. Memory comes from a caching pool: a freed block goes back to the

@@ -134,6 +134,21 @@ class Watchdog {
   Scope watch(const char* op, const std::string* group, std::uint64_t group_seq, std::int64_t bytes,
               std::uint64_t group_key = 0);
 
+  // A collective whose completion the watchdog polls, for a communicator whose calls return
+  // before the work is done (NCCL: the host enqueues, the GPU finishes later; tpl/cuda.h).
+  // `done` runs on the watchdog's thread every tick, and in poll(), with the watchdog's lock
+  // held: it must be quick, must not call the watchdog, and returns true once the collective
+  // has completed or failed (a failure is reported where the result is used). `on_expiry`, if
+  // set, runs once when the deadline passes, before the watchdog's action (NCCL: ncclCommAbort,
+  // which makes the kernels stuck on a peer return). Counted, recorded, published and
+  // fault-injected like watch(); with TPL_FAULT_STALL matching, this call never returns.
+  void watch_until(const char* op, const std::string* group, std::uint64_t group_seq,
+                   std::int64_t bytes, std::uint64_t group_key, std::function<bool()> done,
+                   std::function<void()> on_expiry = {});
+  // Polls the watch_until() collectives now and retires those done (a communicator calls it
+  // once its stream is drained, so nothing of it outlives it); returns how many are in flight.
+  std::size_t poll();
+
   // A communicator's key for the board and the dumps: the same on every member, since members
   // create their communicators over a given set of ranks in the same order (the key is the name
   // hashed with how many groups of that name this process registered before). Never 0.
@@ -168,6 +183,8 @@ class Watchdog {
     std::size_t record;  // its record's number (from 0); overwritten once kRing newer exist
     bool fired;
     std::uint64_t group_key, group_seq;
+    std::function<bool()> done;       // watch_until(): polled; empty: ends with its Scope
+    std::function<void()> on_expiry;  // watch_until(): runs before the action
   };
   struct Group {
     std::uint64_t key;
@@ -175,7 +192,14 @@ class Watchdog {
     std::vector<int> world_ranks;
     bool alive;
   };
+  // Records collective `op` as started and returns its id; stalls or throws where the fault
+  // injection says so. Locks.
+  std::uint64_t begin(const char* op, const std::string* group, std::uint64_t group_seq,
+                      std::int64_t bytes, std::uint64_t group_key, std::function<bool()> done,
+                      std::function<void()> on_expiry);
   void finish(std::uint64_t id);
+  void finish_locked(std::vector<Entry>::iterator it);
+  std::size_t poll_locked();
   void loop();
   double since_start(std::chrono::steady_clock::time_point t) const;
 

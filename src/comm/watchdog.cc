@@ -185,8 +185,9 @@ void Watchdog::Scope::end() {
   wd_ = nullptr;
 }
 
-Watchdog::Scope Watchdog::watch(const char* op, const std::string* group, std::uint64_t group_seq,
-                                std::int64_t bytes, std::uint64_t group_key) {
+std::uint64_t Watchdog::begin(const char* op, const std::string* group, std::uint64_t group_seq,
+                              std::int64_t bytes, std::uint64_t group_key,
+                              std::function<bool()> done, std::function<void()> on_expiry) {
   const auto now = std::chrono::steady_clock::now();
   std::uint64_t id = 0;
   bool stall = false;
@@ -212,21 +213,38 @@ Watchdog::Scope Watchdog::watch(const char* op, const std::string* group, std::u
       r.completed = false;
       r.started_s = since_start(now);
       r.elapsed_s = 0;
-      active_.push_back({id, now, recorded_++, false, group_key, group_seq});
+      active_.push_back({id, now, recorded_++, false, group_key, group_seq, std::move(done),
+                         std::move(on_expiry)});
       if (board_ && group_key) board_->joined(group_key, group_seq, op);
     }
   }
   // Fault injection: this rank never joins collective `id`, as if stopped there, and is not
   // registered, so only the peers' deadlines fire.
   while (stall) std::this_thread::sleep_for(std::chrono::seconds(1));
-  return Scope(this, id);
+  return id;
+}
+
+Watchdog::Scope Watchdog::watch(const char* op, const std::string* group, std::uint64_t group_seq,
+                                std::int64_t bytes, std::uint64_t group_key) {
+  return Scope(this, begin(op, group, group_seq, bytes, group_key, {}, {}));
+}
+
+void Watchdog::watch_until(const char* op, const std::string* group, std::uint64_t group_seq,
+                           std::int64_t bytes, std::uint64_t group_key, std::function<bool()> done,
+                           std::function<void()> on_expiry) {
+  TPL_CHECK(done != nullptr, (Where{"Watchdog::watch_until", world_rank_}),
+            "a polled collective needs a completion test");
+  (void)begin(op, group, group_seq, bytes, group_key, std::move(done), std::move(on_expiry));
 }
 
 void Watchdog::finish(std::uint64_t id) {
   std::lock_guard<std::mutex> lock(mu_);
   const auto it =
       std::find_if(active_.begin(), active_.end(), [&](const Entry& e) { return e.id == id; });
-  if (it == active_.end()) return;
+  if (it != active_.end()) finish_locked(it);
+}
+
+void Watchdog::finish_locked(std::vector<Entry>::iterator it) {
   if (it->record + kRing >= recorded_) {  // not yet overwritten
     CollectiveRecord& r = ring_[it->record % kRing];
     r.completed = true;
@@ -234,6 +252,35 @@ void Watchdog::finish(std::uint64_t id) {
   }
   if (board_ && it->group_key) board_->completed(it->group_key, it->group_seq);
   active_.erase(it);
+}
+
+std::size_t Watchdog::poll_locked() {
+  std::size_t in_flight = 0;
+  for (auto it = active_.begin(); it != active_.end();) {
+    if (!it->done) {
+      ++it;
+      continue;
+    }
+    bool finished = true;
+    try {
+      finished = it->done();
+    } catch (...) {  // a failed test: the failure surfaces where the result is used
+    }
+    if (finished) {
+      const auto at = it - active_.begin();
+      finish_locked(it);
+      it = active_.begin() + at;
+    } else {
+      ++in_flight;
+      ++it;
+    }
+  }
+  return in_flight;
+}
+
+std::size_t Watchdog::poll() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return poll_locked();
 }
 
 std::vector<CollectiveRecord> Watchdog::records() const {
@@ -298,6 +345,7 @@ void Watchdog::loop() {
         continue;
       }
     }
+    poll_locked();
     if (timeout_s_ <= 0) continue;
     const auto now = std::chrono::steady_clock::now();
     for (Entry& e : active_) {
@@ -324,9 +372,18 @@ void Watchdog::loop() {
         line = "rank " + std::to_string(world_rank_) + ": a collective has not completed after " +
                format_seconds(waited) + " s";
       }
-      // The action may dump the recorder (which locks) and abort; run it unlocked.
+      // The hook and the action may dump the recorder (which locks) and abort; run them
+      // unlocked. The hook first: it unblocks what the action may wait for.
       Expiry act = on_expiry_;
+      std::function<void()> hook = e.on_expiry;
       lock.unlock();
+      if (hook) {
+        try {
+          hook();
+        } catch (const std::exception& ex) {
+          line += std::string("; aborting the collective failed too: ") + ex.what();
+        }
+      }
       if (act) act(line, *this);
       lock.lock();
       break;  // active_ may have changed while unlocked

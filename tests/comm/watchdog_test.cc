@@ -6,8 +6,10 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -118,6 +120,109 @@ TEST(Watchdog, FlightRecorderKeepsTheLastCollectivesWithTheirState) {
   ASSERT_EQ(j["records"].size(), Watchdog::kRing);
   EXPECT_EQ(j["records"].back()["state"], "started");
   EXPECT_EQ(j["records"].back()["group"], kGroup);
+}
+
+// watch_until(): what NCCL's communicator uses (the call returns before the GPU is done). A fake
+// completion test stands in for cudaEventQuery.
+TEST(Watchdog, PolledCollectivesRetireWhenTheirTestSaysDone) {
+  Fired fired;
+  Watchdog wd(5, 0, fired.action());
+  auto done = std::make_shared<std::atomic<bool>>(false);
+  std::atomic<int> aborted{0};
+  wd.watch_until(
+      "all_reduce", &kGroup, 1, 256, 0, [done] { return done->load(); }, [&] { ++aborted; });
+  wd.watch_until("broadcast", &kGroup, 2, 8, 0, [] { return true; });
+  wd.watch_until("all_gather", &kGroup, 3, 8, 0, []() -> bool { throw std::runtime_error("x"); });
+  EXPECT_EQ(wd.poll(), 1u) << "only the all-reduce is still in flight";
+  auto r = wd.records();
+  ASSERT_EQ(r.size(), 3u);
+  EXPECT_FALSE(r[0].completed);
+  EXPECT_TRUE(r[1].completed);
+  EXPECT_TRUE(r[2].completed) << "a failed test retires its entry";
+  EXPECT_EQ(done.use_count(), 2) << "the test is kept while in flight";
+  done->store(true);
+  std::this_thread::sleep_for(300ms);  // the watchdog's own tick retires it
+  EXPECT_TRUE(wd.records()[0].completed);
+  EXPECT_EQ(done.use_count(), 1) << "a retired entry drops its test (and what it holds)";
+  EXPECT_EQ(wd.poll(), 0u);
+  EXPECT_EQ(aborted, 0);
+  EXPECT_TRUE(fired.get().empty());
+  EXPECT_THROW(wd.watch_until("x", &kGroup, 4, 1, 0, nullptr), InvalidArgument);
+}
+
+TEST(Watchdog, APolledCollectivePastItsDeadlineRunsItsHookThenTheAction) {
+  std::vector<std::string> order;
+  std::mutex mu;
+  Watchdog wd(0.3, 3, [&](const std::string& line, const Watchdog&) {
+    std::lock_guard<std::mutex> lock(mu);
+    order.push_back("action: " + line);
+  });
+  std::atomic<bool> done{false};
+  wd.watch_until(
+      "reduce_scatter", &kGroup, 9, 1024, 0, [&] { return done.load(); },
+      [&] {
+        std::lock_guard<std::mutex> lock(mu);
+        order.push_back("hook");
+        done = true;  // as ncclCommAbort makes the stuck kernel return
+      });
+  std::this_thread::sleep_for(150ms);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    EXPECT_TRUE(order.empty()) << "fired before the deadline";
+  }
+  std::this_thread::sleep_for(900ms);
+  std::lock_guard<std::mutex> lock(mu);
+  ASSERT_EQ(order.size(), 2u) << "the hook and the action, once each";
+  EXPECT_EQ(order[0], "hook");
+  EXPECT_NE(order[1].find("action: rank 3: reduce_scatter #9 on " + kGroup +
+                          ", 1024 bytes, has not completed after"),
+            std::string::npos)
+      << order[1];
+  EXPECT_TRUE(wd.records()[0].completed) << "retired once the hook made it return";
+}
+
+TEST(Watchdog, AFailingHookIsNamedInTheLine) {
+  Fired fired;
+  Watchdog wd(0.2, 0, fired.action());
+  wd.watch_until(
+      "all_to_all", &kGroup, 1, 64, 0, [] { return false; },
+      [] { throw std::runtime_error("ncclCommAbort failed: unhandled cuda error"); });
+  std::this_thread::sleep_for(700ms);
+  const auto lines = fired.get();
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_NE(lines[0].find("all_to_all #1"), std::string::npos) << lines[0];
+  EXPECT_NE(lines[0].find("aborting the collective failed too: ncclCommAbort failed"),
+            std::string::npos)
+      << lines[0];
+}
+
+// Posting threads, completing threads, the watchdog's tick and poll() at once (also run under
+// ThreadSanitizer: tsan.Watchdog.*).
+TEST(Watchdog, PolledCollectivesFromManyThreads) {
+  Fired fired;
+  Watchdog wd(30, 0, fired.action());
+  constexpr int kThreads = 4, kEach = 200;
+  std::vector<std::shared_ptr<std::atomic<bool>>> flags;
+  for (int i = 0; i < kThreads * kEach; ++i) flags.push_back(std::make_shared<std::atomic<bool>>());
+  std::vector<std::thread> posters, finishers;
+  for (int t = 0; t < kThreads; ++t) {
+    posters.emplace_back([&, t] {
+      for (int i = 0; i < kEach; ++i) {
+        auto f = flags[static_cast<std::size_t>(t * kEach + i)];
+        wd.watch_until("all_reduce", &kGroup, static_cast<std::uint64_t>(i + 1), 4, 0,
+                       [f] { return f->load(); });
+        if (i % 16 == 0) wd.poll();
+      }
+    });
+    finishers.emplace_back([&, t] {
+      for (int i = 0; i < kEach; ++i) flags[static_cast<std::size_t>(t * kEach + i)]->store(true);
+    });
+  }
+  for (auto& th : posters) th.join();
+  for (auto& th : finishers) th.join();
+  EXPECT_EQ(wd.poll(), 0u);
+  for (const auto& r : wd.records()) EXPECT_TRUE(r.completed) << r.seq;
+  EXPECT_TRUE(fired.get().empty());
 }
 
 TEST(Watchdog, TimeoutSettingIsValidated) {

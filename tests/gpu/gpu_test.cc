@@ -1,14 +1,21 @@
 // CUDA backend tests: cuBLASLt against the reference GEMM, the W8A8 kernels against the host
 // quantization code, and the NCCL communicator at world size 1 (the only size a single-GPU
-// machine supports). Every test skips when there is no usable device.
+// machine supports), with its deadlines. Every test skips when there is no usable device.
 //
 // Bounds: relative L2 error against the double-precision reference on the same (already
 // rounded) inputs: f32 1e-6 (no TF32), bf16/f16 -> f32 1e-5, bf16 -> bf16 1e-2 (one output
 // rounding); int8 -> int32 and the W8A8 kernels are bit-exact.
+#include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <tuple>
 
 #include "harness.h"
@@ -16,6 +23,7 @@
 #include "tpl/cuda.h"
 #include "tpl/error.h"
 #include "tpl/quant.h"
+#include "tpl/watchdog.h"
 
 namespace tpl {
 namespace {
@@ -188,6 +196,99 @@ TEST(Nccl, RejectsHostTensors) {
   auto nccl = cuda::make_nccl_communicator(boot, *rt);
   Tensor h(DType::kF32, 2, 2);
   EXPECT_THROW(nccl->broadcast(h, 0), InvalidArgument);
+}
+
+// Deadlines (tpl/watchdog.h): every collective is watched until its completion event fires, is
+// recorded with its op, group and bytes, and retires without firing.
+TEST(NcclDeadline, CollectivesAreWatchedAndRetire) {
+  SKIP_WITHOUT_GPU();
+  LocalCommunicator boot;
+  auto rt = cuda::make_cuda_runtime();
+  EXPECT_EQ(cuda::make_nccl_communicator(boot, *rt)->watchdog(), nullptr)
+      << "a LocalCommunicator bootstrap has no watchdog, so no deadline";
+  std::atomic<int> fired{0};
+  Watchdog wd(30, 0, [&](const std::string&, const Watchdog&) { ++fired; });
+  const Tensor h = random_ints(6, 10, 8, 7, DType::kF32);
+  {
+    auto nccl = cuda::make_nccl_communicator(boot, *rt, &wd);
+    EXPECT_EQ(nccl->watchdog(), &wd);
+    cuda::DeviceTensor a = cuda::to_device(h), b(DType::kF32, 6, 10);
+    nccl->all_reduce(a);
+    nccl->reduce_scatter(a, b);
+    nccl->broadcast(b, 0);
+    EXPECT_EQ(compare(rt->to_host(b), h, 0, 0, "watched collectives"), "");
+    auto sub = nccl->split(0, 0);
+    ASSERT_NE(sub, nullptr);
+    EXPECT_EQ(sub->watchdog(), &wd) << "split() passes the watchdog on";
+  }  // the destructor drains the stream and retires what is left
+  EXPECT_EQ(wd.poll(), 0u);
+  const auto r = wd.records();
+  ASSERT_EQ(r.size(), 3u);
+  const char* ops[] = {"all_reduce", "reduce_scatter", "broadcast"};
+  for (std::size_t i = 0; i < 3; ++i) {
+    SCOPED_TRACE(ops[i]);
+    EXPECT_EQ(r[i].op, ops[i]);
+    EXPECT_EQ(r[i].group, "nccl group of 1 rank (world ranks 0)");
+    EXPECT_EQ(r[i].group_seq, i + 1);
+    EXPECT_EQ(r[i].bytes, 240);
+    EXPECT_TRUE(r[i].completed);
+  }
+  EXPECT_EQ(fired, 0);
+}
+
+// A collective that never completes: a host function holds the runtime's stream, as a stalled
+// peer holds NCCL's kernel. Past the deadline the watchdog aborts the NCCL communicator, the
+// action gets the line, and the communicator refuses every later call. In a child process (a
+// death test re-executing this binary), since the held stream is not recoverable.
+void CUDART_CB hold_stream(void*) {
+  for (;;) std::this_thread::sleep_for(std::chrono::milliseconds(10));  // until the child exits
+}
+
+// The child: prints one line with what it saw, exits 3 if the deadline fired.
+[[noreturn]] void run_stuck_collective() {
+  LocalCommunicator boot;
+  auto rt = cuda::make_cuda_runtime();
+  std::mutex mu;
+  std::string line;
+  std::atomic<bool> fired{false};
+  Watchdog wd(0.5, 0, [&](const std::string& l, const Watchdog&) {
+    std::lock_guard<std::mutex> lock(mu);
+    line = l;
+    fired = true;
+  });
+  auto nccl = cuda::make_nccl_communicator(boot, *rt, &wd);
+  cuda::DeviceTensor a(DType::kF32, 4, 256);
+  const auto stream = static_cast<cudaStream_t>(cuda::as_cuda(*rt).stream().handle());
+  if (cudaLaunchHostFunc(stream, hold_stream, nullptr) != cudaSuccess) std::_Exit(5);
+  WorkPtr w = nccl->iall_reduce(a);
+  for (int i = 0; i < 200 && !fired; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  std::string refused, wait_refused;
+  try {
+    nccl->all_reduce(a);
+  } catch (const CommError& e) {
+    refused = e.what();
+  }
+  try {
+    w->wait();
+  } catch (const CommError& e) {
+    wait_refused = e.what();
+  }
+  std::lock_guard<std::mutex> lock(mu);
+  std::fprintf(stderr, "line: %s | refused: %s | wait: %s\n", line.c_str(), refused.c_str(),
+               wait_refused.c_str());
+  std::fflush(stderr);
+  std::_Exit(fired ? 3 : 4);
+}
+
+TEST(NcclDeadline, AStuckCollectiveIsAbortedAndNamed) {
+  SKIP_WITHOUT_GPU();
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      run_stuck_collective(), ::testing::ExitedWithCode(3),
+      "line: rank 0: all_reduce #1 on nccl group of 1 rank \\(world ranks 0\\), 4096 bytes, "
+      "has not completed after .* \\| refused: .*aborted when a collective passed its "
+      "deadline.* \\| wait: .*aborted");
 }
 
 }  // namespace
