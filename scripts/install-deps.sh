@@ -13,6 +13,7 @@ PKGS=(
   clang-format
   clang-16 libclang-rt-16-dev  # scripts/fuzz.sh: libFuzzer and the sanitizers
   pybind11-dev python3-dev python3-numpy python3-mpi4py python3-torch
+  qemu-user  # scripts/emulated-cpu.sh: CPUs without AVX-512 (or AVX) on any x86-64 host
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -417,6 +417,14 @@ std::string onednn_description(const CpuInfo& cpu) {
 
 std::string onednn_conv_why_not(const GemmDesc& desc, const CpuInfo& cpu) {
   if (std::string issue = apply_isa_cap(cpu); !issue.empty()) return issue;
+  // Below AVX2 oneDNN 2.6 plans the 1x1 convolution as jit_1x1:sse41, which takes nwc
+  // activations and then segfaults in its JIT code (k = n = 512, M = 1; found on an emulated
+  // Nehalem, reproduced natively with TPL_CPU_ISA=sse41). Its point was jit_1x1:avx2's speed.
+  if (cpu.effective() < CpuIsa::kAvx2)
+    return std::string(
+               "needs AVX2: below it oneDNN 2.6's 1x1 convolution (jit_1x1:sse41) "
+               "crashes on this layout (ISA here: ") +
+           cpu_isa_name(cpu.effective()) + ")";
   const bool f32 = desc.act == DType::kF32 && desc.weight == DType::kF32 && desc.out == DType::kF32;
   return f32 ? "" : "serves f32 only (bf16 and int8 run on oneDNN's matmul)";
 }
