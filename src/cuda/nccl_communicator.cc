@@ -343,7 +343,11 @@ class NcclCommunicator final : public Communicator {
       std::shared_ptr<EventPool> pool = c_.events_;
       SharedEvent done(pool->take(), [pool](cudaEvent_t e) { pool->give_back(e); });
       TPL_CUDA_CHECK(cudaEventRecord(done.get(), c_.stream_));
-      if (Watchdog* wd = c_.watchdog_) {
+      // Nothing runs while a CUDA graph is captured (its replays bypass the communicator), so
+      // a captured collective is not watched.
+      cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+      TPL_CUDA_CHECK(cudaStreamIsCapturing(c_.stream_, &capturing));
+      if (Watchdog* wd = c_.watchdog_; wd && capturing == cudaStreamCaptureStatusNone) {
         const int device = c_.device_;
         std::shared_ptr<NcclHandle> handle = c_.nccl_;
         wd->watch_until(
