@@ -17,7 +17,8 @@
 //    operand is staged through a dense scratch buffer instead (an M*k / M*n copy).
 //  * If no fast implementation takes the held weight layout for some shape, the shape is
 //    re-planned with weights `any` and the held copy is reordered, once, into that second
-//    layout, which is cached next to the first (not observed with oneDNN 2.6.3 here).
+//    layout, which is cached next to the first. Seen for int8 on an AMX CPU: below some M and
+//    size the VNNI kernel, whose layout carries the s8s8 compensation, is the fast one.
 //  * Every oneDNN call is wrapped: dnnl::error becomes tpl::BackendError naming the call, the
 //    shapes and the dtypes.
 //  * Int8 (W8A8): s8 x s8 -> s32 with NO primitive attributes and no bias. oneDNN 2.6 drops to
@@ -246,10 +247,27 @@ class OneDnnGemm final : public Gemm {
     for (const auto& [held_md, mem] : weights_)
       if (held_md == md) return mem;
     memory mem(md, engine_);
-    dnnl::reorder(weights_.front().second, mem).execute(stream_, weights_.front().second, mem);
+    memory held = weights_.front().second;  // a handle: execute() takes non-const
+    try {
+      dnnl::reorder(held, mem).execute(stream_, held, mem);
+    } catch (const dnnl::error& e) {
+      if (e.status != dnnl_unimplemented) throw;
+      // oneDNN 2.6 has no reorder between two blocked s8 layouts where the target carries the
+      // s8s8 compensation (AMX's layout -> the VNNI kernel's, which small M takes on an AMX
+      // CPU); through the plain layout it has both. A byte copy each way, so exact.
+      memory plain(plain_weights_md(), engine_);
+      dnnl::reorder(held, plain).execute(stream_, held, plain);
+      dnnl::reorder(plain, mem).execute(stream_, plain, mem);
+    }
     stream_.wait();
     weights_.emplace_back(md, mem);
     return mem;
+  }
+
+  // The caller's logical weight layout, dense: W [n, k] row-major.
+  memory::desc plain_weights_md() const {
+    return conv_ ? memory::desc({desc_.n, desc_.k, 1}, wei_dt_, tag::oiw)
+                 : memory::desc({desc_.k, desc_.n}, wei_dt_, tag::ba);
   }
 
   // Dense [rows, cols] window of a scratch tensor, grown (never shrunk) on demand.
