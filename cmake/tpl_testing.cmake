@@ -16,6 +16,29 @@ elseif(TPL_TEST_CAPPED_ISA STREQUAL "AUTO" AND EXISTS /proc/cpuinfo)
 endif()
 message(STATUS "tplinear: AVX2-capped test entries ${TPL_WITH_CAPPED_TESTS}")
 
+# The AVX-512 levels (TPL_CPU_ISA values) strictly below this host's own: on an AMX Xeon,
+# avx512_core (Skylake-X: int8 without VNNI), avx512_core_vnni (Ice Lake) and avx512_core_bf16
+# (Zen 4/5). tests/gemm and tests/cli run a few checks capped at each, so the paths of CPUs
+# below this one are tested here too. Detected as src/cpu/cpu_isa.cc does, from the flags.
+set(TPL_TEST_LOWER_ISAS "")
+if(TPL_WITH_CAPPED_TESTS AND _tpl_flags MATCHES " avx512f " AND _tpl_flags MATCHES " avx512bw "
+   AND _tpl_flags MATCHES " avx512vl " AND _tpl_flags MATCHES " avx512dq ")
+  set(_tpl_levels avx512_core)
+  if(_tpl_flags MATCHES " avx512_vnni ")
+    list(APPEND _tpl_levels avx512_core_vnni)
+    if(_tpl_flags MATCHES " avx512_bf16 ")
+      list(APPEND _tpl_levels avx512_core_bf16)
+      if(_tpl_flags MATCHES " amx_tile " AND _tpl_flags MATCHES " amx_int8 "
+         AND _tpl_flags MATCHES " amx_bf16 ")
+        list(APPEND _tpl_levels avx512_core_amx)
+      endif()
+    endif()
+  endif()
+  list(POP_BACK _tpl_levels)  # the host's own level is the native run
+  set(TPL_TEST_LOWER_ISAS ${_tpl_levels})
+endif()
+message(STATUS "tplinear: AVX-512 levels tested capped below this CPU's: ${TPL_TEST_LOWER_ISAS}")
+
 # tpl_add_mpi_test(<name> <target> NPROCS n1 n2 ... [TIMEOUT s] [CAPPED])
 # Registers one CTest entry per rank count, each running the target under mpirun with the
 # environment root and oversubscription need on a 2-core machine (platform-notes §2.1, §2.7).
